@@ -1,0 +1,410 @@
+/*
+ * cm_consumer.c - see cm_consumer.h.
+ */
+#include "cm_consumer.h"
+
+#include "cm_db.h"
+#include "cm_dlt.h"
+#include "cm_kafka.h"
+#include "cm_log.h"
+#include "ev_event.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define TRACEPARENT_MAX 64
+
+typedef struct {
+    rd_kafka_message_t *msg;
+    char traceparent[TRACEPARENT_MAX];
+    bool has_traceparent;
+} slot;
+
+typedef struct {
+    const cm_consumer_config *cfg;
+    volatile const sig_atomic_t *stop;
+    rd_kafka_t *rk;
+    rd_kafka_t *dlt;
+    PGconn *conn;
+    slot *batch;
+    int n;
+    /* Records that arrived while the loop was paused (after a rebalance). */
+    slot *later;
+    int nlater;
+} loop;
+
+static bool is_poison(int r)
+{
+    return r == -EBADMSG || r == -EINVAL || r == -EPROTONOSUPPORT;
+}
+
+static const cm_subscription *find_sub(const loop *l, const rd_kafka_message_t *m)
+{
+    const char *topic = rd_kafka_topic_name(m->rkt);
+    for (size_t i = 0; i < l->cfg->nsubs; i++)
+        if (strcmp(l->cfg->subs[i].topic, topic) == 0)
+            return &l->cfg->subs[i];
+    return NULL;
+}
+
+static void slot_fill(slot *s, rd_kafka_message_t *m)
+{
+    rd_kafka_headers_t *h = NULL;
+    const void *v;
+    size_t len;
+
+    s->msg = m;
+    s->has_traceparent = false;
+    if (rd_kafka_message_headers(m, &h) == 0 &&
+        rd_kafka_header_get_last(h, EV_HDR_TRACEPARENT, &v, &len) == 0 && v &&
+        len < TRACEPARENT_MAX) {
+        memcpy(s->traceparent, v, len);
+        s->traceparent[len] = '\0';
+        s->has_traceparent = true;
+    }
+}
+
+/* Checks what the loop itself can tell about a record: a handler exists, the
+ * event version is one this build reads. */
+static int precheck(const loop *l, const slot *s, char *reason, size_t reasonlen)
+{
+    rd_kafka_headers_t *h = NULL;
+    const void *v;
+    size_t len;
+
+    if (!find_sub(l, s->msg)) {
+        snprintf(reason, reasonlen, "no handler for topic %s", rd_kafka_topic_name(s->msg->rkt));
+        return -EBADMSG;
+    }
+    if (rd_kafka_message_headers(s->msg, &h) == 0 &&
+        rd_kafka_header_get_last(h, EV_HDR_EVENT_VERSION, &v, &len) == 0) {
+        char buf[16];
+        if (!v || len == 0 || len >= sizeof(buf))
+            goto bad;
+        memcpy(buf, v, len);
+        buf[len] = '\0';
+        if (strcmp(buf, "1") != 0) /* EV_VERSION */
+            goto bad;
+    }
+    return 0;
+bad:
+    snprintf(reason, reasonlen, "unsupported event version %.*s", (int)(len < 16 ? len : 16),
+             v ? (const char *)v : "");
+    return -EPROTONOSUPPORT;
+}
+
+static int apply(loop *l, const slot *s, char *reason, size_t reasonlen)
+{
+    cm_record rec = {s->msg, s->has_traceparent ? s->traceparent : NULL};
+    int r = precheck(l, s, reason, reasonlen);
+
+    if (r < 0)
+        return r;
+    reason[0] = '\0';
+    r = find_sub(l, s->msg)->handle(l->cfg->ctx, l->conn, &rec, reason, reasonlen);
+    if (r < 0 && !reason[0])
+        snprintf(reason, reasonlen, "%s", r == -ECONNRESET ? cm_db_error(l->conn) : strerror(-r));
+    return r;
+}
+
+static int ensure_db(loop *l)
+{
+    char err[256];
+
+    if (l->conn && PQstatus(l->conn) == CONNECTION_OK)
+        return 0;
+    PQfinish(l->conn);
+    l->conn = NULL;
+    if (cm_db_connect(l->cfg->db_url, &l->conn, err, sizeof(err)) < 0) {
+        log_warning("database unavailable, consumer waits error=\"%s\"", err);
+        return -ECONNRESET;
+    }
+    return 0;
+}
+
+/* Waits ms while keeping the group membership alive: the assignment is
+ * paused and the consumer polled; a record that still arrives (a partition
+ * newly assigned during the wait) is kept for the next batch. */
+static void idle(loop *l, long long ms)
+{
+    rd_kafka_topic_partition_list_t *as = NULL;
+    struct timespec start, now;
+
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        rd_kafka_message_t *m;
+        if (!as && rd_kafka_assignment(l->rk, &as) == 0)
+            rd_kafka_pause_partitions(l->rk, as);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long long el = (now.tv_sec - start.tv_sec) * 1000LL + (now.tv_nsec - start.tv_nsec) / 1000000;
+        if (el >= ms || *l->stop)
+            break;
+        m = rd_kafka_consumer_poll(l->rk, (int)(ms - el < 100 ? ms - el : 100));
+        if (!m)
+            continue;
+        if (m->err || l->nlater >= l->cfg->batch_max) {
+            /* Not kept: the position stays behind it, so it comes again. */
+            rd_kafka_seek(m->rkt, m->partition, m->offset, 0);
+            rd_kafka_message_destroy(m);
+        } else {
+            slot_fill(&l->later[l->nlater++], m);
+        }
+        if (as) {
+            rd_kafka_topic_partition_list_destroy(as);
+            as = NULL; /* re-pause: the assignment may have changed */
+        }
+    }
+    if (as) {
+        rd_kafka_resume_partitions(l->rk, as);
+        rd_kafka_topic_partition_list_destroy(as);
+    }
+}
+
+static void outage(loop *l, long long *backoff)
+{
+    atomic_store(&l->cfg->health->db_ok, false);
+    PQfinish(l->conn);
+    l->conn = NULL;
+    idle(l, *backoff);
+    *backoff = *backoff * 2 > 5000 ? 5000 : *backoff * 2;
+}
+
+static void dead_letter(loop *l, const slot *s, bool poison, const char *reason)
+{
+    long long backoff = 500;
+    /* Never skip a record without its DLT copy: retry the write until done. */
+    while (cm_dlt_publish(l->dlt, s->msg, l->cfg->group, poison, reason) < 0 && !*l->stop) {
+        idle(l, backoff);
+        backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
+    }
+    atomic_fetch_add(&l->cfg->health->dead_lettered, 1);
+}
+
+/* One record in its own transaction, with the error handler's policy. */
+static void process_single(loop *l, const slot *s)
+{
+    char reason[256];
+    long long backoff = 100;
+    int attempts = 0;
+
+    while (!*l->stop) {
+        int r = ensure_db(l);
+        if (r == 0)
+            r = cm_db_exec(l->conn, "BEGIN");
+        if (r == 0) {
+            r = apply(l, s, reason, sizeof(reason));
+            if (r == 0)
+                r = cm_db_exec(l->conn, "COMMIT");
+            else
+                cm_db_exec(l->conn, "ROLLBACK");
+        } else {
+            snprintf(reason, sizeof(reason), "%s", cm_db_error(l->conn));
+        }
+        if (r == 0) {
+            atomic_store(&l->cfg->health->db_ok, true);
+            return;
+        }
+        if (r == -ECONNRESET) {
+            outage(l, &backoff);
+            continue;
+        }
+        if (is_poison(r)) {
+            dead_letter(l, s, true, reason);
+            return;
+        }
+        if (++attempts > l->cfg->max_retries) {
+            dead_letter(l, s, false, reason);
+            return;
+        }
+        atomic_fetch_add(&l->cfg->health->retries, 1);
+        log_warning("retrying record topic=%s partition=%d offset=%lld attempt=%d reason=\"%s\"",
+                    rd_kafka_topic_name(s->msg->rkt), (int)s->msg->partition,
+                    (long long)s->msg->offset, attempts, reason);
+        idle(l, l->cfg->backoff_ms);
+    }
+}
+
+/* The fast path: the whole batch in one transaction. Returns 0, or the code
+ * of the first failure (the transaction is then rolled back). */
+static int process_batch_tx(loop *l)
+{
+    char reason[256];
+    int r = ensure_db(l);
+
+    if (r == 0)
+        r = cm_db_exec(l->conn, "BEGIN");
+    for (int i = 0; r == 0 && i < l->n; i++)
+        r = apply(l, &l->batch[i], reason, sizeof(reason));
+    if (r == 0)
+        r = cm_db_exec(l->conn, "COMMIT");
+    else if (l->conn && PQstatus(l->conn) == CONNECTION_OK)
+        cm_db_exec(l->conn, "ROLLBACK");
+    return r;
+}
+
+static void process(loop *l)
+{
+    long long backoff = 100;
+
+    while (!*l->stop) {
+        int r = process_batch_tx(l);
+        if (r == 0) {
+            atomic_store(&l->cfg->health->db_ok, true);
+            return;
+        }
+        if (r != -ECONNRESET)
+            break;
+        outage(l, &backoff);
+    }
+    /* Some record failed: isolate it by running each record on its own. */
+    for (int i = 0; i < l->n && !*l->stop; i++)
+        process_single(l, &l->batch[i]);
+}
+
+static void store_offsets(loop *l)
+{
+    rd_kafka_topic_partition_list_t *offs = rd_kafka_topic_partition_list_new(l->n);
+
+    for (int i = 0; i < l->n; i++) {
+        rd_kafka_message_t *m = l->batch[i].msg;
+        rd_kafka_topic_partition_t *p =
+            rd_kafka_topic_partition_list_find(offs, rd_kafka_topic_name(m->rkt), m->partition);
+        if (!p)
+            p = rd_kafka_topic_partition_list_add(offs, rd_kafka_topic_name(m->rkt), m->partition);
+        if (m->offset + 1 > p->offset)
+            p->offset = m->offset + 1;
+    }
+    /* Fails for partitions revoked meanwhile: their new owner redoes them,
+     * and dedupe makes that harmless. */
+    rd_kafka_offsets_store(l->rk, offs);
+    rd_kafka_topic_partition_list_destroy(offs);
+}
+
+/* Readiness needs a live answer from the brokers even when no record flows:
+ * a metadata request for the subscribed topics, at most every 2 s. */
+static void probe_kafka(loop *l)
+{
+    static __thread time_t last;
+    const struct rd_kafka_metadata *md = NULL;
+    time_t now = time(NULL);
+
+    if (now - last < 2)
+        return;
+    last = now;
+    if (rd_kafka_metadata(l->rk, 0, NULL, &md, 1000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        atomic_store(&l->cfg->health->kafka_ok, md->broker_cnt > 0);
+        rd_kafka_metadata_destroy(md);
+    } else {
+        atomic_store(&l->cfg->health->kafka_ok, false);
+    }
+}
+
+static void collect(loop *l)
+{
+    l->n = 0;
+    /* Records kept back during a pause go first. */
+    for (int i = 0; i < l->nlater; i++)
+        l->batch[l->n++] = l->later[i];
+    l->nlater = 0;
+    while (l->n < l->cfg->batch_max && !*l->stop) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(l->rk, l->n == 0 ? 200 : 0);
+        if (!m) {
+            if (l->n == 0)
+                probe_kafka(l);
+            break;
+        }
+        if (m->err) {
+            if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                log_warning("consumer error code=%s reason=\"%s\"", rd_kafka_err2name(m->err),
+                            rd_kafka_message_errstr(m));
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        atomic_store(&l->cfg->health->kafka_ok, true);
+        slot_fill(&l->batch[l->n++], m);
+    }
+}
+
+static int subscribe(loop *l)
+{
+    rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new((int)l->cfg->nsubs);
+    rd_kafka_resp_err_t err;
+
+    for (size_t i = 0; i < l->cfg->nsubs; i++)
+        rd_kafka_topic_partition_list_add(topics, l->cfg->subs[i].topic, RD_KAFKA_PARTITION_UA);
+    err = rd_kafka_subscribe(l->rk, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (err) {
+        log_error("could not subscribe error=\"%s\"", rd_kafka_err2str(err));
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int setup(loop *l)
+{
+    rd_kafka_conf_t *conf;
+    char err[512];
+    int r;
+
+    l->batch = calloc((size_t)l->cfg->batch_max, sizeof(slot));
+    l->later = calloc((size_t)l->cfg->batch_max, sizeof(slot));
+    if (!l->batch || !l->later)
+        return -ENOMEM;
+    r = cm_kafka_conf(CM_KAFKA_CONSUMER, l->cfg->client_id, l->cfg->group, l->cfg->health, &conf,
+                      err, sizeof(err));
+    if (r == 0)
+        r = cm_kafka_new(CM_KAFKA_CONSUMER, conf, &l->rk, err, sizeof(err));
+    if (r == 0)
+        r = cm_dlt_producer_new(l->cfg->client_id, l->cfg->health, &l->dlt, err, sizeof(err));
+    if (r < 0)
+        return log_error_errno(r, "could not create kafka clients: %s", err);
+    rd_kafka_poll_set_consumer(l->rk);
+    return subscribe(l);
+}
+
+static void teardown(loop *l)
+{
+    if (l->cfg->before_close)
+        l->cfg->before_close(l->cfg->before_close_arg);
+    if (l->rk) {
+        rd_kafka_consumer_close(l->rk);
+        rd_kafka_destroy(l->rk);
+    }
+    if (l->dlt) {
+        rd_kafka_flush(l->dlt, 5000);
+        rd_kafka_destroy(l->dlt);
+    }
+    for (int i = 0; i < l->nlater; i++)
+        rd_kafka_message_destroy(l->later[i].msg);
+    free(l->batch);
+    free(l->later);
+    PQfinish(l->conn);
+}
+
+int cm_consumer_run(const cm_consumer_config *cfg, volatile const sig_atomic_t *stop)
+{
+    loop l = {.cfg = cfg, .stop = stop};
+    int r = setup(&l);
+
+    if (r == 0 && ensure_db(&l) == 0)
+        atomic_store(&cfg->health->db_ok, true);
+    while (r == 0 && !*stop) {
+        collect(&l);
+        if (l.n == 0)
+            continue;
+        process(&l);
+        atomic_fetch_add(&cfg->health->consumed, l.n);
+        /* Offsets of a batch cut short by stop are not stored: redelivered. */
+        if (!*stop)
+            store_offsets(&l);
+        for (int i = 0; i < l.n; i++)
+            rd_kafka_message_destroy(l.batch[i].msg);
+        l.n = 0;
+    }
+    teardown(&l);
+    return r;
+}

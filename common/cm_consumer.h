@@ -1,0 +1,66 @@
+/*
+ * cm_consumer.h - the one consumer loop every daemon runs.
+ *
+ * It polls a batch of records, applies them in one database transaction
+ * (handlers run on the loop's connection, inside that transaction), commits,
+ * and only then stores the offsets, so a crash between apply and commit
+ * redelivers rather than loses. Handlers dedupe by (orderId, event type) in
+ * the same transaction, which makes redelivery harmless.
+ *
+ * The error handler classifies each failure by the handler's return code:
+ *   0             applied (or a duplicate that changed nothing)
+ *   -EBADMSG      the record can never succeed (not JSON, wrong types,
+ *   -EINVAL       missing fields, unsupported version): to <topic>.DLT at once
+ *   -EPROTONOSUPPORT
+ *   -ECONNRESET   a dependency is down: pause, retry without end, readiness
+ *                 false, nothing dead-lettered
+ *   other < 0     a failure tied to the record: retried max_retries times,
+ *                 backoff apart, then dead-lettered
+ * A failed batch is re-run one record per transaction, so one bad record
+ * costs only itself. The offset of a dead-lettered record is stored only
+ * after the DLT write is acknowledged.
+ */
+#pragma once
+
+#include "cm_health.h"
+
+#include <libpq-fe.h>
+#include <signal.h>
+#include <librdkafka/rdkafka.h>
+#include <stddef.h>
+
+typedef struct {
+    const rd_kafka_message_t *msg;
+    const char *traceparent; /* NUL-terminated copy of the header, or NULL */
+} cm_record;
+
+/* Applies rec inside the open transaction on tx. On failure writes a short
+ * reason (used in logs and the DLT exception message). */
+typedef int (*cm_handler_fn)(void *ctx, PGconn *tx, const cm_record *rec, char *reason,
+                             size_t reasonlen);
+
+typedef struct {
+    const char *topic;
+    cm_handler_fn handle;
+} cm_subscription;
+
+typedef struct {
+    const char *client_id; /* also names the DLT producer */
+    const char *group;
+    const char *db_url;
+    const cm_subscription *subs;
+    size_t nsubs;
+    void *ctx;             /* passed to every handler */
+    int batch_max;         /* records per transaction */
+    int max_retries;       /* for failures tied to a record */
+    long long backoff_ms;  /* between those retries */
+    cm_health *health;
+    /* Called once stop is seen, before the consumer is closed (the daemon
+     * stops its HTTP server there: the documented drain order). */
+    void (*before_close)(void *arg);
+    void *before_close_arg;
+} cm_consumer_config;
+
+/* Runs until *stop becomes non-zero, then closes the consumer (leaving the
+ * group at once) and returns 0; returns a negative code if set-up failed. */
+int cm_consumer_run(const cm_consumer_config *cfg, volatile const sig_atomic_t *stop);

@@ -1,0 +1,299 @@
+/*
+ * cm_daemon.c - see cm_daemon.h. The stop flag below is the only mutable
+ * global of a daemon: the signal handler sets it, every loop reads it.
+ */
+#include "cm_daemon.h"
+
+#include "cm_log.h"
+#include "cm_outbox.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
+
+#define BASE(f) offsetof(cm_base_config, f)
+static const cm_cfg_item base_items[] = {
+    {"HTTP_ADDR", CM_CFG_STRING, "127.0.0.1", 0, 0, BASE(http_addr), false,
+     "address the HTTP server listens on"},
+    {"HTTP_PORT", CM_CFG_INT, NULL, 1, 65535, BASE(http_port), false,
+     "port of the HTTP server (API, /healthz, /readyz)"},
+    {"HTTP_THREADS", CM_CFG_INT, "4", 1, 256, BASE(http_threads), false,
+     "HTTP worker threads"},
+    {"HTTP_BODY_MAX", CM_CFG_INT, "65536", 256, 16777216, BASE(http_body_max), false,
+     "largest accepted request body in bytes (larger: 413)"},
+    {"DATABASE_URL", CM_CFG_STRING, NULL, 0, 0, BASE(database_url), false,
+     "libpq connection string or URI of the service's own database"},
+    {"DB_POOL_SIZE", CM_CFG_INT, "4", 1, 256, BASE(db_pool_size), false,
+     "database connections for HTTP requests"},
+    {"LOG_LEVEL", CM_CFG_STRING, "info", 0, 0, BASE(log_level), false,
+     "debug, info, notice, warning or error"},
+    {"CONSUMER_GROUP", CM_CFG_STRING, NULL, 0, 0, BASE(consumer_group), false,
+     "Kafka consumer group id"},
+    {"CONSUMER_BATCH", CM_CFG_INT, "256", 1, 10000, BASE(consumer_batch), false,
+     "most records applied in one database transaction"},
+    {"OUTBOX_BATCH", CM_CFG_INT, "500", 1, 10000, BASE(outbox_batch), false,
+     "most outbox rows published per relay pass"},
+    {"RETRY_MAX", CM_CFG_INT, "3", 0, 100, BASE(retry_max), false,
+     "retries of a failing record before it is dead-lettered"},
+    {"RETRY_BACKOFF", CM_CFG_DURATION, "2s", 0, 60000, BASE(retry_backoff_ms), false,
+     "wait between those retries (ms, or with unit: 500ms, 2s)"},
+};
+#define NBASE (sizeof(base_items) / sizeof(base_items[0]))
+
+static void usage(const cm_daemon_def *def, const cm_cfg_item *items)
+{
+    printf("Usage: %s [--help] [--version]\n\n%s\n\n"
+           "Configuration is read from the environment:\n",
+           def->name, def->description);
+    for (size_t i = 0; i < NBASE; i++)
+        printf("  %-18s %s (default: %s)\n", items[i].name, items[i].help,
+               items[i].def ? items[i].def : "required");
+    for (size_t i = 0; i < def->ncfg_items; i++)
+        printf("  %-18s %s (default: %s)\n", def->cfg_items[i].name, def->cfg_items[i].help,
+               def->cfg_items[i].def ? def->cfg_items[i].def : "required");
+    printf("  %-18s any librdkafka property, e.g. KAFKA_BOOTSTRAP_SERVERS=host:9092\n",
+           "KAFKA_<PROPERTY>");
+}
+
+static int load_config(cm_daemon *d, cm_cfg_item *items, char *err, size_t errlen)
+{
+    static char port[8];
+    int r;
+
+    memcpy(items, base_items, sizeof(base_items));
+    snprintf(port, sizeof(port), "%d", d->def->default_port);
+    items[1].def = port;
+    items[4].def = d->def->default_database_url;
+    items[7].def = d->def->name;
+    r = cm_config_load(items, NBASE, &d->base, err, errlen);
+    if (r == 0 && d->def->ncfg_items)
+        r = cm_config_load(d->def->cfg_items, d->def->ncfg_items, d->def->cfg, err, errlen);
+    if (r == 0 && cm_log_level_parse(d->base.log_level) < 0) {
+        snprintf(err, errlen, "invalid LOG_LEVEL=\"%s\": must be debug, info, notice, warning "
+                 "or error", d->base.log_level);
+        r = -EINVAL;
+    }
+    return r;
+}
+
+static void nap(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* PostgreSQL is waited for, never skipped. Returns 0 once migrated. */
+static int wait_database(cm_daemon *d)
+{
+    long backoff = 200;
+    char err[256];
+
+    while (!stop_requested) {
+        PGconn *conn = NULL;
+        int r = cm_db_connect(d->base.database_url, &conn, err, sizeof(err));
+        if (r == 0)
+            r = cm_db_migrate(conn, d->def->migrations, d->def->nmigrations);
+        if (r == 0) {
+            PQfinish(conn);
+            return 0;
+        }
+        if (r != -ECONNRESET) {
+            PQfinish(conn);
+            log_error("could not migrate database error=\"%s\"", conn ? cm_db_error(conn) : err);
+            return r;
+        }
+        log_warning("waiting for database error=\"%s\"", conn ? cm_db_error(conn) : err);
+        PQfinish(conn);
+        for (long t = 0; t < backoff && !stop_requested; t += 100)
+            nap(100);
+        backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
+    }
+    return -ECANCELED;
+}
+
+static void health_route(void *ctx, const cm_http_req *req, cm_http_resp *resp)
+{
+    (void)ctx;
+    (void)req;
+    resp->status = 200;
+    resp->body = json_pack("{s:s}", "status", "ok");
+}
+
+static void ready_route(void *ctx, const cm_http_req *req, cm_http_resp *resp)
+{
+    cm_daemon *d = ctx;
+    cm_health *h = &d->health;
+    bool ready = cm_health_ready(h);
+    (void)req;
+    resp->status = ready ? 200 : 503;
+    resp->body = json_pack("{s:s, s:b, s:b, s:b, s:b}", "status", ready ? "ready" : "not ready",
+                           "started", atomic_load(&h->started), "database",
+                           atomic_load(&h->db_ok) && atomic_load(&h->relay_db_ok), "kafka",
+                           atomic_load(&h->kafka_ok), "outbox",
+                           atomic_load(&h->relay_db_ok));
+}
+
+PGconn *cm_daemon_db(cm_daemon *d, cm_http_resp *resp)
+{
+    PGconn *conn;
+
+    if (cm_dbpool_acquire(d->pool, &conn) < 0) {
+        cm_http_problem(resp, 503, "Service Unavailable", "the database is unavailable");
+        return NULL;
+    }
+    return conn;
+}
+
+void cm_daemon_db_release(cm_daemon *d, PGconn *conn)
+{
+    cm_dbpool_release(d->pool, conn);
+}
+
+void cm_daemon_db_problem(cm_http_resp *resp, int r)
+{
+    if (r == -ECONNRESET || r == -EAGAIN)
+        cm_http_problem(resp, 503, "Service Unavailable", "the database is unavailable");
+    else
+        cm_http_problem(resp, 500, "Internal Server Error", "the request could not be stored");
+}
+
+void cm_daemon_get_one(cm_daemon *d, const cm_http_req *req, cm_http_resp *resp, const char *sql,
+                       const char *what, json_t *(*fill)(PGresult *res))
+{
+    const char *p[1] = {req->param};
+    PGresult *res;
+    PGconn *conn = cm_daemon_db(d, resp);
+    int r;
+
+    if (!conn)
+        return;
+    r = cm_db_query(conn, &res, sql, 1, p);
+    cm_daemon_db_release(d, conn);
+    if (r < 0) {
+        cm_daemon_db_problem(resp, r);
+        return;
+    }
+    if (PQntuples(res) == 0) {
+        cm_http_problem(resp, 404, "Not Found", "no %s %s", what, req->param);
+    } else {
+        resp->status = 200;
+        resp->body = fill(res);
+    }
+    PQclear(res);
+}
+
+static cm_http *http_server;
+
+static void stop_http(void *arg)
+{
+    (void)arg;
+    log_info("stopping: http server");
+    cm_http_stop(http_server);
+    http_server = NULL;
+    log_info("stopping: kafka consumer");
+}
+
+static int run(cm_daemon *d)
+{
+    size_t nroutes = d->def->nroutes + 2;
+    cm_http_route *routes = calloc(nroutes, sizeof(*routes));
+    cm_relay *relay = NULL;
+    int r;
+
+    if (!routes)
+        return -ENOMEM;
+    routes[0] = (cm_http_route){"GET", "/healthz", health_route};
+    routes[1] = (cm_http_route){"GET", "/readyz", ready_route};
+    memcpy(routes + 2, d->def->routes, d->def->nroutes * sizeof(*routes));
+
+    r = cm_dbpool_new(d->base.database_url, (size_t)d->base.db_pool_size, &d->pool);
+    if (r == 0)
+        r = cm_relay_start(d->base.database_url, d->def->name, (int)d->base.outbox_batch,
+                           &d->health, &relay);
+    if (r == 0) {
+        r = cm_http_start(d->base.http_addr, (int)d->base.http_port, (int)d->base.http_threads,
+                          (size_t)d->base.http_body_max, routes, nroutes, d, &http_server);
+        if (r < 0)
+            log_error("could not listen on %s:%lld", d->base.http_addr, d->base.http_port);
+    }
+    if (r == 0) {
+        cm_consumer_config cc = {
+            .client_id = d->def->name, .group = d->base.consumer_group,
+            .db_url = d->base.database_url, .subs = d->def->subs, .nsubs = d->def->nsubs,
+            .ctx = d, .batch_max = (int)d->base.consumer_batch,
+            .max_retries = (int)d->base.retry_max, .backoff_ms = d->base.retry_backoff_ms,
+            .health = &d->health, .before_close = stop_http,
+        };
+        atomic_store(&d->health.started, true);
+        log_info("started http=%s:%lld group=%s", d->base.http_addr, d->base.http_port,
+                 d->base.consumer_group);
+        r = cm_consumer_run(&cc, &stop_requested);
+    }
+    cm_http_stop(http_server);
+    http_server = NULL;
+    log_info("stopping: outbox relay");
+    cm_relay_stop(relay);
+    log_info("stopping: database");
+    cm_dbpool_free(d->pool);
+    free(routes);
+    return r;
+}
+
+int cm_daemon_main(const cm_daemon_def *def, int argc, char **argv)
+{
+    cm_daemon d = {.def = def};
+    cm_cfg_item items[NBASE];
+    struct sigaction sa = {.sa_handler = on_signal};
+    char err[512];
+    int r;
+
+    r = load_config(&d, items, err, sizeof(err));
+    if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        usage(def, items);
+        return 0;
+    }
+    if (argc > 1 && strcmp(argv[1], "--version") == 0) {
+        printf("%s %s\n", def->name, ORDERS_VERSION);
+        return 0;
+    }
+    if (argc > 1) {
+        fprintf(stderr, "%s: unknown argument %s (try --help)\n", def->name, argv[1]);
+        return 2;
+    }
+    cm_log_init(def->name, LOG_INFO);
+    if (r < 0) {
+        log_error("configuration error: %s", err);
+        return 78; /* EX_CONFIG */
+    }
+    cm_log_init(def->name, cm_log_level_parse(d.base.log_level));
+    cm_config_log(items, NBASE, &d.base);
+    if (def->ncfg_items)
+        cm_config_log(def->cfg_items, def->ncfg_items, def->cfg);
+
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    r = wait_database(&d);
+    if (r == 0)
+        r = run(&d);
+    if (r < 0 && r != -ECANCELED) {
+        log_error("exiting after error code=%d", r);
+        return 1;
+    }
+    log_info("stopped");
+    return 0;
+}

@@ -1,0 +1,80 @@
+/*
+ * cm_daemon.h - the life cycle shared by the three daemons.
+ *
+ * A daemon is described by a cm_daemon_def (its name, defaults, migrations,
+ * subscriptions and HTTP routes); cm_daemon_main() does the rest:
+ *   1. load configuration (the common table plus the service's own) and fail
+ *      with a message naming a bad variable;
+ *   2. wait for PostgreSQL (never skipped: retried until it answers or the
+ *      daemon is told to stop) and apply the migrations;
+ *   3. start the outbox relay, the HTTP server (with /healthz and /readyz),
+ *      then run the consumer loop on the main thread;
+ *   4. on SIGTERM or SIGINT drain in a fixed order: stop HTTP, close the
+ *      consumer (the group rebalances at once), stop the relay (flushing the
+ *      producer), close the database.
+ * Handlers receive the cm_daemon as their ctx.
+ */
+#pragma once
+
+#include "cm_config.h"
+#include "cm_consumer.h"
+#include "cm_db.h"
+#include "cm_health.h"
+#include "cm_http.h"
+
+#include <stdbool.h>
+
+typedef struct {
+    const char *http_addr;
+    long long http_port;
+    long long http_threads;
+    long long http_body_max;
+    const char *database_url;
+    long long db_pool_size;
+    const char *log_level;
+    const char *consumer_group;
+    long long consumer_batch;
+    long long outbox_batch;
+    long long retry_max;
+    long long retry_backoff_ms;
+} cm_base_config;
+
+typedef struct {
+    const char *name;        /* "order-service"; also client.id and default group */
+    const char *description; /* one line for --help */
+    int default_port;
+    const char *default_database_url;
+    const char *const *migrations;
+    size_t nmigrations;
+    const cm_subscription *subs;
+    size_t nsubs;
+    const cm_http_route *routes;
+    size_t nroutes;
+    const cm_cfg_item *cfg_items; /* the service's own variables, or NULL */
+    size_t ncfg_items;
+    void *cfg;                    /* where they are loaded */
+} cm_daemon_def;
+
+typedef struct {
+    const cm_daemon_def *def;
+    cm_base_config base;
+    cm_health health;
+    cm_dbpool *pool; /* for HTTP handlers */
+} cm_daemon;
+
+/* Takes a pooled database connection for an HTTP handler. If the database is
+ * unreachable, fills resp with a 503 problem and returns NULL. */
+PGconn *cm_daemon_db(cm_daemon *d, cm_http_resp *resp);
+void cm_daemon_db_release(cm_daemon *d, PGconn *conn);
+
+/* Fills resp with 503 (an outage) or 500 for a database error code r. */
+void cm_daemon_db_problem(cm_http_resp *resp, int r);
+
+/* GET handler body shared by the services: runs sql with the path parameter
+ * as $1 and answers 200 with fill(result) for one row, 404 ("no <what>
+ * <param>") for none, 503/500 on database errors. */
+void cm_daemon_get_one(cm_daemon *d, const cm_http_req *req, cm_http_resp *resp, const char *sql,
+                       const char *what, json_t *(*fill)(PGresult *res));
+
+/* Runs the daemon; returns the process exit status. */
+int cm_daemon_main(const cm_daemon_def *def, int argc, char **argv);

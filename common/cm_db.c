@@ -1,0 +1,219 @@
+/*
+ * cm_db.c - see cm_db.h.
+ */
+#include "cm_db.h"
+
+#include "cm_log.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void notice_to_log(void *arg, const char *message)
+{
+    (void)arg;
+    log_debug("postgres notice msg=\"%s\"", message);
+}
+
+const char *cm_db_error(PGconn *conn)
+{
+    static __thread char buf[512];
+    const char *m = conn ? PQerrorMessage(conn) : "no connection";
+    size_t n;
+
+    snprintf(buf, sizeof(buf), "%s", m && *m ? m : "unknown error");
+    n = strlen(buf);
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
+        buf[--n] = '\0';
+    for (size_t i = 0; i < n; i++)
+        if (buf[i] == '\n' || buf[i] == '"')
+            buf[i] = buf[i] == '"' ? '\'' : ' ';
+    return buf;
+}
+
+int cm_db_connect(const char *url, PGconn **ret, char *err, size_t errlen)
+{
+    PGconn *conn = PQconnectdb(url);
+
+    if (!conn || PQstatus(conn) != CONNECTION_OK) {
+        snprintf(err, errlen, "%s", cm_db_error(conn));
+        PQfinish(conn);
+        return -ECONNRESET;
+    }
+    PQsetNoticeProcessor(conn, notice_to_log, NULL);
+    *ret = conn;
+    return 0;
+}
+
+int cm_db_classify(PGconn *conn, const PGresult *res)
+{
+    const char *state;
+    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+        return 0;
+    if (!conn || PQstatus(conn) != CONNECTION_OK)
+        return -ECONNRESET;
+    state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (!state)
+        return -ECONNRESET;
+    /* 08: connection exception; 57P0x: shutdown / cannot connect now;
+     * 53: insufficient resources (too many connections, disk full). */
+    if (strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0 ||
+        strncmp(state, "53", 2) == 0)
+        return -ECONNRESET;
+    if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0)
+        return -EAGAIN;
+    return -EIO;
+}
+
+int cm_db_query(PGconn *conn, PGresult **ret, const char *sql, int nparams,
+                const char *const *params)
+{
+    PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    int r = cm_db_classify(conn, res);
+
+    if (r < 0) {
+        log_debug("sql failed code=%d error=\"%s\"", r, cm_db_error(conn));
+        PQclear(res);
+        return r;
+    }
+    if (ret)
+        *ret = res;
+    else
+        PQclear(res);
+    return 0;
+}
+
+int cm_db_exec(PGconn *conn, const char *sql)
+{
+    return cm_db_query(conn, NULL, sql, 0, NULL);
+}
+
+static int migrate_one(PGconn *conn, int version, const char *sql)
+{
+    static const char record[] = "INSERT INTO schema_migrations(version) VALUES ($1::int)";
+    char v[16];
+    const char *p[1] = {v};
+    int r;
+
+    snprintf(v, sizeof(v), "%d", version);
+    r = cm_db_exec(conn, "BEGIN");
+    if (r == 0)
+        r = cm_db_exec(conn, sql);
+    if (r == 0)
+        r = cm_db_query(conn, NULL, record, 1, p);
+    if (r == 0)
+        r = cm_db_exec(conn, "COMMIT");
+    if (r < 0) {
+        log_error("could not apply migration version=%d error=\"%s\"", version,
+                  cm_db_error(conn));
+        cm_db_exec(conn, "ROLLBACK");
+        return r;
+    }
+    log_info("applied migration version=%d", version);
+    return 0;
+}
+
+int cm_db_migrate(PGconn *conn, const char *const *migrations, size_t n)
+{
+    static const char create[] =
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())";
+    static const char current[] = "SELECT coalesce(max(version), 0) FROM schema_migrations";
+    PGresult *res = NULL;
+    int have, r;
+
+    /* The lock makes concurrent starts of several instances safe. */
+    r = cm_db_exec(conn, "SELECT pg_advisory_lock(7260001)");
+    if (r < 0)
+        return r;
+    r = cm_db_exec(conn, create);
+    if (r == 0)
+        r = cm_db_query(conn, &res, current, 0, NULL);
+    if (r == 0) {
+        have = (int)strtol(PQgetvalue(res, 0, 0), NULL, 10);
+        PQclear(res);
+        for (size_t i = (size_t)have; i < n && r == 0; i++)
+            r = migrate_one(conn, (int)i + 1, migrations[i]);
+    }
+    cm_db_exec(conn, "SELECT pg_advisory_unlock(7260001)");
+    return r;
+}
+
+struct cm_dbpool {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    const char *url;
+    size_t size, nfree;
+    PGconn **free;
+};
+
+int cm_dbpool_new(const char *url, size_t size, cm_dbpool **ret)
+{
+    cm_dbpool *p = calloc(1, sizeof(*p));
+
+    if (!p || !(p->free = calloc(size, sizeof(PGconn *)))) {
+        free(p);
+        return -ENOMEM;
+    }
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->cond, NULL);
+    p->url = url;
+    p->size = size;
+    /* Slots start empty (NULL): connections are made lazily on acquire. */
+    p->nfree = size;
+    *ret = p;
+    return 0;
+}
+
+int cm_dbpool_acquire(cm_dbpool *pool, PGconn **ret)
+{
+    PGconn *conn;
+    char err[256];
+
+    pthread_mutex_lock(&pool->lock);
+    while (pool->nfree == 0)
+        pthread_cond_wait(&pool->cond, &pool->lock);
+    conn = pool->free[--pool->nfree];
+    pthread_mutex_unlock(&pool->lock);
+
+    if (conn && PQstatus(conn) != CONNECTION_OK) {
+        PQfinish(conn);
+        conn = NULL;
+    }
+    if (!conn && cm_db_connect(pool->url, &conn, err, sizeof(err)) < 0) {
+        log_warning("database unavailable error=\"%s\"", err);
+        cm_dbpool_release(pool, NULL);
+        return -ECONNRESET;
+    }
+    *ret = conn;
+    return 0;
+}
+
+void cm_dbpool_release(cm_dbpool *pool, PGconn *conn)
+{
+    /* A connection left inside a transaction or broken is not reused. */
+    if (conn && (PQstatus(conn) != CONNECTION_OK || PQtransactionStatus(conn) != PQTRANS_IDLE)) {
+        PQfinish(conn);
+        conn = NULL;
+    }
+    pthread_mutex_lock(&pool->lock);
+    pool->free[pool->nfree++] = conn;
+    pthread_cond_signal(&pool->cond);
+    pthread_mutex_unlock(&pool->lock);
+}
+
+void cm_dbpool_free(cm_dbpool *pool)
+{
+    if (!pool)
+        return;
+    for (size_t i = 0; i < pool->nfree; i++)
+        PQfinish(pool->free[i]);
+    pthread_mutex_destroy(&pool->lock);
+    pthread_cond_destroy(&pool->cond);
+    free(pool->free);
+    free(pool);
+}

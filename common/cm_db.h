@@ -1,0 +1,51 @@
+/*
+ * cm_db.h - PostgreSQL helpers: connect, run parameterised SQL, classify
+ * errors, apply versioned migrations, and a small connection pool.
+ *
+ * Error convention (used by every caller that decides between retrying and
+ * giving up):
+ *   -ECONNRESET  the database is unreachable or restarting (an outage: not
+ *                the fault of whatever was being processed; retry without end)
+ *   -EAGAIN      a transient conflict (serialization failure, deadlock):
+ *                retry the same work
+ *   -EIO         any other error: the statement itself failed
+ */
+#pragma once
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+/* Connects and checks the connection; returns 0 or -ECONNRESET. On failure
+ * err holds libpq's message (one line). */
+int cm_db_connect(const char *url, PGconn **ret, char *err, size_t errlen);
+
+/* Maps a finished result (or NULL) on conn to 0 or one of the codes above. */
+int cm_db_classify(PGconn *conn, const PGresult *res);
+
+/* Runs a command without parameters (BEGIN, COMMIT, DDL); returns 0 or a code. */
+int cm_db_exec(PGconn *conn, const char *sql);
+
+/* Runs a parameterised statement (text parameters). On success returns 0 and,
+ * if ret is not NULL, hands over the result (caller PQclear()s); otherwise
+ * returns a code and logs the server's message at debug level. */
+int cm_db_query(PGconn *conn, PGresult **ret, const char *sql, int nparams,
+                const char *const *params);
+
+/* Convenience: the last error message of conn, one line, never NULL. */
+const char *cm_db_error(PGconn *conn);
+
+/* Applies migrations[i] for every version i+1 not yet recorded in table
+ * schema_migrations, each in its own transaction, serialised between
+ * instances by an advisory lock. Returns 0 or a code. */
+int cm_db_migrate(PGconn *conn, const char *const *migrations, size_t n);
+
+/* A fixed-size pool of connections for request handlers. Connections that
+ * broke are reconnected on acquire. */
+typedef struct cm_dbpool cm_dbpool;
+int cm_dbpool_new(const char *url, size_t size, cm_dbpool **ret);
+/* Blocks until a connection is free; returns 0 with *ret set, or -ECONNRESET
+ * if the connection could not be (re)established. */
+int cm_dbpool_acquire(cm_dbpool *pool, PGconn **ret);
+void cm_dbpool_release(cm_dbpool *pool, PGconn *conn);
+void cm_dbpool_free(cm_dbpool *pool);

@@ -1,0 +1,28 @@
+/*
+ * cm_health.h - the live state a daemon reports on /readyz and in its logs:
+ * whether its dependencies are usable, and a few counters. Written by the
+ * consumer loop, the relay and the HTTP handlers; read by anyone. All fields
+ * are atomics, so no lock is needed.
+ */
+#pragma once
+
+#include <stdatomic.h>
+#include <stdbool.h>
+
+typedef struct {
+    atomic_bool db_ok;       /* the consumer's database connection works */
+    atomic_bool kafka_ok;    /* the brokers answer (consumer and producer) */
+    atomic_bool relay_db_ok; /* the relay's database connection works */
+    atomic_bool started;     /* start-up finished (subscribed, relay running) */
+    atomic_llong consumed;   /* records handled (any outcome) */
+    atomic_llong produced;   /* outbox rows acknowledged by the brokers */
+    atomic_llong dead_lettered;
+    atomic_llong retries;
+    atomic_llong outbox_backlog; /* rows seen in the outbox by the last relay pass */
+} cm_health;
+
+static inline bool cm_health_ready(cm_health *h)
+{
+    return atomic_load(&h->started) && atomic_load(&h->db_ok) && atomic_load(&h->kafka_ok) &&
+           atomic_load(&h->relay_db_ok);
+}

@@ -1,0 +1,286 @@
+/*
+ * cm_http.c - see cm_http.h.
+ */
+#include "cm_http.h"
+
+#include "cm_log.h"
+
+#include <errno.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+struct cm_http {
+    struct MHD_Daemon *daemon;
+    const cm_http_route *routes;
+    size_t nroutes;
+    size_t body_max;
+    void *ctx;
+};
+
+/* Per-request state, from the first callback to request completion. */
+typedef struct {
+    char *body;
+    size_t len;
+    bool too_large;
+} reqstate;
+
+const char *cm_http_header(const cm_http_req *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+void cm_http_problem(cm_http_resp *resp, int status, const char *title, const char *fmt, ...)
+{
+    char detail[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof(detail), fmt, ap);
+    va_end(ap);
+    json_decref(resp->body);
+    resp->status = status;
+    resp->ctype = "application/problem+json";
+    resp->body = json_pack("{s:s, s:s, s:i, s:s}", "type", "about:blank", "title", title,
+                           "status", status, "detail", detail);
+}
+
+json_t *cm_http_json_body(const cm_http_req *req, cm_http_resp *resp)
+{
+    json_error_t e;
+    json_t *j;
+
+    if (!req->body || req->body_len == 0) {
+        cm_http_problem(resp, 400, "Bad Request", "request body is empty");
+        return NULL;
+    }
+    j = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &e);
+    if (!j) {
+        cm_http_problem(resp, 400, "Bad Request", "invalid JSON at line %d column %d: %s",
+                        e.line, e.column, e.text);
+        return NULL;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        cm_http_problem(resp, 400, "Bad Request", "request body must be a JSON object");
+        return NULL;
+    }
+    return j;
+}
+
+int cm_http_json_int(json_t *obj, const char *key, long long min, long long max, long long *ret,
+                     cm_http_resp *resp)
+{
+    json_t *v = json_object_get(obj, key);
+
+    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
+        cm_http_problem(resp, 400, "Bad Request", "field \"%s\" must be an integer between %lld "
+                        "and %lld", key, min, max);
+        return -EINVAL;
+    }
+    *ret = json_integer_value(v);
+    return 0;
+}
+
+/* Matches path against pattern; sets *param for a trailing "/{}". */
+static bool match(const char *pattern, const char *path, const char **param)
+{
+    size_t plen = strlen(pattern);
+
+    *param = NULL;
+    if (plen > 3 && strcmp(pattern + plen - 3, "/{}") == 0) {
+        size_t base = plen - 2; /* keep the slash */
+        if (strncmp(pattern, path, base) != 0 || path[base] == '\0' || strchr(path + base, '/'))
+            return false;
+        *param = path + base;
+        return true;
+    }
+    return strcmp(pattern, path) == 0;
+}
+
+static enum MHD_Result send_resp(struct MHD_Connection *c, cm_http_resp *resp, const char *allow)
+{
+    char *text = resp->body ? json_dumps(resp->body, JSON_COMPACT) : NULL;
+    struct MHD_Response *r;
+    enum MHD_Result ret;
+
+    json_decref(resp->body);
+    resp->body = NULL;
+    if (text)
+        r = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+    else
+        r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+    if (!r) {
+        free(text);
+        return MHD_NO;
+    }
+    if (text)
+        MHD_add_response_header(r, "Content-Type",
+                                resp->ctype ? resp->ctype : "application/json");
+    if (resp->location[0])
+        MHD_add_response_header(r, "Location", resp->location);
+    if (allow)
+        MHD_add_response_header(r, "Allow", allow);
+    ret = MHD_queue_response(c, (unsigned)resp->status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static bool is_json_ctype(const char *ct)
+{
+    size_t n = strlen("application/json");
+    return ct && strncasecmp(ct, "application/json", n) == 0 &&
+           (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
+}
+
+static enum MHD_Result dispatch(cm_http *h, struct MHD_Connection *c, const char *url,
+                                const char *method, reqstate *st)
+{
+    cm_http_resp resp = {.status = 500};
+    char allow[64] = "";
+    const char *param;
+
+    for (size_t i = 0; i < h->nroutes; i++) {
+        const cm_http_route *rt = &h->routes[i];
+        if (!match(rt->pattern, url, &param))
+            continue;
+        if (strcmp(rt->method, method) != 0) {
+            if (!strstr(allow, rt->method))
+                snprintf(allow + strlen(allow), sizeof(allow) - strlen(allow), "%s%s",
+                         allow[0] ? ", " : "", rt->method);
+            continue;
+        }
+        cm_http_req req = {method, url, param, st->body, st->len, c};
+        if (st->too_large) {
+            cm_http_problem(&resp, 413, "Content Too Large",
+                            "request body exceeds %zu bytes", h->body_max);
+        } else if (st->len > 0 &&
+                   !is_json_ctype(MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                              "Content-Type"))) {
+            cm_http_problem(&resp, 415, "Unsupported Media Type",
+                            "request body must be application/json");
+        } else {
+            rt->handle(h->ctx, &req, &resp);
+        }
+        return send_resp(c, &resp, NULL);
+    }
+    if (allow[0]) {
+        cm_http_problem(&resp, 405, "Method Not Allowed", "method %s is not allowed on %s",
+                        method, url);
+        return send_resp(c, &resp, allow);
+    }
+    cm_http_problem(&resp, 404, "Not Found", "no resource at %s", url);
+    return send_resp(c, &resp, NULL);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload, size_t *upload_size, void **con_cls)
+{
+    cm_http *h = cls;
+    reqstate *st = *con_cls;
+    (void)version;
+
+    if (!st) {
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+        st = calloc(1, sizeof(*st));
+        if (!st)
+            return MHD_NO;
+        *con_cls = st;
+        /* Refuse a declared oversize body before reading any of it. */
+        if (cl && strtoull(cl, NULL, 10) > h->body_max)
+            st->too_large = true;
+        return MHD_YES;
+    }
+    if (*upload_size > 0) {
+        if (!st->too_large && st->len + *upload_size <= h->body_max) {
+            char *nb = realloc(st->body, st->len + *upload_size + 1);
+            if (!nb)
+                return MHD_NO;
+            st->body = nb;
+            memcpy(st->body + st->len, upload, *upload_size);
+            st->len += *upload_size;
+            st->body[st->len] = '\0';
+        } else {
+            st->too_large = true;
+        }
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    return dispatch(h, c, url, method, st);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    reqstate *st = *con_cls;
+    (void)cls;
+    (void)c;
+    (void)toe;
+    if (st) {
+        free(st->body);
+        free(st);
+    }
+    *con_cls = NULL;
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char msg[512];
+    (void)cls;
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    log_debug("libmicrohttpd msg=\"%s\"", msg);
+}
+
+int cm_http_start(const char *addr, int port, int threads, size_t body_max,
+                  const cm_http_route *routes, size_t nroutes, void *ctx, cm_http **ret)
+{
+    struct addrinfo hints = {.ai_flags = AI_NUMERICHOST | AI_PASSIVE,
+                             .ai_socktype = SOCK_STREAM};
+    struct addrinfo *ai = NULL;
+    char portstr[8];
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | MHD_USE_EPOLL;
+    cm_http *h;
+
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    if (getaddrinfo(addr, portstr, &hints, &ai) != 0 || !ai)
+        return -EINVAL;
+    h = calloc(1, sizeof(*h));
+    if (!h) {
+        freeaddrinfo(ai);
+        return -ENOMEM;
+    }
+    h->routes = routes;
+    h->nroutes = nroutes;
+    h->body_max = body_max;
+    h->ctx = ctx;
+    if (ai->ai_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    h->daemon = MHD_start_daemon(
+        flags, (uint16_t)port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)threads, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)30, MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log,
+        NULL, MHD_OPTION_END);
+    freeaddrinfo(ai);
+    if (!h->daemon) {
+        free(h);
+        return -EADDRINUSE;
+    }
+    *ret = h;
+    return 0;
+}
+
+void cm_http_stop(cm_http *http)
+{
+    if (!http)
+        return;
+    MHD_stop_daemon(http->daemon);
+    free(http);
+}

@@ -1,0 +1,65 @@
+/*
+ * cm_http.h - HTTP plumbing on libmicrohttpd: a route table, JSON request
+ * bodies with a size cap, JSON and application/problem+json responses.
+ *
+ * Routes match a method and a path; a pattern ending in "/{}" matches one
+ * more non-empty path segment, handed to the handler as req->param. A path
+ * that matches a pattern but not the method gets 405 with Allow; no match
+ * gets 404. Requests with a body must be application/json (else 415) and at
+ * most body_max bytes (else 413). Handlers run on libmicrohttpd's worker
+ * threads and must be thread-safe.
+ */
+#pragma once
+
+#include <jansson.h>
+#include <stddef.h>
+
+typedef struct {
+    const char *method;
+    const char *path;
+    const char *param; /* the "{}" segment, or NULL */
+    const char *body;  /* NUL-terminated, or NULL */
+    size_t body_len;
+    void *conn; /* for cm_http_header() */
+} cm_http_req;
+
+typedef struct {
+    int status;
+    json_t *body;         /* owned; sent as JSON */
+    const char *ctype;    /* default application/json */
+    char location[256];   /* Location header if non-empty */
+} cm_http_resp;
+
+typedef void (*cm_http_fn)(void *ctx, const cm_http_req *req, cm_http_resp *resp);
+
+typedef struct {
+    const char *method;
+    const char *pattern; /* "/orders" or "/orders/{}" */
+    cm_http_fn handle;
+} cm_http_route;
+
+typedef struct cm_http cm_http;
+
+/* Starts listening on addr:port with threads worker threads. routes must
+ * outlive the server. Returns 0 or a negative errno. */
+int cm_http_start(const char *addr, int port, int threads, size_t body_max,
+                  const cm_http_route *routes, size_t nroutes, void *ctx, cm_http **ret);
+/* Stops accepting and finishes requests in progress. NULL is fine. */
+void cm_http_stop(cm_http *http);
+
+/* A request header's value, or NULL. */
+const char *cm_http_header(const cm_http_req *req, const char *name);
+
+/* Fills resp with an application/problem+json body. */
+void cm_http_problem(cm_http_resp *resp, int status, const char *title, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Parses req's body as one JSON object, rejecting duplicate keys. On failure
+ * fills resp with a 400 problem and returns NULL. */
+json_t *cm_http_json_body(const cm_http_req *req, cm_http_resp *resp);
+
+/* Reads integer field key of obj into *ret, requiring a JSON integer within
+ * [min, max]. On failure fills resp with a 400 problem naming the field and
+ * returns -EINVAL. */
+int cm_http_json_int(json_t *obj, const char *key, long long min, long long max, long long *ret,
+                     cm_http_resp *resp);

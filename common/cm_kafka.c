@@ -1,0 +1,108 @@
+/*
+ * cm_kafka.c - see cm_kafka.h.
+ */
+#include "cm_kafka.h"
+
+#include "cm_config.h"
+#include "cm_log.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+struct set_ctx {
+    rd_kafka_conf_t *conf;
+    char *err;
+    size_t errlen;
+};
+
+static int set_from_env(void *ud, const char *var, const char *prop, const char *value)
+{
+    struct set_ctx *c = ud;
+    char e[256];
+
+    if (rd_kafka_conf_set(c->conf, prop, value, e, sizeof(e)) != RD_KAFKA_CONF_OK) {
+        snprintf(c->err, c->errlen, "invalid %s (librdkafka property %s): %s", var, prop, e);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    cm_log(level > LOG_DEBUG ? LOG_DEBUG : level, "librdkafka client=%s facility=%s msg=\"%s\"",
+           rd_kafka_name(rk), fac, buf);
+}
+
+static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    cm_health *h = opaque;
+
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN && h)
+        atomic_store(&h->kafka_ok, false);
+    cm_log(err == RD_KAFKA_RESP_ERR__FATAL ? LOG_ERR : LOG_WARNING,
+           "kafka error client=%s code=%s reason=\"%s\"", rd_kafka_name(rk),
+           rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+}
+
+int cm_kafka_conf(cm_kafka_role role, const char *client_id, const char *group,
+                  cm_health *health, rd_kafka_conf_t **ret, char *err, size_t errlen)
+{
+    static const char *const producer_defaults[][2] = {
+        {"enable.idempotence", "true"}, {"acks", "all"}, {"linger.ms", "1"},
+        {"message.timeout.ms", "30000"}, {"compression.type", "lz4"},
+    };
+    static const char *const consumer_defaults[][2] = {
+        {"enable.auto.offset.store", "false"}, {"enable.auto.commit", "true"},
+        {"auto.commit.interval.ms", "1000"},   {"auto.offset.reset", "earliest"},
+        {"enable.partition.eof", "false"},     {"session.timeout.ms", "10000"},
+    };
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    struct set_ctx c = {conf, err, errlen};
+    char e[256];
+    int r;
+
+#define SET(k, v)                                                                                  \
+    do {                                                                                           \
+        if (rd_kafka_conf_set(conf, (k), (v), e, sizeof(e)) != RD_KAFKA_CONF_OK) {                 \
+            snprintf(err, errlen, "could not set kafka property %s: %s", (k), e);                  \
+            rd_kafka_conf_destroy(conf);                                                           \
+            return -EINVAL;                                                                        \
+        }                                                                                          \
+    } while (0)
+
+    SET("bootstrap.servers", "127.0.0.1:9092");
+    SET("client.id", client_id);
+    if (role == CM_KAFKA_PRODUCER) {
+        for (size_t i = 0; i < sizeof(producer_defaults) / sizeof(producer_defaults[0]); i++)
+            SET(producer_defaults[i][0], producer_defaults[i][1]);
+    } else {
+        SET("group.id", group);
+        for (size_t i = 0; i < sizeof(consumer_defaults) / sizeof(consumer_defaults[0]); i++)
+            SET(consumer_defaults[i][0], consumer_defaults[i][1]);
+    }
+#undef SET
+    r = cm_config_kafka_each(set_from_env, &c);
+    if (r < 0) {
+        rd_kafka_conf_destroy(conf);
+        return r;
+    }
+    rd_kafka_conf_set_log_cb(conf, on_log);
+    rd_kafka_conf_set_error_cb(conf, on_error);
+    rd_kafka_conf_set_opaque(conf, health);
+    *ret = conf;
+    return 0;
+}
+
+int cm_kafka_new(cm_kafka_role role, rd_kafka_conf_t *conf, rd_kafka_t **ret, char *err,
+                 size_t errlen)
+{
+    rd_kafka_t *rk = rd_kafka_new(role == CM_KAFKA_PRODUCER ? RD_KAFKA_PRODUCER : RD_KAFKA_CONSUMER,
+                                  conf, err, errlen);
+    if (!rk) {
+        rd_kafka_conf_destroy(conf);
+        return -EINVAL;
+    }
+    *ret = rk;
+    return 0;
+}

@@ -1,0 +1,31 @@
+/*
+ * cm_kafka.h - librdkafka set-up shared by the consumer loop and the relay.
+ *
+ * Our defaults come first, then every KAFKA_* environment variable overrides
+ * or adds a property, so operators can tune anything librdkafka supports
+ * without a rebuild. Errors name the offending variable.
+ */
+#pragma once
+
+#include "cm_health.h"
+
+#include <librdkafka/rdkafka.h>
+#include <stddef.h>
+
+typedef enum {
+    CM_KAFKA_PRODUCER,
+    CM_KAFKA_CONSUMER,
+} cm_kafka_role;
+
+/* Builds a configuration for role: bootstrap servers, client.id, and for a
+ * producer enable.idempotence=true, acks=all, linger.ms=1; for a consumer
+ * group.id=group, enable.auto.offset.store=false, auto.offset.reset=earliest.
+ * Hooks librdkafka's log and error callbacks into cm_log and health->kafka_ok.
+ * Returns 0 with *ret set (caller owns it until rd_kafka_new takes it), or
+ * -EINVAL with err naming the bad variable. */
+int cm_kafka_conf(cm_kafka_role role, const char *client_id, const char *group,
+                  cm_health *health, rd_kafka_conf_t **ret, char *err, size_t errlen);
+
+/* Creates a client from conf (which it takes, even on failure). */
+int cm_kafka_new(cm_kafka_role role, rd_kafka_conf_t *conf, rd_kafka_t **ret, char *err,
+                 size_t errlen);

@@ -1,0 +1,412 @@
+/*
+ * cm_outbox.c - see cm_outbox.h.
+ */
+#include "cm_outbox.h"
+
+#include "cm_db.h"
+#include "cm_kafka.h"
+#include "cm_log.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define RELAY_LOCK_KEY "7260002"
+
+const char cm_outbox_migration[] =
+    "CREATE TABLE outbox ("
+    " id bigserial PRIMARY KEY,"
+    " topic text NOT NULL,"
+    " msg_key text NOT NULL,"
+    " payload text NOT NULL,"
+    " headers jsonb NOT NULL,"
+    " created_at timestamptz NOT NULL DEFAULT clock_timestamp());"
+    "CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS"
+    " $$BEGIN PERFORM pg_notify('outbox', ''); RETURN NULL; END$$;"
+    "CREATE TRIGGER outbox_notify AFTER INSERT ON outbox"
+    " FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();";
+
+static void traceparent_child(const char *parent, char out[56])
+{
+    char fresh[56];
+
+    ev_traceparent_new(fresh);
+    if (parent && ev_traceparent_valid(parent, strlen(parent))) {
+        /* Keep the trace id ("00-<32 hex>-"), take a new span id. */
+        memcpy(out, parent, 36);
+        memcpy(out + 36, fresh + 36, 56 - 36);
+    } else {
+        memcpy(out, fresh, 56);
+    }
+}
+
+int cm_outbox_headers(ev_type type, const char *parent_traceparent, char **ret_json)
+{
+    char id[37], tp[56], version[12];
+    json_t *h;
+    char *s;
+
+    ev_uuid(id);
+    traceparent_child(parent_traceparent, tp);
+    snprintf(version, sizeof(version), "%d", EV_VERSION);
+    h = json_pack("{s:s, s:s, s:s, s:s, s:s}", EV_HDR_EVENT_ID, id, EV_HDR_EVENT_TYPE,
+                  ev_type_name(type), EV_HDR_EVENT_VERSION, version, EV_HDR_TRACEPARENT, tp,
+                  EV_HDR_TYPE_ID, ev_type_java_class(type));
+    if (!h)
+        return -ENOMEM;
+    s = json_dumps(h, JSON_COMPACT);
+    json_decref(h);
+    if (!s)
+        return -ENOMEM;
+    *ret_json = s;
+    return 0;
+}
+
+int cm_outbox_add(PGconn *conn, ev_type type, const char *key, const char *payload,
+                  const char *parent_traceparent)
+{
+    static const char sql[] =
+        "INSERT INTO outbox(topic, msg_key, payload, headers) VALUES ($1, $2, $3, $4::jsonb)";
+    char *headers = NULL;
+    int r = cm_outbox_headers(type, parent_traceparent, &headers);
+
+    if (r < 0)
+        return r;
+    const char *p[4] = {ev_type_topic(type), key, payload, headers};
+    r = cm_db_query(conn, NULL, sql, 4, p);
+    free(headers);
+    return r;
+}
+
+int cm_outbox_add_outcome(PGconn *conn, ev_type type, const char *order_id, bool yes,
+                          const char *reason, const char *parent_traceparent)
+{
+    char *json = NULL;
+    int r;
+
+    if (type == EV_PAYMENT_COMPLETED) {
+        ev_payment_completed e = {.approved = yes};
+        snprintf(e.order_id, sizeof(e.order_id), "%s", order_id);
+        snprintf(e.reason, sizeof(e.reason), "%s", reason);
+        r = ev_payment_completed_encode(&e, &json);
+    } else if (type == EV_INVENTORY_RESERVED) {
+        ev_inventory_reserved e = {.reserved = yes};
+        snprintf(e.order_id, sizeof(e.order_id), "%s", order_id);
+        snprintf(e.reason, sizeof(e.reason), "%s", reason);
+        r = ev_inventory_reserved_encode(&e, &json);
+    } else {
+        return -EINVAL;
+    }
+    if (r == 0)
+        r = cm_outbox_add(conn, type, order_id, json, parent_traceparent);
+    free(json);
+    return r;
+}
+
+/* ---- relay ---- */
+
+struct cm_relay {
+    const char *db_url;
+    const char *client_id;
+    int batch;
+    cm_health *health;
+    atomic_bool stop;
+    pthread_t thread;
+    PGconn *conn;
+    rd_kafka_t *producer;
+    bool leader; /* holds the relay lock */
+};
+
+/* Delivery state of one row of the current batch: set by the DR callback. */
+typedef struct {
+    int state; /* 0 pending, 1 persisted, -1 failed */
+    rd_kafka_resp_err_t err;
+} relay_slot;
+
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    relay_slot *slot = m->_private;
+    (void)rk;
+    (void)opaque;
+    slot->err = m->err;
+    slot->state = m->err ? -1 : 1;
+}
+
+static void sleep_ms(cm_relay *r, long ms)
+{
+    /* Sleeps in short steps so that stop is noticed quickly. */
+    while (ms > 0 && !atomic_load(&r->stop)) {
+        struct timespec ts = {0, (ms > 100 ? 100 : ms) * 1000000L};
+        nanosleep(&ts, NULL);
+        ms -= 100;
+    }
+}
+
+static int relay_connect(cm_relay *r)
+{
+    static const char lock[] = "SELECT pg_try_advisory_lock(" RELAY_LOCK_KEY ")";
+    char err[256];
+    PGresult *res;
+    int rc;
+
+    if (!r->conn) {
+        rc = cm_db_connect(r->db_url, &r->conn, err, sizeof(err));
+        if (rc < 0) {
+            log_warning("outbox relay cannot reach database error=\"%s\"", err);
+            return rc;
+        }
+        rc = cm_db_exec(r->conn, "LISTEN outbox");
+        if (rc < 0)
+            return rc;
+        r->leader = false;
+    }
+    if (!r->leader) {
+        rc = cm_db_query(r->conn, &res, lock, 0, NULL);
+        if (rc < 0)
+            return rc;
+        r->leader = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+        PQclear(res);
+        if (r->leader)
+            log_info("outbox relay is active");
+    }
+    return 0;
+}
+
+static int relay_producer(cm_relay *r)
+{
+    rd_kafka_conf_t *conf;
+    char err[512];
+    int rc;
+
+    if (r->producer) {
+        char fatal[256];
+        rd_kafka_resp_err_t fe = rd_kafka_fatal_error(r->producer, fatal, sizeof(fatal));
+        if (!fe)
+            return 0;
+        log_error("recreating producer after fatal error code=%s reason=\"%s\"",
+                  rd_kafka_err2name(fe), fatal);
+        rd_kafka_destroy(r->producer);
+        r->producer = NULL;
+    }
+    rc = cm_kafka_conf(CM_KAFKA_PRODUCER, r->client_id, NULL, r->health, &conf, err, sizeof(err));
+    if (rc < 0)
+        return log_error_errno(rc, "could not configure producer: %s", err);
+    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+    rc = cm_kafka_new(CM_KAFKA_PRODUCER, conf, &r->producer, err, sizeof(err));
+    if (rc < 0)
+        return log_error_errno(rc, "could not create producer: %s", err);
+    return 0;
+}
+
+static rd_kafka_headers_t *headers_from_json(const char *text)
+{
+    json_t *obj = json_loads(text, 0, NULL);
+    rd_kafka_headers_t *h = rd_kafka_headers_new(8);
+    const char *name;
+    json_t *v;
+
+    json_object_foreach(obj, name, v)
+    {
+        if (json_is_string(v))
+            rd_kafka_header_add(h, name, -1, json_string_value(v),
+                                (ssize_t)json_string_length(v));
+    }
+    json_decref(obj);
+    return h;
+}
+
+static int produce_row(cm_relay *r, PGresult *res, int i, relay_slot *slot)
+{
+    const char *topic = PQgetvalue(res, i, 1), *key = PQgetvalue(res, i, 2);
+    const char *value = PQgetvalue(res, i, 3);
+    rd_kafka_headers_t *h = headers_from_json(PQgetvalue(res, i, 4));
+    rd_kafka_resp_err_t err;
+
+    for (;;) {
+        err = rd_kafka_producev(
+            r->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, strlen(key)),
+            RD_KAFKA_V_VALUE((void *)value, (size_t)PQgetlength(res, i, 3)),
+            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
+            RD_KAFKA_V_OPAQUE(slot), RD_KAFKA_V_END);
+        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+            break;
+        rd_kafka_poll(r->producer, 50);
+    }
+    if (err) {
+        rd_kafka_headers_destroy(h);
+        slot->state = -1;
+        slot->err = err;
+        return -EIO;
+    }
+    return 0;
+}
+
+static int delete_acked(cm_relay *r, PGresult *res, relay_slot *slots, int n, int *ret_failed)
+{
+    static const char sql[] = "DELETE FROM outbox WHERE id = ANY($1::bigint[])";
+    size_t cap = (size_t)n * 21 + 3, len = 0;
+    char *ids = malloc(cap);
+    int failed = 0, rc;
+
+    if (!ids)
+        return -ENOMEM;
+    ids[len++] = '{';
+    for (int i = 0; i < n; i++) {
+        if (slots[i].state != 1) {
+            if (failed++ == 0)
+                log_warning("outbox row not delivered id=%s topic=%s key=%s error=\"%s\"",
+                            PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), PQgetvalue(res, i, 2),
+                            rd_kafka_err2str(slots[i].err));
+            continue;
+        }
+        len += (size_t)snprintf(ids + len, cap - len, "%s%s", len > 1 ? "," : "",
+                                PQgetvalue(res, i, 0));
+    }
+    ids[len++] = '}';
+    ids[len] = '\0';
+    const char *p[1] = {ids};
+    rc = cm_db_query(r->conn, NULL, sql, 1, p);
+    free(ids);
+    *ret_failed = failed;
+    return rc;
+}
+
+/* Publishes one batch; returns the number of rows read (>= 0) or a code. */
+static int relay_pass(cm_relay *r)
+{
+    static const char sql[] =
+        "SELECT id, topic, msg_key, payload, headers::text FROM outbox ORDER BY id LIMIT $1";
+    char lim[16];
+    const char *p[1] = {lim};
+    PGresult *res;
+    relay_slot *slots;
+    int n, rc, pending, failed = 0;
+
+    snprintf(lim, sizeof(lim), "%d", r->batch);
+    rc = cm_db_query(r->conn, &res, sql, 1, p);
+    if (rc < 0)
+        return rc;
+    n = PQntuples(res);
+    atomic_store(&r->health->outbox_backlog, n);
+    if (n <= 0) {
+        PQclear(res);
+        return 0;
+    }
+    slots = calloc((size_t)n, sizeof(*slots));
+    if (!slots) {
+        PQclear(res);
+        return -ENOMEM;
+    }
+    for (int i = 0; i < n; i++)
+        produce_row(r, res, i, &slots[i]);
+    /* Every delivery report arrives within message.timeout.ms. */
+    do {
+        rd_kafka_poll(r->producer, 20);
+        pending = 0;
+        for (int i = 0; i < n; i++)
+            pending += slots[i].state == 0;
+    } while (pending > 0);
+    rc = delete_acked(r, res, slots, n, &failed);
+    if (rc == 0) {
+        atomic_fetch_add(&r->health->produced, n - failed);
+        if (n - failed > 0)
+            atomic_store(&r->health->kafka_ok, true);
+    }
+    free(slots);
+    PQclear(res);
+    if (rc < 0)
+        return rc;
+    if (failed > 0) {
+        log_warning("outbox relay will resend undelivered rows count=%d", failed);
+        sleep_ms(r, 1000);
+    }
+    return n;
+}
+
+static void wait_notify(cm_relay *r, int timeout_ms)
+{
+    struct pollfd pfd = {.fd = PQsocket(r->conn), .events = POLLIN};
+    PGnotify *n;
+
+    /* Short slices so that stop is noticed; the notification ends the wait. */
+    for (int waited = 0; waited < timeout_ms && !atomic_load(&r->stop); waited += 100) {
+        if (poll(&pfd, 1, 100) > 0)
+            break;
+        rd_kafka_poll(r->producer, 0);
+    }
+    PQconsumeInput(r->conn);
+    while ((n = PQnotifies(r->conn)) != NULL)
+        PQfreemem(n);
+}
+
+static void *relay_main(void *arg)
+{
+    cm_relay *r = arg;
+    long backoff = 100;
+
+    while (!atomic_load(&r->stop)) {
+        int rc = relay_connect(r);
+        if (rc == 0)
+            rc = relay_producer(r);
+        if (rc == 0 && !r->leader) {
+            atomic_store(&r->health->relay_db_ok, true);
+            sleep_ms(r, 2000); /* standby: another instance publishes */
+            continue;
+        }
+        if (rc == 0)
+            rc = relay_pass(r);
+        if (rc < 0) {
+            atomic_store(&r->health->relay_db_ok, false);
+            PQfinish(r->conn);
+            r->conn = NULL;
+            sleep_ms(r, backoff);
+            backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
+            continue;
+        }
+        backoff = 100;
+        atomic_store(&r->health->relay_db_ok, true);
+        if (rc < r->batch)
+            wait_notify(r, 1000);
+    }
+    if (r->producer) {
+        rd_kafka_flush(r->producer, 10000);
+        rd_kafka_destroy(r->producer);
+    }
+    PQfinish(r->conn);
+    return NULL;
+}
+
+int cm_relay_start(const char *db_url, const char *client_id, int batch, cm_health *health,
+                   cm_relay **ret)
+{
+    cm_relay *r = calloc(1, sizeof(*r));
+    int rc;
+
+    if (!r)
+        return -ENOMEM;
+    r->db_url = db_url;
+    r->client_id = client_id;
+    r->batch = batch;
+    r->health = health;
+    rc = pthread_create(&r->thread, NULL, relay_main, r);
+    if (rc != 0) {
+        free(r);
+        return -rc;
+    }
+    *ret = r;
+    return 0;
+}
+
+void cm_relay_stop(cm_relay *relay)
+{
+    if (!relay)
+        return;
+    atomic_store(&relay->stop, true);
+    pthread_join(relay->thread, NULL);
+    free(relay);
+}

@@ -1,0 +1,53 @@
+/*
+ * cm_outbox.h - the transactional outbox and its relay.
+ *
+ * A service writes its state change and the event that announces it in one
+ * PostgreSQL transaction: cm_outbox_add() inserts the event into table outbox
+ * on the caller's connection, inside the caller's transaction. A trigger
+ * NOTIFYs channel "outbox" on commit, which wakes the relay.
+ *
+ * The relay is one thread with its own connection and an idempotent producer
+ * (acks=all). It publishes rows in id order and deletes a row only after its
+ * delivery report says the brokers persisted it, so a crash at any point
+ * resends rather than loses (consumers dedupe). One relay per database holds
+ * a session advisory lock; other instances of the daemon stand by, which
+ * keeps per-key publication order. On a fatal producer error (idempotence
+ * state lost) the producer is destroyed and recreated and the unacknowledged
+ * rows are sent again.
+ */
+#pragma once
+
+#include "cm_health.h"
+#include "ev_event.h"
+
+#include <libpq-fe.h>
+
+/* The migration that creates table outbox and its trigger; services list it
+ * among their own migrations. */
+extern const char cm_outbox_migration[];
+
+/* The headers of a new event as a JSON object text (caller frees): event-id,
+ * event-type, event-version, traceparent (a child of parent_traceparent when
+ * that is valid, else a new trace), __TypeId__. Returns 0 or -ENOMEM. */
+int cm_outbox_headers(ev_type type, const char *parent_traceparent, char **ret_json);
+
+/* Inserts one event (payload is its JSON) for topic ev_type_topic(type) with
+ * key into the outbox, on conn inside the caller's transaction. Returns 0 or
+ * a cm_db code. */
+int cm_outbox_add(PGconn *conn, ev_type type, const char *key, const char *payload,
+                  const char *parent_traceparent);
+
+/* Encodes and adds a reply event of the {orderId, <bool>, reason} shape:
+ * EV_PAYMENT_COMPLETED (approved) or EV_INVENTORY_RESERVED (reserved).
+ * Returns 0, -EINVAL for another type or bad fields, or a cm_db code. */
+int cm_outbox_add_outcome(PGconn *conn, ev_type type, const char *order_id, bool yes,
+                          const char *reason, const char *parent_traceparent);
+
+typedef struct cm_relay cm_relay;
+
+/* Starts the relay thread. db_url and client_id must outlive the relay. */
+int cm_relay_start(const char *db_url, const char *client_id, int batch, cm_health *health,
+                   cm_relay **ret);
+/* Asks the relay to stop, waits for in-flight deliveries (bounded by
+ * message.timeout.ms), joins and frees it. NULL is fine. */
+void cm_relay_stop(cm_relay *relay);

@@ -1,0 +1,158 @@
+/*
+ * is_inventory.c - see is_inventory.h.
+ */
+#include "is_inventory.h"
+
+#include "cm_log.h"
+#include "cm_outbox.h"
+#include "ev_event.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char migration_1[] =
+    "CREATE TABLE stock ("
+    " sku text PRIMARY KEY,"
+    " available integer NOT NULL CHECK (available >= 0),"
+    " updated_at timestamptz NOT NULL DEFAULT now());"
+    "CREATE TABLE reservations ("
+    " order_id text PRIMARY KEY,"
+    " sku text NOT NULL,"
+    " quantity integer NOT NULL,"
+    " status text NOT NULL CHECK (status IN ('PENDING', 'RESERVED', 'REJECTED')),"
+    " reason text NOT NULL,"
+    " created_at timestamptz NOT NULL DEFAULT now());";
+
+const char *const is_migrations[] = {migration_1, cm_outbox_migration};
+const size_t is_nmigrations = sizeof(is_migrations) / sizeof(is_migrations[0]);
+
+/* Claim (dedupe) and take stock in one statement; the reservation outcome is
+ * written in the same statement. "available >= quantity" is re-checked under
+ * the row lock, so concurrent orders for one SKU never go below zero. */
+static const char reserve_sql[] =
+    "WITH claim AS ("
+    "  INSERT INTO reservations(order_id, sku, quantity, status, reason)"
+    "  VALUES ($1, $2, $3::int, 'PENDING', '') ON CONFLICT (order_id) DO NOTHING"
+    "  RETURNING order_id),"
+    " take AS ("
+    "  UPDATE stock SET available = available - $3::int, updated_at = now()"
+    "  WHERE sku = $2 AND available >= $3::int AND EXISTS (SELECT 1 FROM claim)"
+    "  RETURNING sku),"
+    " known AS (SELECT EXISTS (SELECT 1 FROM stock WHERE sku = $2) AS k)"
+    " UPDATE reservations SET"
+    "  status = CASE WHEN EXISTS (SELECT 1 FROM take) THEN 'RESERVED' ELSE 'REJECTED' END,"
+    "  reason = CASE WHEN EXISTS (SELECT 1 FROM take) THEN 'OK'"
+    "   WHEN (SELECT k FROM known) THEN 'OUT_OF_STOCK' ELSE 'UNKNOWN_SKU' END"
+    " FROM claim WHERE reservations.order_id = claim.order_id"
+    " RETURNING reservations.status, reservations.reason";
+
+static int on_order_created(void *ctx, PGconn *tx, const cm_record *rec, char *reason,
+                            size_t reasonlen)
+{
+    ev_order_created o;
+    char qty[16];
+    PGresult *res;
+    int r;
+    (void)ctx;
+
+    r = ev_order_created_decode(rec->msg->payload, rec->msg->len, &o, reason, reasonlen);
+    if (r < 0)
+        return r;
+    snprintf(qty, sizeof(qty), "%d", (int)o.quantity);
+    const char *p[3] = {o.order_id, o.sku, qty};
+    r = cm_db_query(tx, &res, reserve_sql, 3, p);
+    if (r < 0)
+        return r;
+    if (PQntuples(res) == 0) {
+        /* A duplicate: its reply went to the outbox with the first one. */
+        PQclear(res);
+        log_info("duplicate order ignored order_id=%s", o.order_id);
+        return 0;
+    }
+    bool reserved = strcmp(PQgetvalue(res, 0, 0), "RESERVED") == 0;
+    r = cm_outbox_add_outcome(tx, EV_INVENTORY_RESERVED, o.order_id, reserved,
+                              PQgetvalue(res, 0, 1), rec->traceparent);
+    if (r == 0)
+        log_info("stock %s order_id=%s sku=%s quantity=%d reason=%s",
+                 reserved ? "reserved" : "rejected", o.order_id, o.sku, (int)o.quantity,
+                 PQgetvalue(res, 0, 1));
+    PQclear(res);
+    return r;
+}
+
+const cm_subscription is_subscriptions[] = {
+    {EV_TOPIC_ORDERS_CREATED, on_order_created},
+};
+const size_t is_nsubscriptions = sizeof(is_subscriptions) / sizeof(is_subscriptions[0]);
+
+/* ---- HTTP ---- */
+
+static void put_stock(void *ctx, const cm_http_req *req, cm_http_resp *resp)
+{
+    static const char sql[] = "INSERT INTO stock(sku, available) VALUES ($1, $2::int)"
+                              " ON CONFLICT (sku) DO UPDATE SET available = EXCLUDED.available,"
+                              " updated_at = now()";
+    json_t *body;
+    long long available;
+    char a[24];
+    PGconn *conn;
+    int r;
+
+    if (!ev_id_valid(req->param, EV_SKU_MAX)) {
+        cm_http_problem(resp, 400, "Bad Request", "invalid sku");
+        return;
+    }
+    if (!(body = cm_http_json_body(req, resp)))
+        return;
+    r = cm_http_json_int(body, "available", 0, 2147483647LL, &available, resp);
+    json_decref(body);
+    if (r < 0 || !(conn = cm_daemon_db(ctx, resp)))
+        return;
+    snprintf(a, sizeof(a), "%lld", available);
+    const char *p[2] = {req->param, a};
+    r = cm_db_query(conn, NULL, sql, 2, p);
+    cm_daemon_db_release(ctx, conn);
+    if (r < 0) {
+        cm_daemon_db_problem(resp, r);
+        return;
+    }
+    log_info("stock set sku=%s available=%lld", req->param, available);
+    resp->status = 200;
+    resp->body = json_pack("{s:s, s:I}", "sku", req->param, "available", (json_int_t)available);
+}
+
+static json_t *stock_json(PGresult *res)
+{
+    return json_pack("{s:s, s:I}", "sku", PQgetvalue(res, 0, 0), "available",
+                     (json_int_t)strtoll(PQgetvalue(res, 0, 1), NULL, 10));
+}
+
+static void get_stock(void *ctx, const cm_http_req *req, cm_http_resp *resp)
+{
+    static const char sql[] = "SELECT sku, available FROM stock WHERE sku = $1";
+    cm_daemon_get_one(ctx, req, resp, sql, "sku", stock_json);
+}
+
+static json_t *reservation_json(PGresult *res)
+{
+    return json_pack("{s:s, s:s, s:I, s:s, s:s}", "orderId", PQgetvalue(res, 0, 0), "sku",
+                     PQgetvalue(res, 0, 1), "quantity",
+                     (json_int_t)strtoll(PQgetvalue(res, 0, 2), NULL, 10), "status",
+                     PQgetvalue(res, 0, 3), "reason", PQgetvalue(res, 0, 4));
+}
+
+static void get_reservation(void *ctx, const cm_http_req *req, cm_http_resp *resp)
+{
+    static const char sql[] = "SELECT order_id, sku, quantity, status, reason"
+                              " FROM reservations WHERE order_id = $1";
+    cm_daemon_get_one(ctx, req, resp, sql, "reservation for order", reservation_json);
+}
+
+const cm_http_route is_routes[] = {
+    {"PUT", "/stock/{}", put_stock},
+    {"GET", "/stock/{}", get_stock},
+    {"GET", "/reservations/{}", get_reservation},
+};
+const size_t is_nroutes = sizeof(is_routes) / sizeof(is_routes[0]);

@@ -1,0 +1,141 @@
+/*
+ * os_http.c - order-service HTTP API: POST /orders and GET /orders/{id}.
+ * See the OpenAPI document in schemas/ for the contract.
+ */
+#include "os_order.h"
+
+#include "cm_log.h"
+#include "cm_outbox.h"
+#include "ev_event.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ISO_TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+
+static int json_id(json_t *body, const char *key, size_t max, char *out, size_t outlen,
+                   cm_http_resp *resp)
+{
+    json_t *v = json_object_get(body, key);
+
+    if (!json_is_string(v) || json_string_length(v) != strlen(json_string_value(v)) ||
+        !ev_id_valid(json_string_value(v), max)) {
+        cm_http_problem(resp, 400, "Bad Request",
+                        "field \"%s\" must be a string of 1 to %zu printable characters without "
+                        "spaces", key, max);
+        return -EINVAL;
+    }
+    snprintf(out, outlen, "%s", json_string_value(v));
+    return 0;
+}
+
+static int parse_order(const cm_http_req *req, ev_order_created *o, cm_http_resp *resp)
+{
+    json_t *body = cm_http_json_body(req, resp);
+    long long qty = 0, amount = 0;
+    int r;
+
+    if (!body)
+        return -EINVAL;
+    r = json_id(body, "customerId", EV_ID_MAX, o->customer_id, sizeof(o->customer_id), resp);
+    if (r == 0)
+        r = json_id(body, "sku", EV_SKU_MAX, o->sku, sizeof(o->sku), resp);
+    if (r == 0)
+        r = cm_http_json_int(body, "quantity", 1, 1000000, &qty, resp);
+    if (r == 0)
+        r = cm_http_json_int(body, "amountCents", 0, 1000000000000LL, &amount, resp);
+    json_decref(body);
+    o->quantity = (int32_t)qty;
+    o->amount_cents = amount;
+    return r;
+}
+
+/* The order row and its OrderCreated outbox row in one statement, hence one
+ * round trip and one implicit transaction: both exist or neither does. */
+static const char insert_sql[] =
+    "WITH o AS ("
+    "  INSERT INTO orders(order_id, customer_id, sku, quantity, amount_cents, status)"
+    "  VALUES ($1, $2, $3, $4::int, $5::bigint, 'PENDING') RETURNING order_id)"
+    " INSERT INTO outbox(topic, msg_key, payload, headers)"
+    " SELECT $6, order_id, $7, $8::jsonb FROM o";
+
+static void post_order(void *ctx, const cm_http_req *req, cm_http_resp *resp)
+{
+    ev_order_created o = {0};
+    char qty[16], amount[24], *json = NULL, *headers = NULL;
+    PGconn *conn;
+    int r;
+
+    if (parse_order(req, &o, resp) < 0)
+        return;
+    ev_uuid(o.order_id);
+    r = ev_order_created_encode(&o, &json);
+    if (r == 0)
+        r = cm_outbox_headers(EV_ORDER_CREATED, cm_http_header(req, "traceparent"), &headers);
+    if (r < 0) {
+        cm_http_problem(resp, 400, "Bad Request", "the order is not valid");
+        goto out;
+    }
+    if (!(conn = cm_daemon_db(ctx, resp)))
+        goto out;
+    snprintf(qty, sizeof(qty), "%d", (int)o.quantity);
+    snprintf(amount, sizeof(amount), "%" PRId64, o.amount_cents);
+    const char *p[8] = {o.order_id, o.customer_id, o.sku, qty, amount,
+                        EV_TOPIC_ORDERS_CREATED, json, headers};
+    r = cm_db_query(conn, NULL, insert_sql, 8, p);
+    cm_daemon_db_release(ctx, conn);
+    if (r < 0) {
+        cm_daemon_db_problem(resp, r);
+        goto out;
+    }
+    log_info("order accepted order_id=%s customer_id=%s sku=%s quantity=%d amount_cents=%" PRId64,
+             o.order_id, o.customer_id, o.sku, (int)o.quantity, o.amount_cents);
+    resp->status = 202;
+    snprintf(resp->location, sizeof(resp->location), "/orders/%s", o.order_id);
+    resp->body = json_pack("{s:s, s:s}", "orderId", o.order_id, "status", "PENDING");
+out:
+    free(json);
+    free(headers);
+}
+
+static json_t *outcome_json(PGresult *res, int col, const char *yes_key)
+{
+    if (PQgetisnull(res, 0, col))
+        return json_null();
+    return json_pack("{s:b, s:s, s:s}", yes_key, strcmp(PQgetvalue(res, 0, col), "t") == 0,
+                     "reason", PQgetvalue(res, 0, col + 1), "at", PQgetvalue(res, 0, col + 2));
+}
+
+static json_t *order_json(PGresult *res)
+{
+    json_t *settled = PQgetisnull(res, 0, 13) ? json_null() : json_string(PQgetvalue(res, 0, 13));
+    return json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:o, s:o, s:s, s:s, s:o}", "orderId",
+                     PQgetvalue(res, 0, 0), "customerId", PQgetvalue(res, 0, 1), "sku",
+                     PQgetvalue(res, 0, 2), "quantity",
+                     (json_int_t)strtoll(PQgetvalue(res, 0, 3), NULL, 10), "amountCents",
+                     (json_int_t)strtoll(PQgetvalue(res, 0, 4), NULL, 10), "status",
+                     PQgetvalue(res, 0, 5), "payment", outcome_json(res, 6, "approved"),
+                     "inventory", outcome_json(res, 9, "reserved"), "createdAt",
+                     PQgetvalue(res, 0, 12), "updatedAt", PQgetvalue(res, 0, 14), "settledAt",
+                     settled);
+}
+
+static void get_order(void *ctx, const cm_http_req *req, cm_http_resp *resp)
+{
+    static const char sql[] =
+        "SELECT order_id, customer_id, sku, quantity, amount_cents, status,"
+        " payment_approved, payment_reason, " ISO_TS("payment_at") ","
+        " inventory_reserved, inventory_reason, " ISO_TS("inventory_at") ","
+        " " ISO_TS("created_at") ", " ISO_TS("settled_at") ", " ISO_TS("updated_at")
+        " FROM orders WHERE order_id = $1";
+    cm_daemon_get_one(ctx, req, resp, sql, "order", order_json);
+}
+
+const cm_http_route os_routes[] = {
+    {"POST", "/orders", post_order},
+    {"GET", "/orders/{}", get_order},
+};
+const size_t os_nroutes = sizeof(os_routes) / sizeof(os_routes[0]);

@@ -1,0 +1,166 @@
+/*
+ * ps_payment.c - see ps_payment.h.
+ */
+#include "ps_payment.h"
+
+#include "cm_log.h"
+#include "cm_outbox.h"
+#include "ev_event.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char migration_1[] =
+    "CREATE TABLE accounts ("
+    " customer_id text PRIMARY KEY,"
+    " balance_cents bigint NOT NULL CHECK (balance_cents >= 0),"
+    " updated_at timestamptz NOT NULL DEFAULT now());"
+    "CREATE TABLE payments ("
+    " order_id text PRIMARY KEY,"
+    " customer_id text NOT NULL,"
+    " amount_cents bigint NOT NULL,"
+    " status text NOT NULL CHECK (status IN ('PENDING', 'CHARGED', 'DECLINED')),"
+    " reason text NOT NULL,"
+    " created_at timestamptz NOT NULL DEFAULT now());";
+
+const char *const ps_migrations[] = {migration_1, cm_outbox_migration};
+const size_t ps_nmigrations = sizeof(ps_migrations) / sizeof(ps_migrations[0]);
+
+/* Claims the order (dedupe), debits the account and records the outcome in
+ * one statement. The debit only happens if this transaction inserted the
+ * claim; a concurrent duplicate waits on the primary key and then finds the
+ * claim taken (no row returned). "balance >= amount" is re-checked under the
+ * row lock, so concurrent charges never take a balance below zero. */
+static const char charge_sql[] =
+    "WITH claim AS ("
+    "  INSERT INTO payments(order_id, customer_id, amount_cents, status, reason)"
+    "  VALUES ($1, $2, $3::bigint, 'PENDING', '') ON CONFLICT (order_id) DO NOTHING"
+    "  RETURNING order_id),"
+    " debit AS ("
+    "  UPDATE accounts SET balance_cents = balance_cents - $3::bigint, updated_at = now()"
+    "  WHERE customer_id = $2 AND balance_cents >= $3::bigint AND EXISTS (SELECT 1 FROM claim)"
+    "  RETURNING customer_id),"
+    " verdict AS (SELECT CASE WHEN EXISTS (SELECT 1 FROM debit) THEN 'OK'"
+    "   WHEN EXISTS (SELECT 1 FROM accounts WHERE customer_id = $2) THEN 'INSUFFICIENT_FUNDS'"
+    "   ELSE 'UNKNOWN_CUSTOMER' END AS reason)"
+    " UPDATE payments SET reason = verdict.reason,"
+    "  status = CASE WHEN verdict.reason = 'OK' THEN 'CHARGED' ELSE 'DECLINED' END"
+    " FROM claim, verdict WHERE payments.order_id = claim.order_id"
+    " RETURNING payments.reason";
+
+static int on_order_created(void *ctx, PGconn *tx, const cm_record *rec, char *reason,
+                            size_t reasonlen)
+{
+    ev_order_created o;
+    char amount[24];
+    PGresult *res;
+    int r;
+    (void)ctx;
+
+    r = ev_order_created_decode(rec->msg->payload, rec->msg->len, &o, reason, reasonlen);
+    if (r < 0)
+        return r;
+    snprintf(amount, sizeof(amount), "%" PRId64, o.amount_cents);
+    const char *p[3] = {o.order_id, o.customer_id, amount};
+    r = cm_db_query(tx, &res, charge_sql, 3, p);
+    if (r < 0)
+        return r;
+    if (PQntuples(res) == 0) {
+        /* A duplicate: its reply went to the outbox with the first one. */
+        PQclear(res);
+        log_info("duplicate order ignored order_id=%s", o.order_id);
+        return 0;
+    }
+    const char *verdict = PQgetvalue(res, 0, 0);
+    bool approved = strcmp(verdict, "OK") == 0;
+    r = cm_outbox_add_outcome(tx, EV_PAYMENT_COMPLETED, o.order_id, approved, verdict,
+                              rec->traceparent);
+    if (r == 0)
+        log_info("payment %s order_id=%s customer_id=%s amount_cents=%" PRId64 " reason=%s",
+                 approved ? "charged" : "declined", o.order_id, o.customer_id, o.amount_cents,
+                 verdict);
+    PQclear(res);
+    return r;
+}
+
+const cm_subscription ps_subscriptions[] = {
+    {EV_TOPIC_ORDERS_CREATED, on_order_created},
+};
+const size_t ps_nsubscriptions = sizeof(ps_subscriptions) / sizeof(ps_subscriptions[0]);
+
+/* ---- HTTP ---- */
+
+static void put_account(void *ctx, const cm_http_req *req, cm_http_resp *resp)
+{
+    static const char sql[] =
+        "INSERT INTO accounts(customer_id, balance_cents) VALUES ($1, $2::bigint)"
+        " ON CONFLICT (customer_id) DO UPDATE SET balance_cents = EXCLUDED.balance_cents,"
+        " updated_at = now()";
+    json_t *body;
+    long long balance;
+    char b[24];
+    PGconn *conn;
+    int r;
+
+    if (!ev_id_valid(req->param, EV_ID_MAX)) {
+        cm_http_problem(resp, 400, "Bad Request", "invalid customer id");
+        return;
+    }
+    body = cm_http_json_body(req, resp);
+    if (!body)
+        return;
+    r = cm_http_json_int(body, "balanceCents", 0, 1000000000000000LL, &balance, resp);
+    json_decref(body);
+    if (r < 0 || !(conn = cm_daemon_db(ctx, resp)))
+        return;
+    snprintf(b, sizeof(b), "%lld", balance);
+    const char *p[2] = {req->param, b};
+    r = cm_db_query(conn, NULL, sql, 2, p);
+    cm_daemon_db_release(ctx, conn);
+    if (r < 0) {
+        cm_daemon_db_problem(resp, r);
+        return;
+    }
+    log_info("account set customer_id=%s balance_cents=%lld", req->param, balance);
+    resp->status = 200;
+    resp->body = json_pack("{s:s, s:I}", "customerId", req->param, "balanceCents",
+                           (json_int_t)balance);
+}
+
+static json_t *account_json(PGresult *res)
+{
+    return json_pack("{s:s, s:I}", "customerId", PQgetvalue(res, 0, 0), "balanceCents",
+                     (json_int_t)strtoll(PQgetvalue(res, 0, 1), NULL, 10));
+}
+
+static void get_account(void *ctx, const cm_http_req *req, cm_http_resp *resp)
+{
+    static const char sql[] =
+        "SELECT customer_id, balance_cents FROM accounts WHERE customer_id = $1";
+    cm_daemon_get_one(ctx, req, resp, sql, "account", account_json);
+}
+
+static json_t *payment_json(PGresult *res)
+{
+    return json_pack("{s:s, s:s, s:I, s:s, s:s}", "orderId", PQgetvalue(res, 0, 0), "customerId",
+                     PQgetvalue(res, 0, 1), "amountCents",
+                     (json_int_t)strtoll(PQgetvalue(res, 0, 2), NULL, 10), "status",
+                     PQgetvalue(res, 0, 3), "reason", PQgetvalue(res, 0, 4));
+}
+
+static void get_payment(void *ctx, const cm_http_req *req, cm_http_resp *resp)
+{
+    static const char sql[] = "SELECT order_id, customer_id, amount_cents, status, reason"
+                              " FROM payments WHERE order_id = $1";
+    cm_daemon_get_one(ctx, req, resp, sql, "payment for order", payment_json);
+}
+
+const cm_http_route ps_routes[] = {
+    {"PUT", "/accounts/{}", put_account},
+    {"GET", "/accounts/{}", get_account},
+    {"GET", "/payments/{}", get_payment},
+};
+const size_t ps_nroutes = sizeof(ps_routes) / sizeof(ps_routes[0]);
