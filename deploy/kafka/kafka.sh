@@ -1,0 +1,386 @@
+#!/usr/bin/env bash
+# Run a local Apache Kafka 3.9.1 cluster in KRaft mode (each node is a combined
+# broker+controller JVM) from the jars fetched by fetch-jars.sh, for
+# development and tests. Listens on 127.0.0.1 only. Idempotent: 'start' on a
+# running cluster does nothing, 'stop' on a stopped one does nothing.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+LIBS="${KAFKA_LIBS_DIR:-$ROOT/.run/kafka-libs}"
+JAVA="${JAVA:-java}"
+HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xmx512m -Xms256m}"
+START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
+STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-30}"
+
+usage() {
+    cat <<USAGE
+Usage: $(basename "$0") COMMAND [--nodes 1|3] [--dir DIR] [--port BASEPORT]
+
+Commands:
+  start          format storage if needed, start every node that is not running,
+                 wait until all answer (deadline ${START_TIMEOUT} s), print bootstrap=...
+  stop           SIGTERM every node, SIGKILL after ${STOP_TIMEOUT} s; leaves no JVM behind
+  status         one line per node; exit 0 all running, 1 some, 3 none
+  bootstrap      print bootstrap=HOST:PORT,... (no checks)
+  start-node N   start node N (1-based) and wait until it answers
+  stop-node N    SIGTERM node N (SIGKILL after ${STOP_TIMEOUT} s)
+  kill-node N    SIGKILL node N at once (fault tests)
+  clean          stop, then delete DIR (data, logs, configuration)
+
+Options:
+  --nodes N      number of nodes, 1..9 (default 1; recorded in DIR at first start)
+  --dir DIR      state folder (default <root>/.run/kafka)
+  --port P       client port of node 1 (default 9092); node i uses P+i-1 for clients
+                 and P+100+i-1 for its controller listener
+  --help         this text
+
+Environment: KAFKA_HEAP_OPTS (default "-Xmx512m -Xms256m" per node), KAFKA_OPTS
+(extra JVM options), KAFKA_EXTRA_PROPERTIES (lines appended to server.properties), JAVA, KAFKA_LIBS_DIR, KAFKA_START_TIMEOUT, KAFKA_STOP_TIMEOUT.
+Layout: DIR/cluster.env, DIR/node-i/{server.properties,log4j.properties,pid,
+server.log,console.log,data/}.
+
+Examples:
+  $(basename "$0") start                                  # 1 node on 127.0.0.1:9092
+  $(basename "$0") start --nodes 3 --port 29092 --dir /tmp/k3
+  $(basename "$0") kill-node 2 --dir /tmp/k3
+  $(basename "$0") stop --dir /tmp/k3
+USAGE
+}
+
+die() { echo "kafka.sh: $*" >&2; exit 1; }
+info() { echo "kafka.sh: $*" >&2; }
+
+# ---------------------------------------------------------------- arguments
+CMD="${1:-}"
+[[ -n "$CMD" ]] || { usage >&2; exit 2; }
+shift
+case "$CMD" in -h|--help|help) usage; exit 0 ;; esac
+
+NODE=""
+case "$CMD" in
+    start-node|stop-node|kill-node)
+        NODE="${1:-}"
+        [[ "$NODE" =~ ^[1-9]$ ]] || die "$CMD needs a node number (1-based)"
+        shift ;;
+    start|stop|status|bootstrap|clean) ;;
+    *) die "unknown command: $CMD (see --help)" ;;
+esac
+
+OPT_NODES="" OPT_PORT=""
+DIR="$ROOT/.run/kafka"
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --nodes) OPT_NODES="${2:?--nodes needs a number}"; shift 2 ;;
+        --dir) DIR="${2:?--dir needs a folder}"; shift 2 ;;
+        --port) OPT_PORT="${2:?--port needs a number}"; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) die "unknown argument: $1 (see --help)" ;;
+    esac
+done
+[[ -z "$OPT_NODES" || "$OPT_NODES" =~ ^[1-9]$ ]] || die "--nodes must be 1..9"
+[[ -z "$OPT_PORT" || "$OPT_PORT" =~ ^[0-9]+$ ]] || die "--port must be a number"
+DIR="$(realpath -m "$DIR")"
+CLUSTER_ENV="$DIR/cluster.env"
+
+# The cluster's shape is recorded at first start; later commands reuse it.
+NODES="" BASEPORT="" CLUSTER_ID=""
+if [[ -f "$CLUSTER_ENV" ]]; then
+    # shellcheck source=/dev/null
+    . "$CLUSTER_ENV"
+    if [[ -n "$OPT_NODES" && "$OPT_NODES" != "$NODES" ]] || [[ -n "$OPT_PORT" && "$OPT_PORT" != "$BASEPORT" ]]; then
+        [[ "$CMD" == clean ]] || die "$DIR holds a cluster of $NODES node(s) on port $BASEPORT; use the same options, another --dir, or '$(basename "$0") clean --dir $DIR' first"
+    fi
+else
+    NODES="${OPT_NODES:-1}"
+    BASEPORT="${OPT_PORT:-9092}"
+fi
+(( BASEPORT + 100 + NODES <= 65535 )) || die "port $BASEPORT out of range"
+[[ -z "$NODE" ]] || (( NODE <= NODES )) || die "node $NODE does not exist (cluster has $NODES node(s))"
+
+client_port() { echo $((BASEPORT + $1 - 1)); }
+controller_port() { echo $((BASEPORT + 100 + $1 - 1)); }
+node_dir() { echo "$DIR/node-$1"; }
+bootstrap() {
+    local i out=""
+    for ((i = 1; i <= NODES; i++)); do out+="${out:+,}127.0.0.1:$(client_port "$i")"; done
+    echo "$out"
+}
+
+# ---------------------------------------------------------------- processes
+# Our JVMs carry -Dorders.kafka.node=<node dir> on their command line; a pid
+# counts as ours only when its command line holds exactly that argument.
+node_marker() { echo "-Dorders.kafka.node=$(node_dir "$1")"; }
+
+is_ours() { # pid node (bash builtins only: this runs for every process on the machine)
+    local pid="$1" marker a args=()
+    marker="$(node_marker "$2")"
+    [[ -r "/proc/$pid/cmdline" ]] || return 1
+    mapfile -d '' -t args <"/proc/$pid/cmdline" 2>/dev/null || return 1
+    for a in "${args[@]}"; do [[ "$a" == "$marker" ]] && return 0; done
+    return 1
+}
+
+node_pids() { # node -> pids of our JVM(s) for that node (pid file, then /proc scan)
+    local n="$1" pidfile pid p found=""
+    pidfile="$(node_dir "$n")/pid"
+    [[ -d "$(node_dir "$n")" ]] || return 0
+    if [[ -f "$pidfile" ]]; then
+        pid="$(cat "$pidfile" 2>/dev/null || true)"
+        if [[ "$pid" =~ ^[0-9]+$ ]] && is_ours "$pid" "$n"; then found="$pid"; fi
+    fi
+    for p in /proc/[0-9]*; do
+        pid="${p#/proc/}"
+        [[ " $found " == *" $pid "* ]] && continue
+        if is_ours "$pid" "$n"; then found+="${found:+ }$pid"; fi
+    done
+    echo "$found"
+}
+
+node_running() { [[ -n "$(node_pids "$1")" ]]; }
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# ---------------------------------------------------------------- configuration
+write_env() {
+    local id
+    # Kafka cluster ids are 16 random bytes in URL-safe base64 without padding;
+    # Kafka itself avoids ids that start with '-' (they look like CLI options).
+    while :; do
+        id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+        [[ "$id" != -* ]] && break
+    done
+    CLUSTER_ID="$id"
+    printf 'NODES=%s\nBASEPORT=%s\nCLUSTER_ID=%s\n' "$NODES" "$BASEPORT" "$CLUSTER_ID" >"$CLUSTER_ENV.tmp"
+    mv "$CLUSTER_ENV.tmp" "$CLUSTER_ENV"
+}
+
+write_node_config() { # node
+    local n="$1" nd voters="" i rf min_isr
+    nd="$(node_dir "$n")"
+    mkdir -p "$nd/data"
+    for ((i = 1; i <= NODES; i++)); do voters+="${voters:+,}$i@127.0.0.1:$(controller_port "$i")"; done
+    rf=$((NODES < 3 ? NODES : 3))
+    min_isr=$((rf < 2 ? 1 : 2))
+    cat >"$nd/server.properties.tmp" <<PROPS
+# Generated by deploy/kafka/kafka.sh; rewritten at every start.
+process.roles=broker,controller
+node.id=$n
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://127.0.0.1:$(client_port "$n"),CONTROLLER://127.0.0.1:$(controller_port "$n")
+advertised.listeners=PLAINTEXT://127.0.0.1:$(client_port "$n")
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+log.dirs=$nd/data
+num.partitions=6
+default.replication.factor=$rf
+auto.create.topics.enable=false
+offsets.topic.replication.factor=$rf
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$min_isr
+group.initial.rebalance.delay.ms=0
+num.network.threads=2
+num.io.threads=4
+num.recovery.threads.per.data.dir=1
+log.retention.hours=24
+# Fence a dead broker after 6 s instead of 9 s (quicker fault tests).
+broker.session.timeout.ms=6000
+broker.heartbeat.interval.ms=1000
+PROPS
+    if [[ -n "${KAFKA_EXTRA_PROPERTIES:-}" ]]; then
+        printf '# from KAFKA_EXTRA_PROPERTIES\n%s\n' "$KAFKA_EXTRA_PROPERTIES" >>"$nd/server.properties.tmp"
+    fi
+    mv "$nd/server.properties.tmp" "$nd/server.properties"
+    cat >"$nd/log4j.properties" <<PROPS
+# Generated by deploy/kafka/kafka.sh: everything goes to server.log, nothing to the console.
+log4j.rootLogger=INFO, file
+log4j.appender.file=org.apache.log4j.FileAppender
+log4j.appender.file.File=$nd/server.log
+log4j.appender.file.Append=true
+log4j.appender.file.layout=org.apache.log4j.PatternLayout
+log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka.request.logger=WARN
+log4j.logger.kafka.network.RequestChannel\$=WARN
+log4j.logger.kafka.authorizer.logger=WARN
+log4j.logger.org.apache.kafka.clients=WARN
+log4j.logger.state.change.logger=WARN
+PROPS
+}
+
+format_node() { # node (no-op when already formatted)
+    local n="$1" nd
+    nd="$(node_dir "$n")"
+    [[ -f "$nd/data/meta.properties" ]] && return 0
+    # shellcheck disable=SC2086
+    if ! "$JAVA" -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC ${KAFKA_OPTS:-} "-Dlog4j.configuration=file:$nd/log4j.properties" -cp "$LIBS/*" \
+            kafka.tools.StorageTool format -t "$CLUSTER_ID" -c "$nd/server.properties" --ignore-formatted \
+            >"$nd/format.log" 2>&1; then
+        cat "$nd/format.log" >&2
+        die "formatting storage of node $n failed"
+    fi
+}
+
+launch_node() { # node: start the JVM in its own session, record its pid
+    local n="$1" nd
+    nd="$(node_dir "$n")"
+    rm -f "$nd/pid"
+    # The inner shell writes its own pid and then becomes the JVM (exec), so the
+    # pid file holds the JVM's pid. setsid: not killed with the caller's group.
+    # shellcheck disable=SC2086,SC2016
+    setsid bash -c 'echo $$ >"$0/pid"; exec "$@"' "$nd" \
+        "$JAVA" $HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+        ${KAFKA_OPTS:-} "$(node_marker "$n")" "-Dlog4j.configuration=file:$nd/log4j.properties" \
+        -Dkafka.logs.dir="$nd" -cp "$LIBS/*" kafka.Kafka "$nd/server.properties" \
+        </dev/null >"$nd/console.log" 2>&1 &
+    disown || true
+}
+
+node_answers() { # node: its own metadata lists itself as an alive broker
+    local n="$1" out
+    out="$(timeout 5 kcat -L -b "127.0.0.1:$(client_port "$n")" -t __kafka_sh_probe -m 2 2>/dev/null || true)"
+    grep -Eq "^  broker $n at 127\.0\.0\.1:$(client_port "$n")" <<<"$out"
+}
+
+show_failure() { # node
+    local nd
+    nd="$(node_dir "$1")"
+    {
+        echo "---- tail of $nd/server.log"
+        tail -n 30 "$nd/server.log" 2>/dev/null || true
+        echo "---- tail of $nd/console.log"
+        tail -n 15 "$nd/console.log" 2>/dev/null || true
+    } >&2
+}
+
+wait_nodes() { # nodes... (deadline START_TIMEOUT)
+    local deadline=$((SECONDS + START_TIMEOUT)) n pending=("$@") left
+    while :; do
+        left=()
+        for n in "${pending[@]}"; do
+            if ! node_running "$n"; then
+                show_failure "$n"
+                die "node $n exited during start-up"
+            fi
+            node_answers "$n" || left+=("$n")
+        done
+        [[ ${#left[@]} -eq 0 ]] && return 0
+        pending=("${left[@]}")
+        if (( SECONDS >= deadline )); then
+            for n in "${pending[@]}"; do show_failure "$n"; done
+            die "node(s) ${pending[*]} did not answer within ${START_TIMEOUT} s"
+        fi
+        sleep 0.5
+    done
+}
+
+preflight() {
+    command -v kcat >/dev/null || die "kcat not found (run deploy/install-deps.sh)"
+    command -v "$JAVA" >/dev/null || die "java not found (run deploy/install-deps.sh)"
+    "$HERE/fetch-jars.sh" --quiet --dest "$LIBS"
+}
+
+start_nodes() { # nodes...
+    local n to_start=() pids=() p
+    for n in "$@"; do
+        if node_running "$n"; then continue; fi
+        if port_busy "$(client_port "$n")" || port_busy "$(controller_port "$n")"; then
+            die "node $n: port $(client_port "$n") or $(controller_port "$n") is in use by another process"
+        fi
+        to_start+=("$n")
+    done
+    if [[ ${#to_start[@]} -eq 0 ]]; then info "already running"; return 0; fi
+    for n in "${to_start[@]}"; do write_node_config "$n"; done
+    # Formatting is one JVM per node: run them in parallel.
+    for n in "${to_start[@]}"; do format_node "$n" & pids+=($!); done
+    for p in "${pids[@]}"; do wait "$p" || exit 1; done
+    for n in "${to_start[@]}"; do launch_node "$n"; done
+    wait_nodes "${to_start[@]}"
+}
+
+# stop_nodes TERM|KILL nodes...: signal, wait (up to STOP_TIMEOUT for TERM), escalate to KILL.
+stop_nodes() {
+    local sig="$1" n pids all=() alive deadline pid
+    shift
+    for n in "$@"; do
+        pids="$(node_pids "$n")"
+        for pid in $pids; do all+=("$pid:$n"); done
+    done
+    if [[ ${#all[@]} -gt 0 ]]; then
+        for pid in "${all[@]}"; do kill "-$sig" "${pid%%:*}" 2>/dev/null || true; done
+        if [[ "$sig" == KILL ]]; then deadline=$((SECONDS + 10)); else deadline=$((SECONDS + STOP_TIMEOUT)); fi
+        while :; do
+            alive=()
+            for pid in "${all[@]}"; do
+                if is_ours "${pid%%:*}" "${pid##*:}"; then alive+=("$pid"); fi
+            done
+            [[ ${#alive[@]} -eq 0 ]] && break
+            all=("${alive[@]}")
+            if (( SECONDS >= deadline )); then
+                [[ "$sig" != KILL ]] || die "pid(s) ${all[*]%%:*} survived SIGKILL"
+                info "pid(s) ${all[*]%%:*} still running after ${STOP_TIMEOUT} s: SIGKILL"
+                for pid in "${all[@]}"; do kill -KILL "${pid%%:*}" 2>/dev/null || true; done
+                sig=KILL
+                deadline=$((SECONDS + 10))
+            fi
+            sleep 0.1
+        done
+    fi
+    for n in "$@"; do rm -f "$(node_dir "$n")/pid"; done
+}
+
+all_nodes() { seq 1 "$NODES"; }
+
+# ---------------------------------------------------------------- commands
+case "$CMD" in
+    start)
+        preflight
+        mkdir -p "$DIR"
+        [[ -n "$CLUSTER_ID" ]] || write_env
+        t0=$SECONDS
+        mapfile -t nodes < <(all_nodes)
+        start_nodes "${nodes[@]}"
+        info "$NODES node(s) up in $DIR ($((SECONDS - t0)) s)"
+        echo "bootstrap=$(bootstrap)"
+        ;;
+    start-node)
+        [[ -n "$CLUSTER_ID" ]] || die "no cluster in $DIR (run start first)"
+        preflight
+        start_nodes "$NODE"
+        echo "bootstrap=$(bootstrap)"
+        ;;
+    stop)
+        mapfile -t nodes < <(all_nodes)
+        stop_nodes TERM "${nodes[@]}"
+        ;;
+    stop-node) stop_nodes TERM "$NODE" ;;
+    kill-node) stop_nodes KILL "$NODE" ;;
+    status)
+        up=0
+        for n in $(all_nodes); do
+            pids="$(node_pids "$n")"
+            if [[ -n "$pids" ]]; then
+                up=$((up + 1))
+                echo "node $n: running pid $pids port $(client_port "$n")"
+            else
+                echo "node $n: stopped"
+            fi
+        done
+        echo "bootstrap=$(bootstrap)"
+        if (( up == NODES )); then exit 0; elif (( up == 0 )); then exit 3; else exit 1; fi
+        ;;
+    bootstrap) echo "bootstrap=$(bootstrap)" ;;
+    clean)
+        mapfile -t nodes < <(all_nodes)
+        # stop every node dir found, whatever the recorded shape says
+        for nd in "$DIR"/node-*; do
+            [[ -d "$nd" ]] || continue
+            n="${nd##*-}"
+            [[ "$n" =~ ^[0-9]+$ ]] && nodes+=("$n")
+        done
+        stop_nodes TERM "${nodes[@]}"
+        [[ -f "$CLUSTER_ENV" ]] || [[ -z "$(ls -A "$DIR")" ]] || die "$DIR was not created by kafka.sh; not deleting it"
+        rm -rf "$DIR"
+        info "removed $DIR"
+        ;;
+esac

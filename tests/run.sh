@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, builds, and runs every test
+# through CTest: unit tests (cmocka, schema checks), then the system tests
+# (pytest; they start their own Kafka broker and the three daemons and stop
+# them again). Extra arguments go to ctest, e.g. tests/run.sh -L unit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PRESET=${PRESET:-dev}
+
+case "${1:-}" in
+    -h|--help)
+        echo "Usage: tests/run.sh [ctest arguments]   (PRESET=dev|asan|ci, default dev)"
+        exit 0 ;;
+esac
+
+"$ROOT/deploy/install-deps.sh"
+"$ROOT/deploy/kafka/fetch-jars.sh" --quiet
+cmake --preset "$PRESET" -S "$ROOT" >/dev/null
+cmake --build --preset "$PRESET" -j"$(nproc)"
+cd "$ROOT"
+exec ctest --preset "$PRESET" "$@"
