@@ -396,7 +396,9 @@ int cm_consumer_run(const cm_consumer_config *cfg, volatile const sig_atomic_t *
         collect(&l);
         if (l.n == 0)
             continue;
+        log_debug("consumer batch start count=%d", l.n);
         process(&l);
+        log_debug("consumer batch done count=%d", l.n);
         atomic_fetch_add(&cfg->health->consumed, l.n);
         /* Offsets of a batch cut short by stop are not stored: redelivered. */
         if (!*stop)

@@ -110,8 +110,8 @@ static int wait_database(cm_daemon *d)
             return 0;
         }
         if (r != -ECONNRESET) {
-            PQfinish(conn);
             log_error("could not migrate database error=\"%s\"", conn ? cm_db_error(conn) : err);
+            PQfinish(conn);
             return r;
         }
         log_warning("waiting for database error=\"%s\"", conn ? cm_db_error(conn) : err);

@@ -89,7 +89,14 @@ int cm_db_query(PGconn *conn, PGresult **ret, const char *sql, int nparams,
 
 int cm_db_exec(PGconn *conn, const char *sql)
 {
-    return cm_db_query(conn, NULL, sql, 0, NULL);
+    /* PQexec, not PQexecParams: migrations hold several statements. */
+    PGresult *res = PQexec(conn, sql);
+    int r = cm_db_classify(conn, res);
+
+    if (r < 0)
+        log_debug("sql failed code=%d error=\"%s\"", r, cm_db_error(conn));
+    PQclear(res);
+    return r;
 }
 
 static int migrate_one(PGconn *conn, int version, const char *sql)

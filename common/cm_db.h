@@ -23,7 +23,8 @@ int cm_db_connect(const char *url, PGconn **ret, char *err, size_t errlen);
 /* Maps a finished result (or NULL) on conn to 0 or one of the codes above. */
 int cm_db_classify(PGconn *conn, const PGresult *res);
 
-/* Runs a command without parameters (BEGIN, COMMIT, DDL); returns 0 or a code. */
+/* Runs commands without parameters (BEGIN, COMMIT, DDL; several separated by
+ * ';' are allowed); returns 0 or a code. */
 int cm_db_exec(PGconn *conn, const char *sql);
 
 /* Runs a parameterised statement (text parameters). On success returns 0 and,

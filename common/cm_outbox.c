@@ -312,6 +312,7 @@ static int relay_pass(cm_relay *r)
             pending += slots[i].state == 0;
     } while (pending > 0);
     rc = delete_acked(r, res, slots, n, &failed);
+    log_debug("outbox relay published count=%d failed=%d", n - failed, failed);
     if (rc == 0) {
         atomic_fetch_add(&r->health->produced, n - failed);
         if (n - failed > 0)
@@ -328,20 +329,35 @@ static int relay_pass(cm_relay *r)
     return n;
 }
 
+/* Drains notifications already read by libpq; returns how many there were. */
+static int drain_notifies(PGconn *conn)
+{
+    PGnotify *n;
+    int count = 0;
+
+    PQconsumeInput(conn);
+    while ((n = PQnotifies(conn)) != NULL) {
+        PQfreemem(n);
+        count++;
+    }
+    return count;
+}
+
 static void wait_notify(cm_relay *r, int timeout_ms)
 {
     struct pollfd pfd = {.fd = PQsocket(r->conn), .events = POLLIN};
-    PGnotify *n;
 
+    /* A NOTIFY may have arrived with the last query's results: then libpq
+     * holds it already and the socket stays quiet. */
+    if (drain_notifies(r->conn) > 0)
+        return;
     /* Short slices so that stop is noticed; the notification ends the wait. */
     for (int waited = 0; waited < timeout_ms && !atomic_load(&r->stop); waited += 100) {
         if (poll(&pfd, 1, 100) > 0)
             break;
         rd_kafka_poll(r->producer, 0);
     }
-    PQconsumeInput(r->conn);
-    while ((n = PQnotifies(r->conn)) != NULL)
-        PQfreemem(n);
+    drain_notifies(r->conn);
 }
 
 static void *relay_main(void *arg)

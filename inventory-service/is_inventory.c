@@ -28,24 +28,25 @@ static const char migration_1[] =
 const char *const is_migrations[] = {migration_1, cm_outbox_migration};
 const size_t is_nmigrations = sizeof(is_migrations) / sizeof(is_migrations[0]);
 
-/* Claim (dedupe) and take stock in one statement; the reservation outcome is
- * written in the same statement. "available >= quantity" is re-checked under
- * the row lock, so concurrent orders for one SKU never go below zero. */
+/* Claims the order: the dedupe. A concurrent duplicate waits on the primary
+ * key until this transaction ends and then finds the claim taken. */
+static const char claim_sql[] =
+    "INSERT INTO reservations(order_id, sku, quantity, status, reason)"
+    " VALUES ($1, $2, $3::int, 'PENDING', '') ON CONFLICT (order_id) DO NOTHING";
+
+/* Takes the stock and records the outcome on the claimed row in one
+ * statement. "available >= quantity" is re-checked under the row lock, so
+ * concurrent orders for one SKU never take it below zero. */
 static const char reserve_sql[] =
-    "WITH claim AS ("
-    "  INSERT INTO reservations(order_id, sku, quantity, status, reason)"
-    "  VALUES ($1, $2, $3::int, 'PENDING', '') ON CONFLICT (order_id) DO NOTHING"
-    "  RETURNING order_id),"
-    " take AS ("
+    "WITH take AS ("
     "  UPDATE stock SET available = available - $3::int, updated_at = now()"
-    "  WHERE sku = $2 AND available >= $3::int AND EXISTS (SELECT 1 FROM claim)"
-    "  RETURNING sku),"
-    " known AS (SELECT EXISTS (SELECT 1 FROM stock WHERE sku = $2) AS k)"
-    " UPDATE reservations SET"
-    "  status = CASE WHEN EXISTS (SELECT 1 FROM take) THEN 'RESERVED' ELSE 'REJECTED' END,"
-    "  reason = CASE WHEN EXISTS (SELECT 1 FROM take) THEN 'OK'"
-    "   WHEN (SELECT k FROM known) THEN 'OUT_OF_STOCK' ELSE 'UNKNOWN_SKU' END"
-    " FROM claim WHERE reservations.order_id = claim.order_id"
+    "  WHERE sku = $2 AND available >= $3::int RETURNING sku),"
+    " verdict AS (SELECT CASE WHEN EXISTS (SELECT 1 FROM take) THEN 'OK'"
+    "   WHEN EXISTS (SELECT 1 FROM stock WHERE sku = $2) THEN 'OUT_OF_STOCK'"
+    "   ELSE 'UNKNOWN_SKU' END AS reason)"
+    " UPDATE reservations SET reason = verdict.reason,"
+    "  status = CASE WHEN verdict.reason = 'OK' THEN 'RESERVED' ELSE 'REJECTED' END"
+    " FROM verdict WHERE reservations.order_id = $1"
     " RETURNING reservations.status, reservations.reason";
 
 static int on_order_created(void *ctx, PGconn *tx, const cm_record *rec, char *reason,
@@ -62,15 +63,19 @@ static int on_order_created(void *ctx, PGconn *tx, const cm_record *rec, char *r
         return r;
     snprintf(qty, sizeof(qty), "%d", (int)o.quantity);
     const char *p[3] = {o.order_id, o.sku, qty};
-    r = cm_db_query(tx, &res, reserve_sql, 3, p);
+    r = cm_db_query(tx, &res, claim_sql, 3, p);
     if (r < 0)
         return r;
-    if (PQntuples(res) == 0) {
+    if (strcmp(PQcmdTuples(res), "1") != 0) {
         /* A duplicate: its reply went to the outbox with the first one. */
         PQclear(res);
         log_info("duplicate order ignored order_id=%s", o.order_id);
         return 0;
     }
+    PQclear(res);
+    r = cm_db_query(tx, &res, reserve_sql, 3, p);
+    if (r < 0)
+        return r;
     bool reserved = strcmp(PQgetvalue(res, 0, 0), "RESERVED") == 0;
     r = cm_outbox_add_outcome(tx, EV_INVENTORY_RESERVED, o.order_id, reserved,
                               PQgetvalue(res, 0, 1), rec->traceparent);

@@ -29,26 +29,25 @@ static const char migration_1[] =
 const char *const ps_migrations[] = {migration_1, cm_outbox_migration};
 const size_t ps_nmigrations = sizeof(ps_migrations) / sizeof(ps_migrations[0]);
 
-/* Claims the order (dedupe), debits the account and records the outcome in
- * one statement. The debit only happens if this transaction inserted the
- * claim; a concurrent duplicate waits on the primary key and then finds the
- * claim taken (no row returned). "balance >= amount" is re-checked under the
- * row lock, so concurrent charges never take a balance below zero. */
+/* Claims the order: the dedupe. A concurrent duplicate waits on the primary
+ * key until this transaction ends and then finds the claim taken. */
+static const char claim_sql[] =
+    "INSERT INTO payments(order_id, customer_id, amount_cents, status, reason)"
+    " VALUES ($1, $2, $3::bigint, 'PENDING', '') ON CONFLICT (order_id) DO NOTHING";
+
+/* Debits the account and records the outcome on the claimed row in one
+ * statement. "balance >= amount" is re-checked under the row lock, so
+ * concurrent charges never take a balance below zero. */
 static const char charge_sql[] =
-    "WITH claim AS ("
-    "  INSERT INTO payments(order_id, customer_id, amount_cents, status, reason)"
-    "  VALUES ($1, $2, $3::bigint, 'PENDING', '') ON CONFLICT (order_id) DO NOTHING"
-    "  RETURNING order_id),"
-    " debit AS ("
+    "WITH debit AS ("
     "  UPDATE accounts SET balance_cents = balance_cents - $3::bigint, updated_at = now()"
-    "  WHERE customer_id = $2 AND balance_cents >= $3::bigint AND EXISTS (SELECT 1 FROM claim)"
-    "  RETURNING customer_id),"
+    "  WHERE customer_id = $2 AND balance_cents >= $3::bigint RETURNING customer_id),"
     " verdict AS (SELECT CASE WHEN EXISTS (SELECT 1 FROM debit) THEN 'OK'"
     "   WHEN EXISTS (SELECT 1 FROM accounts WHERE customer_id = $2) THEN 'INSUFFICIENT_FUNDS'"
     "   ELSE 'UNKNOWN_CUSTOMER' END AS reason)"
     " UPDATE payments SET reason = verdict.reason,"
     "  status = CASE WHEN verdict.reason = 'OK' THEN 'CHARGED' ELSE 'DECLINED' END"
-    " FROM claim, verdict WHERE payments.order_id = claim.order_id"
+    " FROM verdict WHERE payments.order_id = $1"
     " RETURNING payments.reason";
 
 static int on_order_created(void *ctx, PGconn *tx, const cm_record *rec, char *reason,
@@ -65,15 +64,19 @@ static int on_order_created(void *ctx, PGconn *tx, const cm_record *rec, char *r
         return r;
     snprintf(amount, sizeof(amount), "%" PRId64, o.amount_cents);
     const char *p[3] = {o.order_id, o.customer_id, amount};
-    r = cm_db_query(tx, &res, charge_sql, 3, p);
+    r = cm_db_query(tx, &res, claim_sql, 3, p);
     if (r < 0)
         return r;
-    if (PQntuples(res) == 0) {
+    if (strcmp(PQcmdTuples(res), "1") != 0) {
         /* A duplicate: its reply went to the outbox with the first one. */
         PQclear(res);
         log_info("duplicate order ignored order_id=%s", o.order_id);
         return 0;
     }
+    PQclear(res);
+    r = cm_db_query(tx, &res, charge_sql, 3, p);
+    if (r < 0)
+        return r;
     const char *verdict = PQgetvalue(res, 0, 0);
     bool approved = strcmp(verdict, "OK") == 0;
     r = cm_outbox_add_outcome(tx, EV_PAYMENT_COMPLETED, o.order_id, approved, verdict,
