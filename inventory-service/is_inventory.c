@@ -5,6 +5,7 @@
 
 #include "cm_log.h"
 #include "cm_outbox.h"
+#include "cm_saga.h"
 #include "ev_event.h"
 
 #include <errno.h>
@@ -21,18 +22,27 @@ static const char migration_1[] =
     " order_id text PRIMARY KEY,"
     " sku text NOT NULL,"
     " quantity integer NOT NULL,"
-    " status text NOT NULL CHECK (status IN ('PENDING', 'RESERVED', 'REJECTED')),"
+    " status text NOT NULL"
+    "  CHECK (status IN ('PENDING', 'RESERVED', 'REJECTED', 'RELEASED', 'CANCELLED')),"
     " reason text NOT NULL,"
+    " release_reason text,"
+    " released_at timestamptz,"
     " created_at timestamptz NOT NULL DEFAULT now());";
 
 const char *const is_migrations[] = {migration_1, cm_outbox_migration};
 const size_t is_nmigrations = sizeof(is_migrations) / sizeof(is_migrations[0]);
 
 /* Claims the order: the dedupe. A concurrent duplicate waits on the primary
- * key until this transaction ends and then finds the claim taken. */
+ * key until this transaction ends and then finds the claim taken (no row).
+ * A tombstone left by an earlier declined payment (CANCELLED) turns into a
+ * rejection without taking stock. */
 static const char claim_sql[] =
     "INSERT INTO reservations(order_id, sku, quantity, status, reason)"
-    " VALUES ($1, $2, $3::int, 'PENDING', '') ON CONFLICT (order_id) DO NOTHING";
+    " VALUES ($1, $2, $3::int, 'PENDING', '') ON CONFLICT (order_id) DO UPDATE"
+    " SET sku = EXCLUDED.sku, quantity = EXCLUDED.quantity,"
+    "  status = 'REJECTED', reason = 'ORDER_CANCELLED'"
+    " WHERE reservations.status = 'CANCELLED'"
+    " RETURNING status";
 
 /* Takes the stock and records the outcome on the claimed row in one
  * statement. "available >= quantity" is re-checked under the row lock, so
@@ -66,13 +76,19 @@ static int on_order_created(void *ctx, PGconn *tx, const cm_record *rec, char *r
     r = cm_db_query(tx, &res, claim_sql, 3, p);
     if (r < 0)
         return r;
-    if (strcmp(PQcmdTuples(res), "1") != 0) {
+    if (PQntuples(res) == 0) {
         /* A duplicate: its reply went to the outbox with the first one. */
         PQclear(res);
         log_info("duplicate order ignored order_id=%s", o.order_id);
         return 0;
     }
+    bool cancelled = strcmp(PQgetvalue(res, 0, 0), "REJECTED") == 0;
     PQclear(res);
+    if (cancelled) {
+        log_info("reservation skipped, order already cancelled order_id=%s", o.order_id);
+        return cm_outbox_add_outcome(tx, EV_INVENTORY_RESERVED, o.order_id, false,
+                                     "ORDER_CANCELLED", rec->traceparent);
+    }
     r = cm_db_query(tx, &res, reserve_sql, 3, p);
     if (r < 0)
         return r;
@@ -87,8 +103,41 @@ static int on_order_created(void *ctx, PGconn *tx, const cm_record *rec, char *r
     return r;
 }
 
+/* Compensation: the payment was declined, so the stock is released; if the
+ * order has not arrived yet, a CANCELLED tombstone keeps it from reserving. */
+static const char remember_sql[] =
+    "INSERT INTO reservations(order_id, sku, quantity, status, reason, release_reason)"
+    " VALUES ($1, '', 0, 'CANCELLED', '', $2) ON CONFLICT (order_id) DO NOTHING";
+static const char release_sql[] =
+    "WITH r AS ("
+    "  UPDATE reservations SET status = 'RELEASED', release_reason = $2, released_at = now()"
+    "  WHERE order_id = $1 AND status = 'RESERVED' RETURNING sku, quantity)"
+    " UPDATE stock SET available = stock.available + r.quantity, updated_at = now()"
+    " FROM r WHERE stock.sku = r.sku RETURNING r.quantity";
+
+static int on_payment_completed(void *ctx, PGconn *tx, const cm_record *rec, char *reason,
+                                size_t reasonlen)
+{
+    ev_payment_completed e;
+    int r;
+    (void)ctx;
+
+    r = ev_payment_completed_decode(rec->msg->payload, rec->msg->len, &e, reason, reasonlen);
+    if (r < 0 || e.approved)
+        return r; /* approved: nothing to compensate */
+    const char *p[2] = {e.order_id, e.reason};
+    r = cm_saga_compensate(tx, remember_sql, release_sql, 2, p);
+    if (r == CM_SAGA_UNDONE)
+        log_info("stock released order_id=%s reason=%s", e.order_id, e.reason);
+    else if (r == CM_SAGA_REMEMBERED)
+        log_info("order cancelled before reservation order_id=%s reason=%s", e.order_id,
+                 e.reason);
+    return r < 0 ? r : 0;
+}
+
 const cm_subscription is_subscriptions[] = {
     {EV_TOPIC_ORDERS_CREATED, on_order_created},
+    {EV_TOPIC_PAYMENTS_COMPLETED, on_payment_completed},
 };
 const size_t is_nsubscriptions = sizeof(is_subscriptions) / sizeof(is_subscriptions[0]);
 

@@ -62,13 +62,99 @@ static const char insert_sql[] =
     " INSERT INTO outbox(topic, msg_key, payload, headers)"
     " SELECT $6, order_id, $7, $8::jsonb FROM o";
 
+/* The same with an Idempotency-Key: the key is claimed in the same statement.
+ * A concurrent request with the same key waits on the key's primary key and
+ * then inserts nothing; it reads the first request's order below. */
+static const char insert_keyed_sql[] =
+    "WITH k AS ("
+    "  INSERT INTO idempotency_keys(idem_key, fingerprint, order_id) VALUES ($9, $10, $1)"
+    "  ON CONFLICT (idem_key) DO NOTHING RETURNING order_id),"
+    " o AS ("
+    "  INSERT INTO orders(order_id, customer_id, sku, quantity, amount_cents, status)"
+    "  SELECT $1, $2, $3, $4::int, $5::bigint, 'PENDING' FROM k RETURNING order_id)"
+    " INSERT INTO outbox(topic, msg_key, payload, headers)"
+    " SELECT $6, order_id, $7, $8::jsonb FROM o";
+
+static const char key_lookup_sql[] =
+    "SELECT k.fingerprint, k.order_id, o.status FROM idempotency_keys k"
+    " JOIN orders o USING (order_id) WHERE k.idem_key = $1";
+
+static bool key_valid(const char *key)
+{
+    size_t n = strlen(key);
+    if (n == 0 || n > 255)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (key[i] < 0x20 || key[i] > 0x7e)
+            return false;
+    return true;
+}
+
+/* Answers a request whose key was used before: the same order for the same
+ * request, 409 for a different one. */
+static void replay_keyed(PGconn *conn, const char *key, const char *fingerprint,
+                         cm_http_resp *resp)
+{
+    const char *p[1] = {key};
+    PGresult *res;
+    int r = cm_db_query(conn, &res, key_lookup_sql, 1, p);
+
+    if (r < 0) {
+        cm_daemon_db_problem(resp, r);
+        return;
+    }
+    if (PQntuples(res) == 0) {
+        cm_http_problem(resp, 500, "Internal Server Error", "idempotency key has no order");
+    } else if (strcmp(PQgetvalue(res, 0, 0), fingerprint) != 0) {
+        cm_http_problem(resp, 409, "Conflict",
+                        "Idempotency-Key was already used with a different request");
+    } else {
+        resp->status = 202;
+        snprintf(resp->location, sizeof(resp->location), "/orders/%s", PQgetvalue(res, 0, 1));
+        resp->body = json_pack("{s:s, s:s}", "orderId", PQgetvalue(res, 0, 1), "status",
+                               PQgetvalue(res, 0, 2));
+    }
+    PQclear(res);
+}
+
+/* Stores the order; returns 1 if stored, 0 if the key was used before (resp
+ * is then filled), or a cm_db code. */
+static int store_order(PGconn *conn, const ev_order_created *o, const char *json,
+                       const char *headers, const char *key, cm_http_resp *resp)
+{
+    char qty[16], amount[24], fp[256];
+    PGresult *res;
+    int r;
+
+    snprintf(qty, sizeof(qty), "%d", (int)o->quantity);
+    snprintf(amount, sizeof(amount), "%" PRId64, o->amount_cents);
+    snprintf(fp, sizeof(fp), "%s|%s|%d|%" PRId64, o->customer_id, o->sku, (int)o->quantity,
+             o->amount_cents);
+    const char *p[10] = {o->order_id, o->customer_id,     o->sku, qty, amount,
+                         EV_TOPIC_ORDERS_CREATED, json, headers, key, fp};
+    r = cm_db_query(conn, &res, key ? insert_keyed_sql : insert_sql, key ? 10 : 8, p);
+    if (r < 0)
+        return r;
+    r = strcmp(PQcmdTuples(res), "1") == 0;
+    PQclear(res);
+    if (!r)
+        replay_keyed(conn, key, fp, resp);
+    return r;
+}
+
 static void post_order(void *ctx, const cm_http_req *req, cm_http_resp *resp)
 {
+    const char *key = cm_http_header(req, "Idempotency-Key");
     ev_order_created o = {0};
-    char qty[16], amount[24], *json = NULL, *headers = NULL;
+    char *json = NULL, *headers = NULL;
     PGconn *conn;
     int r;
 
+    if (key && !key_valid(key)) {
+        cm_http_problem(resp, 400, "Bad Request",
+                        "Idempotency-Key must be 1 to 255 printable ASCII characters");
+        return;
+    }
     if (parse_order(req, &o, resp) < 0)
         return;
     ev_uuid(o.order_id);
@@ -81,16 +167,12 @@ static void post_order(void *ctx, const cm_http_req *req, cm_http_resp *resp)
     }
     if (!(conn = cm_daemon_db(ctx, resp)))
         goto out;
-    snprintf(qty, sizeof(qty), "%d", (int)o.quantity);
-    snprintf(amount, sizeof(amount), "%" PRId64, o.amount_cents);
-    const char *p[8] = {o.order_id, o.customer_id, o.sku, qty, amount,
-                        EV_TOPIC_ORDERS_CREATED, json, headers};
-    r = cm_db_query(conn, NULL, insert_sql, 8, p);
+    r = store_order(conn, &o, json, headers, key, resp);
     cm_daemon_db_release(ctx, conn);
-    if (r < 0) {
+    if (r < 0)
         cm_daemon_db_problem(resp, r);
+    if (r <= 0)
         goto out;
-    }
     log_info("order accepted order_id=%s customer_id=%s sku=%s quantity=%d amount_cents=%" PRId64,
              o.order_id, o.customer_id, o.sku, (int)o.quantity, o.amount_cents);
     resp->status = 202;

@@ -27,7 +27,12 @@ static const char migration_1[] =
     " created_at timestamptz NOT NULL DEFAULT clock_timestamp(),"
     " updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),"
     " settled_at timestamptz);"
-    "CREATE INDEX orders_pending ON orders (created_at) WHERE status = 'PENDING';";
+    "CREATE INDEX orders_pending ON orders (created_at) WHERE status = 'PENDING';"
+    "CREATE TABLE idempotency_keys ("
+    " idem_key text PRIMARY KEY,"
+    " fingerprint text NOT NULL,"
+    " order_id text NOT NULL,"
+    " created_at timestamptz NOT NULL DEFAULT now());";
 
 const char *const os_migrations[] = {migration_1, cm_outbox_migration};
 const size_t os_nmigrations = sizeof(os_migrations) / sizeof(os_migrations[0]);

@@ -5,6 +5,7 @@
 
 #include "cm_log.h"
 #include "cm_outbox.h"
+#include "cm_saga.h"
 #include "ev_event.h"
 
 #include <errno.h>
@@ -22,18 +23,27 @@ static const char migration_1[] =
     " order_id text PRIMARY KEY,"
     " customer_id text NOT NULL,"
     " amount_cents bigint NOT NULL,"
-    " status text NOT NULL CHECK (status IN ('PENDING', 'CHARGED', 'DECLINED')),"
+    " status text NOT NULL"
+    "  CHECK (status IN ('PENDING', 'CHARGED', 'DECLINED', 'REFUNDED', 'CANCELLED')),"
     " reason text NOT NULL,"
+    " refund_reason text,"
+    " refunded_at timestamptz,"
     " created_at timestamptz NOT NULL DEFAULT now());";
 
 const char *const ps_migrations[] = {migration_1, cm_outbox_migration};
 const size_t ps_nmigrations = sizeof(ps_migrations) / sizeof(ps_migrations[0]);
 
 /* Claims the order: the dedupe. A concurrent duplicate waits on the primary
- * key until this transaction ends and then finds the claim taken. */
+ * key until this transaction ends and then finds the claim taken (no row).
+ * A tombstone left by an earlier rejection of the stock (CANCELLED) turns
+ * into a decline without a charge. */
 static const char claim_sql[] =
     "INSERT INTO payments(order_id, customer_id, amount_cents, status, reason)"
-    " VALUES ($1, $2, $3::bigint, 'PENDING', '') ON CONFLICT (order_id) DO NOTHING";
+    " VALUES ($1, $2, $3::bigint, 'PENDING', '') ON CONFLICT (order_id) DO UPDATE"
+    " SET customer_id = EXCLUDED.customer_id, amount_cents = EXCLUDED.amount_cents,"
+    "  status = 'DECLINED', reason = 'ORDER_CANCELLED'"
+    " WHERE payments.status = 'CANCELLED'"
+    " RETURNING status";
 
 /* Debits the account and records the outcome on the claimed row in one
  * statement. "balance >= amount" is re-checked under the row lock, so
@@ -67,13 +77,19 @@ static int on_order_created(void *ctx, PGconn *tx, const cm_record *rec, char *r
     r = cm_db_query(tx, &res, claim_sql, 3, p);
     if (r < 0)
         return r;
-    if (strcmp(PQcmdTuples(res), "1") != 0) {
+    if (PQntuples(res) == 0) {
         /* A duplicate: its reply went to the outbox with the first one. */
         PQclear(res);
         log_info("duplicate order ignored order_id=%s", o.order_id);
         return 0;
     }
+    bool cancelled = strcmp(PQgetvalue(res, 0, 0), "DECLINED") == 0;
     PQclear(res);
+    if (cancelled) {
+        log_info("payment skipped, order already cancelled order_id=%s", o.order_id);
+        return cm_outbox_add_outcome(tx, EV_PAYMENT_COMPLETED, o.order_id, false,
+                                     "ORDER_CANCELLED", rec->traceparent);
+    }
     r = cm_db_query(tx, &res, charge_sql, 3, p);
     if (r < 0)
         return r;
@@ -89,8 +105,41 @@ static int on_order_created(void *ctx, PGconn *tx, const cm_record *rec, char *r
     return r;
 }
 
+/* Compensation: stock was rejected, so the charge is refunded; if the order
+ * has not arrived yet, a CANCELLED tombstone keeps it from being charged. */
+static const char remember_sql[] =
+    "INSERT INTO payments(order_id, customer_id, amount_cents, status, reason, refund_reason)"
+    " VALUES ($1, '', 0, 'CANCELLED', '', $2) ON CONFLICT (order_id) DO NOTHING";
+static const char refund_sql[] =
+    "WITH p AS ("
+    "  UPDATE payments SET status = 'REFUNDED', refund_reason = $2, refunded_at = now()"
+    "  WHERE order_id = $1 AND status = 'CHARGED' RETURNING customer_id, amount_cents)"
+    " UPDATE accounts SET balance_cents = accounts.balance_cents + p.amount_cents,"
+    "  updated_at = now()"
+    " FROM p WHERE accounts.customer_id = p.customer_id RETURNING p.amount_cents";
+
+static int on_inventory_reserved(void *ctx, PGconn *tx, const cm_record *rec, char *reason,
+                                 size_t reasonlen)
+{
+    ev_inventory_reserved e;
+    int r;
+    (void)ctx;
+
+    r = ev_inventory_reserved_decode(rec->msg->payload, rec->msg->len, &e, reason, reasonlen);
+    if (r < 0 || e.reserved)
+        return r; /* reserved: nothing to compensate */
+    const char *p[2] = {e.order_id, e.reason};
+    r = cm_saga_compensate(tx, remember_sql, refund_sql, 2, p);
+    if (r == CM_SAGA_UNDONE)
+        log_info("payment refunded order_id=%s reason=%s", e.order_id, e.reason);
+    else if (r == CM_SAGA_REMEMBERED)
+        log_info("order cancelled before payment order_id=%s reason=%s", e.order_id, e.reason);
+    return r < 0 ? r : 0;
+}
+
 const cm_subscription ps_subscriptions[] = {
     {EV_TOPIC_ORDERS_CREATED, on_order_created},
+    {EV_TOPIC_INVENTORY_RESERVED, on_inventory_reserved},
 };
 const size_t ps_nsubscriptions = sizeof(ps_subscriptions) / sizeof(ps_subscriptions[0]);
 
