@@ -34,7 +34,15 @@ typedef struct {
     /* Records that arrived while the loop was paused (after a rebalance). */
     slot *later;
     int nlater;
+    time_t last_probe;
 } loop;
+
+static void count(loop *l, const char *metric, const rd_kafka_message_t *m)
+{
+    char labels[160];
+    snprintf(labels, sizeof(labels), "topic=\"%s\"", rd_kafka_topic_name(m->rkt));
+    cm_metrics_add(l->cfg->health->metrics, metric, labels, 1);
+}
 
 static bool is_poison(int r)
 {
@@ -142,6 +150,8 @@ static void idle(loop *l, long long ms)
         long long el = (now.tv_sec - start.tv_sec) * 1000LL + (now.tv_nsec - start.tv_nsec) / 1000000;
         if (el >= ms || *l->stop)
             break;
+        if (l->cfg->tick)
+            l->cfg->tick(l->cfg->tick_arg);
         m = rd_kafka_consumer_poll(l->rk, (int)(ms - el < 100 ? ms - el : 100));
         if (!m)
             continue;
@@ -181,6 +191,7 @@ static void dead_letter(loop *l, const slot *s, bool poison, const char *reason)
         backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
     }
     atomic_fetch_add(&l->cfg->health->dead_lettered, 1);
+    count(l, "orders_dead_lettered_total", s->msg);
 }
 
 /* One record in its own transaction, with the error handler's policy. */
@@ -220,6 +231,7 @@ static void process_single(loop *l, const slot *s)
             return;
         }
         atomic_fetch_add(&l->cfg->health->retries, 1);
+        count(l, "orders_retries_total", s->msg);
         log_warning("retrying record topic=%s partition=%d offset=%lld attempt=%d reason=\"%s\"",
                     rd_kafka_topic_name(s->msg->rkt), (int)s->msg->partition,
                     (long long)s->msg->offset, attempts, reason);
@@ -287,13 +299,12 @@ static void store_offsets(loop *l)
  * a metadata request for the subscribed topics, at most every 2 s. */
 static void probe_kafka(loop *l)
 {
-    static __thread time_t last;
     const struct rd_kafka_metadata *md = NULL;
     time_t now = time(NULL);
 
-    if (now - last < 2)
+    if (now - l->last_probe < 2)
         return;
-    last = now;
+    l->last_probe = now;
     if (rd_kafka_metadata(l->rk, 0, NULL, &md, 1000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
         atomic_store(&l->cfg->health->kafka_ok, md->broker_cnt > 0);
         rd_kafka_metadata_destroy(md);
@@ -393,6 +404,8 @@ int cm_consumer_run(const cm_consumer_config *cfg, volatile const sig_atomic_t *
     if (r == 0 && ensure_db(&l) == 0)
         atomic_store(&cfg->health->db_ok, true);
     while (r == 0 && !*stop) {
+        if (cfg->tick)
+            cfg->tick(cfg->tick_arg);
         collect(&l);
         if (l.n == 0)
             continue;
@@ -400,6 +413,8 @@ int cm_consumer_run(const cm_consumer_config *cfg, volatile const sig_atomic_t *
         process(&l);
         log_debug("consumer batch done count=%d", l.n);
         atomic_fetch_add(&cfg->health->consumed, l.n);
+        for (int i = 0; i < l.n; i++)
+            count(&l, "orders_records_consumed_total", l.batch[i].msg);
         /* Offsets of a batch cut short by stop are not stored: redelivered. */
         if (!*stop)
             store_offsets(&l);

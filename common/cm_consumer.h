@@ -59,6 +59,10 @@ typedef struct {
      * stops its HTTP server there: the documented drain order). */
     void (*before_close)(void *arg);
     void *before_close_arg;
+    /* Called from the loop at least every 200 ms while it makes progress,
+     * also while it waits out an outage (systemd watchdog, status). */
+    void (*tick)(void *arg);
+    void *tick_arg;
 } cm_consumer_config;
 
 /* Runs until *stop becomes non-zero, then closes the consumer (leaving the

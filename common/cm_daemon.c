@@ -5,6 +5,7 @@
 #include "cm_daemon.h"
 
 #include "cm_log.h"
+#include "cm_notify.h"
 #include "cm_outbox.h"
 
 #include <errno.h>
@@ -123,6 +124,57 @@ static int wait_database(cm_daemon *d)
     return -ECANCELED;
 }
 
+static const cm_metric_def common_metrics[] = {
+    {"orders_records_consumed_total", CM_METRIC_COUNTER, "Records handled by the consumer loop."},
+    {"orders_records_produced_total", CM_METRIC_COUNTER,
+     "Outbox events acknowledged by the brokers."},
+    {"orders_retries_total", CM_METRIC_COUNTER, "Retries of records whose processing failed."},
+    {"orders_dead_lettered_total", CM_METRIC_COUNTER, "Records written to a dead-letter topic."},
+    {"orders_outbox_backlog", CM_METRIC_GAUGE, "Outbox rows seen by the last relay pass."},
+    {"orders_outbox_oldest_age_seconds", CM_METRIC_GAUGE,
+     "Age of the oldest unpublished outbox row."},
+    {"orders_consumer_lag", CM_METRIC_GAUGE, "Consumer lag per assigned partition (records)."},
+    {"orders_http_requests_total", CM_METRIC_COUNTER, "HTTP requests by route and status."},
+    {"orders_http_request_duration_seconds", CM_METRIC_HISTOGRAM,
+     "HTTP request latency from first byte to response."},
+    {"orders_ready", CM_METRIC_GAUGE, "1 when the daemon is ready (as /readyz), else 0."},
+    {"orders_dependency_up", CM_METRIC_GAUGE, "1 when a dependency is usable, else 0."},
+};
+
+cm_metrics *cm_daemon_metrics(cm_daemon *d)
+{
+    return d->health.metrics;
+}
+
+static void metrics_route(void *ctx, const cm_http_req *req, cm_http_resp *resp)
+{
+    cm_daemon *d = ctx;
+    cm_health *h = &d->health;
+    (void)req;
+    cm_metrics_set(h->metrics, "orders_ready", "", cm_health_ready(h) ? 1 : 0);
+    cm_metrics_set(h->metrics, "orders_dependency_up", "dependency=\"database\"",
+                   atomic_load(&h->db_ok) && atomic_load(&h->relay_db_ok) ? 1 : 0);
+    cm_metrics_set(h->metrics, "orders_dependency_up", "dependency=\"kafka\"",
+                   atomic_load(&h->kafka_ok) ? 1 : 0);
+    resp->text = cm_metrics_render(h->metrics);
+    resp->status = resp->text ? 200 : 500;
+    resp->ctype = "text/plain; version=0.0.4; charset=utf-8";
+}
+
+static int init_metrics(cm_daemon *d)
+{
+    int r = cm_metrics_new(&d->health.metrics);
+    if (r < 0)
+        return r;
+    for (size_t i = 0; i < sizeof(common_metrics) / sizeof(common_metrics[0]); i++)
+        cm_metrics_describe(d->health.metrics, common_metrics[i].name, common_metrics[i].type,
+                            common_metrics[i].help);
+    for (size_t i = 0; i < d->def->nmetrics; i++)
+        cm_metrics_describe(d->health.metrics, d->def->metrics[i].name, d->def->metrics[i].type,
+                            d->def->metrics[i].help);
+    return 0;
+}
+
 static void health_route(void *ctx, const cm_http_req *req, cm_http_resp *resp)
 {
     (void)ctx;
@@ -194,20 +246,24 @@ void cm_daemon_get_one(cm_daemon *d, const cm_http_req *req, cm_http_resp *resp,
     PQclear(res);
 }
 
-static cm_http *http_server;
+static void tick(void *arg)
+{
+    cm_notify_tick(arg);
+}
 
 static void stop_http(void *arg)
 {
-    (void)arg;
+    cm_daemon *d = arg;
+    cm_notify_stopping(&d->notify);
     log_info("stopping: http server");
-    cm_http_stop(http_server);
-    http_server = NULL;
+    cm_http_stop(d->http);
+    d->http = NULL;
     log_info("stopping: kafka consumer");
 }
 
 static int run(cm_daemon *d)
 {
-    size_t nroutes = d->def->nroutes + 2;
+    size_t nroutes = d->def->nroutes + 3;
     cm_http_route *routes = calloc(nroutes, sizeof(*routes));
     cm_relay *relay = NULL;
     int r;
@@ -216,7 +272,8 @@ static int run(cm_daemon *d)
         return -ENOMEM;
     routes[0] = (cm_http_route){"GET", "/healthz", health_route};
     routes[1] = (cm_http_route){"GET", "/readyz", ready_route};
-    memcpy(routes + 2, d->def->routes, d->def->nroutes * sizeof(*routes));
+    routes[2] = (cm_http_route){"GET", "/metrics", metrics_route};
+    memcpy(routes + 3, d->def->routes, d->def->nroutes * sizeof(*routes));
 
     r = cm_dbpool_new(d->base.database_url, (size_t)d->base.db_pool_size, &d->pool);
     if (r == 0)
@@ -224,7 +281,8 @@ static int run(cm_daemon *d)
                            &d->health, &relay);
     if (r == 0) {
         r = cm_http_start(d->base.http_addr, (int)d->base.http_port, (int)d->base.http_threads,
-                          (size_t)d->base.http_body_max, routes, nroutes, d, &http_server);
+                          (size_t)d->base.http_body_max, routes, nroutes, d, d->health.metrics,
+                          &d->http);
         if (r < 0)
             log_error("could not listen on %s:%lld", d->base.http_addr, d->base.http_port);
     }
@@ -234,15 +292,17 @@ static int run(cm_daemon *d)
             .db_url = d->base.database_url, .subs = d->def->subs, .nsubs = d->def->nsubs,
             .ctx = d, .batch_max = (int)d->base.consumer_batch,
             .max_retries = (int)d->base.retry_max, .backoff_ms = d->base.retry_backoff_ms,
-            .health = &d->health, .before_close = stop_http,
+            .health = &d->health, .before_close = stop_http, .before_close_arg = d,
+            .tick = tick, .tick_arg = &d->notify,
         };
+        cm_notify_init(&d->notify, &d->health);
         atomic_store(&d->health.started, true);
         log_info("started http=%s:%lld group=%s", d->base.http_addr, d->base.http_port,
                  d->base.consumer_group);
         r = cm_consumer_run(&cc, &stop_requested);
     }
-    cm_http_stop(http_server);
-    http_server = NULL;
+    cm_http_stop(d->http);
+    d->http = NULL;
     log_info("stopping: outbox relay");
     cm_relay_stop(relay);
     log_info("stopping: database");
@@ -287,9 +347,12 @@ int cm_daemon_main(const cm_daemon_def *def, int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    r = wait_database(&d);
+    r = init_metrics(&d);
+    if (r == 0)
+        r = wait_database(&d);
     if (r == 0)
         r = run(&d);
+    cm_metrics_free(d.health.metrics);
     if (r < 0 && r != -ECANCELED) {
         log_error("exiting after error code=%d", r);
         return 1;

@@ -21,6 +21,7 @@
 #include "cm_db.h"
 #include "cm_health.h"
 #include "cm_http.h"
+#include "cm_notify.h"
 
 #include <stdbool.h>
 
@@ -40,6 +41,12 @@ typedef struct {
 } cm_base_config;
 
 typedef struct {
+    const char *name;
+    cm_metric_type type;
+    const char *help;
+} cm_metric_def;
+
+typedef struct {
     const char *name;        /* "order-service"; also client.id and default group */
     const char *description; /* one line for --help */
     int default_port;
@@ -53,6 +60,8 @@ typedef struct {
     const cm_cfg_item *cfg_items; /* the service's own variables, or NULL */
     size_t ncfg_items;
     void *cfg;                    /* where they are loaded */
+    const cm_metric_def *metrics; /* the service's own metrics, or NULL */
+    size_t nmetrics;
 } cm_daemon_def;
 
 typedef struct {
@@ -60,6 +69,8 @@ typedef struct {
     cm_base_config base;
     cm_health health;
     cm_dbpool *pool; /* for HTTP handlers */
+    cm_http *http;
+    cm_notify notify;
 } cm_daemon;
 
 /* Takes a pooled database connection for an HTTP handler. If the database is
@@ -75,6 +86,9 @@ void cm_daemon_db_problem(cm_http_resp *resp, int r);
  * <param>") for none, 503/500 on database errors. */
 void cm_daemon_get_one(cm_daemon *d, const cm_http_req *req, cm_http_resp *resp, const char *sql,
                        const char *what, json_t *(*fill)(PGresult *res));
+
+/* The daemon's metrics registry (for handlers' domain counters). */
+cm_metrics *cm_daemon_metrics(cm_daemon *d);
 
 /* Runs the daemon; returns the process exit status. */
 int cm_daemon_main(const cm_daemon_def *def, int argc, char **argv);

@@ -6,6 +6,8 @@
  */
 #pragma once
 
+#include "cm_metrics.h"
+
 #include <stdatomic.h>
 #include <stdbool.h>
 
@@ -19,6 +21,7 @@ typedef struct {
     atomic_llong dead_lettered;
     atomic_llong retries;
     atomic_llong outbox_backlog; /* rows seen in the outbox by the last relay pass */
+    cm_metrics *metrics;         /* the daemon's registry (owned by cm_daemon) */
 } cm_health;
 
 static inline bool cm_health_ready(cm_health *h)

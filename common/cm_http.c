@@ -15,6 +15,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 
 struct cm_http {
     struct MHD_Daemon *daemon;
@@ -22,6 +23,7 @@ struct cm_http {
     size_t nroutes;
     size_t body_max;
     void *ctx;
+    cm_metrics *metrics;
 };
 
 /* Per-request state, from the first callback to request completion. */
@@ -29,6 +31,7 @@ typedef struct {
     char *body;
     size_t len;
     bool too_large;
+    struct timespec start;
 } reqstate;
 
 const char *cm_http_header(const cm_http_req *req, const char *name)
@@ -106,12 +109,15 @@ static bool match(const char *pattern, const char *path, const char **param)
 
 static enum MHD_Result send_resp(struct MHD_Connection *c, cm_http_resp *resp, const char *allow)
 {
-    char *text = resp->body ? json_dumps(resp->body, JSON_COMPACT) : NULL;
+    char *text = resp->body ? json_dumps(resp->body, JSON_COMPACT) : resp->text;
     struct MHD_Response *r;
     enum MHD_Result ret;
 
+    if (resp->body)
+        free(resp->text);
     json_decref(resp->body);
     resp->body = NULL;
+    resp->text = NULL;
     if (text)
         r = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
     else
@@ -130,6 +136,24 @@ static enum MHD_Result send_resp(struct MHD_Connection *c, cm_http_resp *resp, c
     ret = MHD_queue_response(c, (unsigned)resp->status, r);
     MHD_destroy_response(r);
     return ret;
+}
+
+static enum MHD_Result finish(cm_http *h, struct MHD_Connection *c, reqstate *st,
+                              const char *route, const char *method, cm_http_resp *resp,
+                              const char *allow)
+{
+    struct timespec now;
+    char labels[192];
+    double secs;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    secs = (double)(now.tv_sec - st->start.tv_sec) + (double)(now.tv_nsec - st->start.tv_nsec) / 1e9;
+    snprintf(labels, sizeof(labels), "route=\"%s\",method=\"%s\",status=\"%d\"", route,
+             method, resp->status);
+    cm_metrics_add(h->metrics, "orders_http_requests_total", labels, 1);
+    snprintf(labels, sizeof(labels), "route=\"%s\"", route);
+    cm_metrics_observe(h->metrics, "orders_http_request_duration_seconds", labels, secs);
+    return send_resp(c, resp, allow);
 }
 
 static bool is_json_ctype(const char *ct)
@@ -168,15 +192,15 @@ static enum MHD_Result dispatch(cm_http *h, struct MHD_Connection *c, const char
         } else {
             rt->handle(h->ctx, &req, &resp);
         }
-        return send_resp(c, &resp, NULL);
+        return finish(h, c, st, rt->pattern, method, &resp, NULL);
     }
     if (allow[0]) {
         cm_http_problem(&resp, 405, "Method Not Allowed", "method %s is not allowed on %s",
                         method, url);
-        return send_resp(c, &resp, allow);
+        return finish(h, c, st, "unmatched", "other", &resp, allow);
     }
     cm_http_problem(&resp, 404, "Not Found", "no resource at %s", url);
-    return send_resp(c, &resp, NULL);
+    return finish(h, c, st, "unmatched", "other", &resp, NULL);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -193,6 +217,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!st)
             return MHD_NO;
         *con_cls = st;
+        clock_gettime(CLOCK_MONOTONIC, &st->start);
         /* Refuse a declared oversize body before reading any of it. */
         if (cl && strtoull(cl, NULL, 10) > h->body_max)
             st->too_large = true;
@@ -239,7 +264,8 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 }
 
 int cm_http_start(const char *addr, int port, int threads, size_t body_max,
-                  const cm_http_route *routes, size_t nroutes, void *ctx, cm_http **ret)
+                  const cm_http_route *routes, size_t nroutes, void *ctx, cm_metrics *metrics,
+                  cm_http **ret)
 {
     struct addrinfo hints = {.ai_flags = AI_NUMERICHOST | AI_PASSIVE,
                              .ai_socktype = SOCK_STREAM};
@@ -260,6 +286,7 @@ int cm_http_start(const char *addr, int port, int threads, size_t body_max,
     h->nroutes = nroutes;
     h->body_max = body_max;
     h->ctx = ctx;
+    h->metrics = metrics;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     h->daemon = MHD_start_daemon(

@@ -11,6 +11,8 @@
  */
 #pragma once
 
+#include "cm_metrics.h"
+
 #include <jansson.h>
 #include <stddef.h>
 
@@ -26,6 +28,7 @@ typedef struct {
 typedef struct {
     int status;
     json_t *body;         /* owned; sent as JSON */
+    char *text;           /* owned (malloc); sent as is when body is NULL */
     const char *ctype;    /* default application/json */
     char location[256];   /* Location header if non-empty */
 } cm_http_resp;
@@ -41,9 +44,12 @@ typedef struct {
 typedef struct cm_http cm_http;
 
 /* Starts listening on addr:port with threads worker threads. routes must
- * outlive the server. Returns 0 or a negative errno. */
+ * outlive the server. Requests are counted in metrics (may be NULL) as
+ * orders_http_requests_total{route,method,status} and
+ * orders_http_request_duration_seconds{route}. Returns 0 or a negative errno. */
 int cm_http_start(const char *addr, int port, int threads, size_t body_max,
-                  const cm_http_route *routes, size_t nroutes, void *ctx, cm_http **ret);
+                  const cm_http_route *routes, size_t nroutes, void *ctx, cm_metrics *metrics,
+                  cm_http **ret);
 /* Stops accepting and finishes requests in progress. NULL is fine. */
 void cm_http_stop(cm_http *http);
 

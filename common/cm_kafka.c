@@ -7,6 +7,7 @@
 #include "cm_log.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -45,6 +46,36 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
            rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
 }
 
+/* Consumer statistics: the lag of every assigned partition becomes
+ * orders_consumer_lag{topic,partition}. */
+static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+    cm_health *h = opaque;
+    json_t *root = json_loadb(json, len, 0, NULL);
+    json_t *topics = json_object_get(root, "topics"), *t, *p;
+    const char *tname, *pid;
+    (void)rk;
+
+    if (h && topics) {
+        cm_metrics_clear(h->metrics, "orders_consumer_lag");
+        json_object_foreach(topics, tname, t)
+        {
+            json_object_foreach(json_object_get(t, "partitions"), pid, p)
+            {
+                json_int_t lag = json_integer_value(json_object_get(p, "consumer_lag"));
+                char labels[192];
+                if (strcmp(pid, "-1") == 0 || !json_is_true(json_object_get(p, "desired")) ||
+                    lag < 0)
+                    continue;
+                snprintf(labels, sizeof(labels), "topic=\"%s\",partition=\"%s\"", tname, pid);
+                cm_metrics_set(h->metrics, "orders_consumer_lag", labels, (double)lag);
+            }
+        }
+    }
+    json_decref(root);
+    return 0; /* librdkafka frees json */
+}
+
 int cm_kafka_conf(cm_kafka_role role, const char *client_id, const char *group,
                   cm_health *health, rd_kafka_conf_t **ret, char *err, size_t errlen)
 {
@@ -56,6 +87,7 @@ int cm_kafka_conf(cm_kafka_role role, const char *client_id, const char *group,
         {"enable.auto.offset.store", "false"}, {"enable.auto.commit", "true"},
         {"auto.commit.interval.ms", "1000"},   {"auto.offset.reset", "earliest"},
         {"enable.partition.eof", "false"},     {"session.timeout.ms", "10000"},
+        {"statistics.interval.ms", "5000"},
     };
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     struct set_ctx c = {conf, err, errlen};
@@ -89,6 +121,8 @@ int cm_kafka_conf(cm_kafka_role role, const char *client_id, const char *group,
     }
     rd_kafka_conf_set_log_cb(conf, on_log);
     rd_kafka_conf_set_error_cb(conf, on_error);
+    if (role == CM_KAFKA_CONSUMER)
+        rd_kafka_conf_set_stats_cb(conf, on_stats);
     rd_kafka_conf_set_opaque(conf, health);
     *ret = conf;
     return 0;

@@ -257,6 +257,11 @@ static int delete_acked(cm_relay *r, PGresult *res, relay_slot *slots, int n, in
         return -ENOMEM;
     ids[len++] = '{';
     for (int i = 0; i < n; i++) {
+        if (slots[i].state == 1) {
+            char labels[160];
+            snprintf(labels, sizeof(labels), "topic=\"%s\"", PQgetvalue(res, i, 1));
+            cm_metrics_add(r->health->metrics, "orders_records_produced_total", labels, 1);
+        }
         if (slots[i].state != 1) {
             if (failed++ == 0)
                 log_warning("outbox row not delivered id=%s topic=%s key=%s error=\"%s\"",
@@ -280,7 +285,9 @@ static int delete_acked(cm_relay *r, PGresult *res, relay_slot *slots, int n, in
 static int relay_pass(cm_relay *r)
 {
     static const char sql[] =
-        "SELECT id, topic, msg_key, payload, headers::text FROM outbox ORDER BY id LIMIT $1";
+        "SELECT id, topic, msg_key, payload, headers::text,"
+        " extract(epoch FROM clock_timestamp() - created_at)"
+        " FROM outbox ORDER BY id LIMIT $1";
     char lim[16];
     const char *p[1] = {lim};
     PGresult *res;
@@ -293,6 +300,9 @@ static int relay_pass(cm_relay *r)
         return rc;
     n = PQntuples(res);
     atomic_store(&r->health->outbox_backlog, n);
+    cm_metrics_set(r->health->metrics, "orders_outbox_backlog", "", n);
+    cm_metrics_set(r->health->metrics, "orders_outbox_oldest_age_seconds", "",
+                   n > 0 ? strtod(PQgetvalue(res, 0, 5), NULL) : 0);
     if (n <= 0) {
         PQclear(res);
         return 0;

@@ -66,7 +66,6 @@ static int on_order_created(void *ctx, PGconn *tx, const cm_record *rec, char *r
     char qty[16];
     PGresult *res;
     int r;
-    (void)ctx;
 
     r = ev_order_created_decode(rec->msg->payload, rec->msg->len, &o, reason, reasonlen);
     if (r < 0)
@@ -93,6 +92,8 @@ static int on_order_created(void *ctx, PGconn *tx, const cm_record *rec, char *r
     if (r < 0)
         return r;
     bool reserved = strcmp(PQgetvalue(res, 0, 0), "RESERVED") == 0;
+    cm_metrics_add(cm_daemon_metrics(ctx), "orders_reservations_total",
+                   reserved ? "outcome=\"reserved\"" : "outcome=\"rejected\"", 1);
     r = cm_outbox_add_outcome(tx, EV_INVENTORY_RESERVED, o.order_id, reserved,
                               PQgetvalue(res, 0, 1), rec->traceparent);
     if (r == 0)
@@ -120,18 +121,22 @@ static int on_payment_completed(void *ctx, PGconn *tx, const cm_record *rec, cha
 {
     ev_payment_completed e;
     int r;
-    (void)ctx;
 
     r = ev_payment_completed_decode(rec->msg->payload, rec->msg->len, &e, reason, reasonlen);
     if (r < 0 || e.approved)
         return r; /* approved: nothing to compensate */
     const char *p[2] = {e.order_id, e.reason};
     r = cm_saga_compensate(tx, remember_sql, release_sql, 2, p);
-    if (r == CM_SAGA_UNDONE)
+    if (r == CM_SAGA_UNDONE) {
+        cm_metrics_add(cm_daemon_metrics(ctx), "orders_reservations_total",
+                       "outcome=\"released\"", 1);
         log_info("stock released order_id=%s reason=%s", e.order_id, e.reason);
-    else if (r == CM_SAGA_REMEMBERED)
+    } else if (r == CM_SAGA_REMEMBERED) {
+        cm_metrics_add(cm_daemon_metrics(ctx), "orders_reservations_total",
+                       "outcome=\"cancelled\"", 1);
         log_info("order cancelled before reservation order_id=%s reason=%s", e.order_id,
                  e.reason);
+    }
     return r < 0 ? r : 0;
 }
 
@@ -210,3 +215,11 @@ const cm_http_route is_routes[] = {
     {"GET", "/reservations/{}", get_reservation},
 };
 const size_t is_nroutes = sizeof(is_routes) / sizeof(is_routes[0]);
+
+/* Counted when the handler ran; a transaction rolled back and retried may
+ * count an outcome twice (the stock itself never is). */
+const cm_metric_def is_metrics[] = {
+    {"orders_reservations_total", CM_METRIC_COUNTER,
+     "Reservation outcomes: reserved, rejected, released, cancelled before the order arrived."},
+};
+const size_t is_nmetrics = sizeof(is_metrics) / sizeof(is_metrics[0]);

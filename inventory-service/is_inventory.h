@@ -15,3 +15,5 @@ extern const cm_subscription is_subscriptions[];
 extern const size_t is_nsubscriptions;
 extern const cm_http_route is_routes[];
 extern const size_t is_nroutes;
+extern const cm_metric_def is_metrics[];
+extern const size_t is_nmetrics;

@@ -18,6 +18,8 @@ int main(int argc, char **argv)
         .nsubs = is_nsubscriptions,
         .routes = is_routes,
         .nroutes = is_nroutes,
+        .metrics = is_metrics,
+        .nmetrics = is_nmetrics,
     };
     return cm_daemon_main(&def, argc, argv);
 }

@@ -18,6 +18,8 @@ int main(int argc, char **argv)
         .nsubs = os_nsubscriptions,
         .routes = os_routes,
         .nroutes = os_nroutes,
+        .metrics = os_metrics,
+        .nmetrics = os_nmetrics,
     };
     return cm_daemon_main(&def, argc, argv);
 }

@@ -173,6 +173,7 @@ static void post_order(void *ctx, const cm_http_req *req, cm_http_resp *resp)
         cm_daemon_db_problem(resp, r);
     if (r <= 0)
         goto out;
+    cm_metrics_add(cm_daemon_metrics(ctx), "orders_placed_total", "", 1);
     log_info("order accepted order_id=%s customer_id=%s sku=%s quantity=%d amount_cents=%" PRId64,
              o.order_id, o.customer_id, o.sku, (int)o.quantity, o.amount_cents);
     resp->status = 202;

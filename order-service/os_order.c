@@ -47,7 +47,7 @@ static os_outcome outcome_of(PGresult *res, int col)
 }
 
 /* Applies one side's reply to the order, under its row lock. */
-static int apply_reply(PGconn *tx, const char *order_id, os_side side, bool yes,
+static int apply_reply(cm_daemon *d, PGconn *tx, const char *order_id, os_side side, bool yes,
                        const char *why, char *reason, size_t reasonlen)
 {
     static const char lock_sql[] =
@@ -91,8 +91,11 @@ static int apply_reply(PGconn *tx, const char *order_id, os_side side, bool yes,
     p[2] = yes ? "true" : "false";
     p[3] = why;
     r = cm_db_query(tx, NULL, side == OS_SIDE_PAYMENT ? payment_sql : inventory_sql, 4, p);
-    if (r == 0 && before == OS_PENDING && st.status != OS_PENDING)
+    if (r == 0 && before == OS_PENDING && st.status != OS_PENDING) {
+        cm_metrics_add(cm_daemon_metrics(d), "orders_settled_total",
+                       st.status == OS_CONFIRMED ? "status=\"CONFIRMED\"" : "status=\"REJECTED\"", 1);
         log_info("order settled order_id=%s status=%s", order_id, os_status_name(st.status));
+    }
     return r;
 }
 
@@ -101,10 +104,9 @@ static int on_payment(void *ctx, PGconn *tx, const cm_record *rec, char *reason,
 {
     ev_payment_completed e;
     int r = ev_payment_completed_decode(rec->msg->payload, rec->msg->len, &e, reason, reasonlen);
-    (void)ctx;
     if (r < 0)
         return r;
-    return apply_reply(tx, e.order_id, OS_SIDE_PAYMENT, e.approved, e.reason, reason, reasonlen);
+    return apply_reply(ctx, tx, e.order_id, OS_SIDE_PAYMENT, e.approved, e.reason, reason, reasonlen);
 }
 
 static int on_inventory(void *ctx, PGconn *tx, const cm_record *rec, char *reason,
@@ -112,10 +114,9 @@ static int on_inventory(void *ctx, PGconn *tx, const cm_record *rec, char *reaso
 {
     ev_inventory_reserved e;
     int r = ev_inventory_reserved_decode(rec->msg->payload, rec->msg->len, &e, reason, reasonlen);
-    (void)ctx;
     if (r < 0)
         return r;
-    return apply_reply(tx, e.order_id, OS_SIDE_INVENTORY, e.reserved, e.reason, reason,
+    return apply_reply(ctx, tx, e.order_id, OS_SIDE_INVENTORY, e.reserved, e.reason, reason,
                        reasonlen);
 }
 
@@ -124,3 +125,11 @@ const cm_subscription os_subscriptions[] = {
     {EV_TOPIC_INVENTORY_RESERVED, on_inventory},
 };
 const size_t os_nsubscriptions = sizeof(os_subscriptions) / sizeof(os_subscriptions[0]);
+
+/* Counted when the handler or request ran; a transaction rolled back and
+ * retried may count twice (the orders table never does). */
+const cm_metric_def os_metrics[] = {
+    {"orders_placed_total", CM_METRIC_COUNTER, "Orders accepted by POST /orders."},
+    {"orders_settled_total", CM_METRIC_COUNTER, "Orders settled, by final status."},
+};
+const size_t os_nmetrics = sizeof(os_metrics) / sizeof(os_metrics[0]);

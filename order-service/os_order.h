@@ -18,3 +18,5 @@ extern const cm_subscription os_subscriptions[];
 extern const size_t os_nsubscriptions;
 extern const cm_http_route os_routes[];
 extern const size_t os_nroutes;
+extern const cm_metric_def os_metrics[];
+extern const size_t os_nmetrics;

@@ -18,6 +18,8 @@ int main(int argc, char **argv)
         .nsubs = ps_nsubscriptions,
         .routes = ps_routes,
         .nroutes = ps_nroutes,
+        .metrics = ps_metrics,
+        .nmetrics = ps_nmetrics,
     };
     return cm_daemon_main(&def, argc, argv);
 }

@@ -67,7 +67,6 @@ static int on_order_created(void *ctx, PGconn *tx, const cm_record *rec, char *r
     char amount[24];
     PGresult *res;
     int r;
-    (void)ctx;
 
     r = ev_order_created_decode(rec->msg->payload, rec->msg->len, &o, reason, reasonlen);
     if (r < 0)
@@ -97,6 +96,8 @@ static int on_order_created(void *ctx, PGconn *tx, const cm_record *rec, char *r
     bool approved = strcmp(verdict, "OK") == 0;
     r = cm_outbox_add_outcome(tx, EV_PAYMENT_COMPLETED, o.order_id, approved, verdict,
                               rec->traceparent);
+    cm_metrics_add(cm_daemon_metrics(ctx), "orders_payments_total",
+                   approved ? "outcome=\"charged\"" : "outcome=\"declined\"", 1);
     if (r == 0)
         log_info("payment %s order_id=%s customer_id=%s amount_cents=%" PRId64 " reason=%s",
                  approved ? "charged" : "declined", o.order_id, o.customer_id, o.amount_cents,
@@ -123,17 +124,20 @@ static int on_inventory_reserved(void *ctx, PGconn *tx, const cm_record *rec, ch
 {
     ev_inventory_reserved e;
     int r;
-    (void)ctx;
 
     r = ev_inventory_reserved_decode(rec->msg->payload, rec->msg->len, &e, reason, reasonlen);
     if (r < 0 || e.reserved)
         return r; /* reserved: nothing to compensate */
     const char *p[2] = {e.order_id, e.reason};
     r = cm_saga_compensate(tx, remember_sql, refund_sql, 2, p);
-    if (r == CM_SAGA_UNDONE)
+    if (r == CM_SAGA_UNDONE) {
+        cm_metrics_add(cm_daemon_metrics(ctx), "orders_payments_total", "outcome=\"refunded\"", 1);
         log_info("payment refunded order_id=%s reason=%s", e.order_id, e.reason);
-    else if (r == CM_SAGA_REMEMBERED)
+    } else if (r == CM_SAGA_REMEMBERED) {
+        cm_metrics_add(cm_daemon_metrics(ctx), "orders_payments_total", "outcome=\"cancelled\"",
+                       1);
         log_info("order cancelled before payment order_id=%s reason=%s", e.order_id, e.reason);
+    }
     return r < 0 ? r : 0;
 }
 
@@ -216,3 +220,11 @@ const cm_http_route ps_routes[] = {
     {"GET", "/payments/{}", get_payment},
 };
 const size_t ps_nroutes = sizeof(ps_routes) / sizeof(ps_routes[0]);
+
+/* Counted when the handler ran; a transaction rolled back and retried may
+ * count an outcome twice (the ledger itself never does). */
+const cm_metric_def ps_metrics[] = {
+    {"orders_payments_total", CM_METRIC_COUNTER,
+     "Payment outcomes: charged, declined, refunded, cancelled before the order arrived."},
+};
+const size_t ps_nmetrics = sizeof(ps_metrics) / sizeof(ps_metrics[0]);

@@ -15,3 +15,5 @@ extern const cm_subscription ps_subscriptions[];
 extern const size_t ps_nsubscriptions;
 extern const cm_http_route ps_routes[];
 extern const size_t ps_nroutes;
+extern const cm_metric_def ps_metrics[];
+extern const size_t ps_nmetrics;

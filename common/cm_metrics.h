@@ -1,0 +1,40 @@
+/*
+ * cm_metrics.h - counters, gauges and histograms rendered in the Prometheus
+ * text exposition format (version 0.0.4) for GET /metrics.
+ *
+ * A series is a metric name plus a preformatted label set such as
+ * `topic="orders.created",outcome="applied"` (values must not need escaping:
+ * callers pass topic names, routes and fixed words). Every metric is declared
+ * once with cm_metrics_describe() before use; updates from any thread are
+ * serialised by one mutex, which is cheap at our rates (a few per record).
+ */
+#pragma once
+
+#include <stddef.h>
+
+typedef enum {
+    CM_METRIC_COUNTER,
+    CM_METRIC_GAUGE,
+    CM_METRIC_HISTOGRAM, /* seconds, fixed buckets 1 ms .. 10 s */
+} cm_metric_type;
+
+typedef struct cm_metrics cm_metrics;
+
+int cm_metrics_new(cm_metrics **ret);
+void cm_metrics_free(cm_metrics *m);
+
+/* Declares a metric; name and help must be string literals (not copied). */
+void cm_metrics_describe(cm_metrics *m, const char *name, cm_metric_type type, const char *help);
+
+/* Counter: adds v. Gauge: cm_metrics_set replaces the value. Histogram:
+ * cm_metrics_observe records one observation. Unknown names are ignored, so
+ * a NULL m or an undeclared metric never breaks the caller. */
+void cm_metrics_add(cm_metrics *m, const char *name, const char *labels, double v);
+void cm_metrics_set(cm_metrics *m, const char *name, const char *labels, double v);
+void cm_metrics_observe(cm_metrics *m, const char *name, const char *labels, double seconds);
+
+/* Removes every series of a gauge (e.g. lag of partitions no longer owned). */
+void cm_metrics_clear(cm_metrics *m, const char *name);
+
+/* Renders all series; returns a malloc'd NUL-terminated text or NULL. */
+char *cm_metrics_render(cm_metrics *m);
