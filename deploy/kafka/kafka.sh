@@ -110,11 +110,10 @@ bootstrap() {
 # ---------------------------------------------------------------- processes
 # Our JVMs carry -Dorders.kafka.node=<node dir> on their command line; a pid
 # counts as ours only when its command line holds exactly that argument.
-node_marker() { echo "-Dorders.kafka.node=$(node_dir "$1")"; }
+node_marker() { echo "-Dorders.kafka.node=$(node_dir "$1")"; } # is_ours inlines it
 
 is_ours() { # pid node (bash builtins only: this runs for every process on the machine)
-    local pid="$1" marker a args=()
-    marker="$(node_marker "$2")"
+    local pid="$1" marker="-Dorders.kafka.node=$DIR/node-$2" a args=()
     [[ -r "/proc/$pid/cmdline" ]] || return 1
     mapfile -d '' -t args <"/proc/$pid/cmdline" 2>/dev/null || return 1
     for a in "${args[@]}"; do [[ "$a" == "$marker" ]] && return 0; done
@@ -137,7 +136,12 @@ node_pids() { # node -> pids of our JVM(s) for that node (pid file, then /proc s
     echo "$found"
 }
 
-node_running() { [[ -n "$(node_pids "$1")" ]]; }
+node_running() { # node (quick when the pid file is right; else scans /proc)
+    local pid
+    pid="$(cat "$(node_dir "$1")/pid" 2>/dev/null || true)"
+    if [[ "$pid" =~ ^[0-9]+$ ]] && is_ours "$pid" "$1"; then return 0; fi
+    [[ -n "$(node_pids "$1")" ]]
+}
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -379,8 +383,10 @@ case "$CMD" in
             [[ "$n" =~ ^[0-9]+$ ]] && nodes+=("$n")
         done
         stop_nodes TERM "${nodes[@]}"
-        [[ -f "$CLUSTER_ENV" ]] || [[ -z "$(ls -A "$DIR")" ]] || die "$DIR was not created by kafka.sh; not deleting it"
-        rm -rf "$DIR"
-        info "removed $DIR"
+        if [[ -d "$DIR" ]]; then
+            [[ -f "$CLUSTER_ENV" ]] || [[ -z "$(ls -A "$DIR")" ]] || die "$DIR was not created by kafka.sh; not deleting it"
+            rm -rf "$DIR"
+            info "removed $DIR"
+        fi
         ;;
 esac

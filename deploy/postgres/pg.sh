@@ -160,7 +160,8 @@ ensure() { # prints env lines on stdout
     if ! private_running; then
         answers "$PRIVATE_PORT" && die "port $PRIVATE_PORT is taken by another server; use --private-port"
         info "starting the private cluster in $DIR on 127.0.0.1:$PRIVATE_PORT"
-        if ! as_postgres "$PGBIN/pg_ctl" -D "$DIR" -l "$DIR/server.log" -w -t 60 start >/dev/null 2>&1; then
+        # 8>&-: the server must not inherit (and so hold forever) the lock.
+        if ! as_postgres "$PGBIN/pg_ctl" -D "$DIR" -l "$DIR/server.log" -w -t 60 start >/dev/null 2>&1 8>&-; then
             tail -n 20 "$DIR/server.log" >&2 || true
             die "the private cluster did not start"
         fi
