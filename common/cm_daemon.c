@@ -7,6 +7,7 @@
 #include "cm_log.h"
 #include "cm_notify.h"
 #include "cm_outbox.h"
+#include "ev_event.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -226,10 +227,16 @@ void cm_daemon_get_one(cm_daemon *d, const cm_http_req *req, cm_http_resp *resp,
 {
     const char *p[1] = {req->param};
     PGresult *res;
-    PGconn *conn = cm_daemon_db(d, resp);
+    PGconn *conn;
     int r;
 
-    if (!conn)
+    /* Ids are printable ASCII: anything else (bytes that are not UTF-8
+     * included) cannot name a row, and must not reach the database. */
+    if (!ev_id_valid(req->param, EV_ID_MAX)) {
+        cm_http_problem(resp, 404, "Not Found", "no %s %s", what, "with that id");
+        return;
+    }
+    if (!(conn = cm_daemon_db(d, resp)))
         return;
     r = cm_db_query(conn, &res, sql, 1, p);
     cm_daemon_db_release(d, conn);

@@ -218,9 +218,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return MHD_NO;
         *con_cls = st;
         clock_gettime(CLOCK_MONOTONIC, &st->start);
-        /* Refuse a declared oversize body before reading any of it. */
-        if (cl && strtoull(cl, NULL, 10) > h->body_max)
+        /* Refuse a declared oversize body before reading any of it: answer
+         * now, libmicrohttpd then closes the connection unread. */
+        if (cl && strtoull(cl, NULL, 10) > h->body_max) {
+            cm_http_resp resp = {0};
             st->too_large = true;
+            cm_http_problem(&resp, 413, "Content Too Large", "request body exceeds %zu bytes",
+                            h->body_max);
+            return finish(h, c, st, "unmatched", method, &resp, NULL);
+        }
         return MHD_YES;
     }
     if (*upload_size > 0) {

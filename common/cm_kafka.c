@@ -82,6 +82,9 @@ int cm_kafka_conf(cm_kafka_role role, const char *client_id, const char *group,
     static const char *const producer_defaults[][2] = {
         {"enable.idempotence", "true"}, {"acks", "all"}, {"linger.ms", "1"},
         {"message.timeout.ms", "30000"}, {"compression.type", "lz4"},
+        /* Java's partitioner: a Spring service producing the same keys puts
+         * them on the same partitions as we do. */
+        {"partitioner", "murmur2_random"},
     };
     static const char *const consumer_defaults[][2] = {
         {"enable.auto.offset.store", "false"}, {"enable.auto.commit", "true"},

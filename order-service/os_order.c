@@ -53,16 +53,17 @@ static int apply_reply(cm_daemon *d, PGconn *tx, const char *order_id, os_side s
     static const char lock_sql[] =
         "SELECT status, payment_approved, inventory_reserved FROM orders"
         " WHERE order_id = $1 FOR UPDATE";
+    /* One clock reading per update, so that the order's times agree. */
     static const char payment_sql[] =
         "UPDATE orders SET status = $2, payment_approved = $3::boolean, payment_reason = $4,"
-        " payment_at = clock_timestamp(), updated_at = clock_timestamp(),"
-        " settled_at = coalesce(settled_at, CASE WHEN $2 <> 'PENDING' THEN clock_timestamp() END)"
-        " WHERE order_id = $1";
+        " payment_at = t.now, updated_at = t.now,"
+        " settled_at = coalesce(settled_at, CASE WHEN $2 <> 'PENDING' THEN t.now END)"
+        " FROM (SELECT clock_timestamp() AS now) t WHERE order_id = $1";
     static const char inventory_sql[] =
         "UPDATE orders SET status = $2, inventory_reserved = $3::boolean, inventory_reason = $4,"
-        " inventory_at = clock_timestamp(), updated_at = clock_timestamp(),"
-        " settled_at = coalesce(settled_at, CASE WHEN $2 <> 'PENDING' THEN clock_timestamp() END)"
-        " WHERE order_id = $1";
+        " inventory_at = t.now, updated_at = t.now,"
+        " settled_at = coalesce(settled_at, CASE WHEN $2 <> 'PENDING' THEN t.now END)"
+        " FROM (SELECT clock_timestamp() AS now) t WHERE order_id = $1";
     const char *p[4] = {order_id};
     os_order_state st;
     os_status before;

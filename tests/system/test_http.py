@@ -1,0 +1,397 @@
+"""
+Hostile and malformed HTTP requests against the real daemons. Each bad request
+must get a clear 4xx with an application/problem+json body whose "status"
+matches, and must create nothing (the orders table is counted before and after).
+"""
+
+import http.client
+import json
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+import requests
+
+VALID = {"customerId": "c-http", "sku": "s-http", "quantity": 1, "amountCents": 100}
+MISSING = object()
+MAX_BODY = 64 * 1024
+
+
+def order_body(**changes):
+    b = dict(VALID)
+    for k, v in changes.items():
+        if v is MISSING:
+            del b[k]
+        else:
+            b[k] = v
+    return json.dumps(b).encode()
+
+
+def valid_json_of_size(n):
+    """A valid order (plus an ignored padding field) of exactly n bytes."""
+    base = json.dumps(dict(VALID, pad="")).encode()
+    assert n >= len(base)
+    return json.dumps(dict(VALID, pad="x" * (n - len(base)))).encode()
+
+
+def assert_problem(r, status):
+    """r is a requests.Response or a (status, headers, body) tuple."""
+    if isinstance(r, tuple):
+        code, headers, body = r
+        ctype = headers.get("Content-Type", "")
+    else:
+        code, ctype, body = r.status_code, r.headers.get("Content-Type", ""), r.content
+    allowed = status if isinstance(status, (set, tuple, list)) else {status}
+    assert code in allowed, f"expected {sorted(allowed)}, got {code}: {body[:300]!r}"
+    assert ctype.split(";")[0].strip() == "application/problem+json", \
+        f"{code}: Content-Type {ctype!r}, expected application/problem+json"
+    doc = json.loads(body)
+    assert isinstance(doc, dict), doc
+    assert doc.get("status") == code, f"problem status {doc.get('status')!r} != HTTP {code}"
+    for k in ("type", "title", "detail"):
+        assert isinstance(doc.get(k), str), f"problem field {k!r} missing or not a string: {doc}"
+    return doc
+
+
+def order_count(stack):
+    return stack.sql_one("orders", "SELECT count(*) FROM orders")
+
+
+@pytest.fixture
+def creates_nothing(stack):
+    before = order_count(stack)
+    yield
+    after = order_count(stack)
+    assert after == before, f"orders table grew from {before} to {after} rows"
+
+
+def raw_exchange(port, head, parts=(), delay=0.0, timeout=10.0):
+    """Sends head (bytes) then each of parts with `delay` s between them on a
+    fresh connection, and reads the response: (status, headers, body).
+    A server that answers early and stops reading is fine: send errors are
+    ignored and the response is read anyway."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        try:
+            s.sendall(head)
+            for p in parts:
+                if delay:
+                    time.sleep(delay)
+                s.sendall(p)
+        except OSError:  # reset, broken pipe, or a send that blocked past the timeout
+            pass
+        resp = http.client.HTTPResponse(s)
+        resp.begin()
+        body = resp.read()
+        return resp.status, {k: v for k, v in resp.getheaders()}, body
+
+
+def post_head(length=None, ctype="application/json", extra=""):
+    h = "POST /orders HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+    if ctype:
+        h += f"Content-Type: {ctype}\r\n"
+    if length is not None:
+        h += f"Content-Length: {length}\r\n"
+    return (h + extra + "\r\n").encode()
+
+
+# ---------------------------------------------------------------- bad bodies -> 400
+
+BAD_BODIES = {
+    "malformed": b'{"customerId": "c",',
+    "not-json": b"hello",
+    "trailing-garbage": order_body() + b" x",
+    "two-objects": order_body() + order_body(),
+    "trailing-comma": order_body()[:-1] + b",}",
+    "single-quotes": order_body().replace(b'"', b"'"),
+    "json-array": b"[" + order_body() + b"]",
+    "empty-array": b"[]",
+    "null": b"null",
+    "number": b"42",
+    "string": b'"order"',
+    "empty-object": b"{}",
+    "empty-body": b"",
+    "whitespace-body": b"   \n",
+    "duplicate-customerId": b'{"customerId":"c1","customerId":"c2","sku":"s","quantity":1,'
+                            b'"amountCents":100}',
+    "duplicate-quantity": b'{"customerId":"c","sku":"s","quantity":1,"quantity":2,'
+                          b'"amountCents":100}',
+    "deep-array-open": b"[" * 10000,
+    "deep-array": b"[" * 10000 + b"]" * 10000,
+    "deep-object": b'{"a":' * 10000 + b"1" + b"}" * 10000,
+    "deep-in-unknown-field": order_body()[:-1] + b',"x":' + b"[" * 10000 + b"]" * 10000 + b"}",
+    "invalid-utf8": order_body(customerId="c").replace(b'"c"', b'"c\xff\xfe"'),
+    "nul-in-customerId": order_body(customerId="a\u0000b"),
+    "customerId-number": order_body(customerId=5),
+    "customerId-null": order_body(customerId=None),
+    "customerId-array": order_body(customerId=["c"]),
+    "customerId-object": order_body(customerId={}),
+    "customerId-bool": order_body(customerId=True),
+    "customerId-empty": order_body(customerId=""),
+    "customerId-space": order_body(customerId="a b"),
+    "customerId-tab": order_body(customerId="a\tb"),
+    "customerId-too-long": order_body(customerId="c" * 65),
+    "customerId-huge": order_body(customerId="c" * 10000),
+    "sku-number": order_body(sku=7),
+    "sku-null": order_body(sku=None),
+    "sku-empty": order_body(sku=""),
+    "sku-too-long": order_body(sku="s" * 65),
+    "quantity-string": order_body(quantity="1"),
+    "quantity-real": order_body(quantity=1.5),
+    "quantity-bool": order_body(quantity=True),
+    "quantity-null": order_body(quantity=None),
+    "quantity-array": order_body(quantity=[1]),
+    "quantity-zero": order_body(quantity=0),
+    "quantity-negative": order_body(quantity=-1),
+    "quantity-int32-overflow": order_body(quantity=2**31),
+    "quantity-int64-overflow": order_body(quantity=2**63),
+    "quantity-huge": order_body(quantity=10**30),
+    "amountCents-string": order_body(amountCents="100"),
+    "amountCents-real": order_body(amountCents=100.5),
+    "amountCents-real-integral": order_body(amountCents=100.0),
+    "amountCents-exponent": order_body().replace(b'"amountCents": 100', b'"amountCents": 1e2'),
+    "amountCents-null": order_body(amountCents=None),
+    "amountCents-bool": order_body(amountCents=False),
+    "amountCents-negative": order_body(amountCents=-1),
+    "amountCents-int64-overflow": order_body(amountCents=2**63),
+    "amountCents-int64-underflow": order_body(amountCents=-(2**63) - 1),
+    "amountCents-huge": order_body(amountCents=10**30),
+    "missing-customerId": order_body(customerId=MISSING),
+    "missing-sku": order_body(sku=MISSING),
+    "missing-quantity": order_body(quantity=MISSING),
+    "missing-amountCents": order_body(amountCents=MISSING),
+}
+
+
+@pytest.mark.parametrize("body", list(BAD_BODIES.values()), ids=list(BAD_BODIES))
+def test_bad_order_body_is_rejected(stack, creates_nothing, body):
+    r = stack.orders.post("/orders", data=body, headers={"Content-Type": "application/json"})
+    assert_problem(r, 400)
+
+
+def test_unknown_fields_are_ignored(stack):
+    before = order_count(stack)
+    cust, sku = stack.uid("cust"), stack.uid("sku")
+    r = stack.orders.create(cust, sku, 2, 300, note="gift", nested={"a": [1, 2, {"b": None}]},
+                            extraNumber=1.5e300, extraFlag=False)
+    assert r.status_code == 202, r.text
+    oid = r.json()["orderId"]
+    assert order_count(stack) == before + 1
+    o = stack.orders.order(oid)
+    assert (o["customerId"], o["sku"], o["quantity"], o["amountCents"]) == (cust, sku, 2, 300)
+    assert "note" not in o and "nested" not in o
+
+
+def test_content_type_with_charset_is_accepted(stack):
+    before = order_count(stack)
+    r = stack.orders.post("/orders", data=order_body(customerId=stack.uid("cust")),
+                          headers={"Content-Type": "application/json; charset=utf-8"})
+    assert r.status_code == 202, r.text
+    assert order_count(stack) == before + 1
+
+
+# ---------------------------------------------------------------- size limits -> 413
+
+
+def test_body_of_exactly_64k_is_accepted(stack):
+    before = order_count(stack)
+    body = valid_json_of_size(MAX_BODY)
+    assert len(body) == MAX_BODY
+    r = stack.orders.post("/orders", data=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 202, r.text[:300]
+    assert order_count(stack) == before + 1
+
+
+@pytest.mark.parametrize("size", [MAX_BODY + 1, 1024 * 1024])
+def test_body_over_64k_is_413(stack, creates_nothing, size):
+    body = valid_json_of_size(size)
+    resp = raw_exchange(stack.daemons["order-service"].port, post_head(len(body)), [body])
+    assert_problem(resp, 413)
+
+
+def test_huge_declared_length_is_413_without_reading_it(stack, creates_nothing):
+    # The client announces 100 MB and sends nothing: the answer must not wait for it.
+    resp = raw_exchange(stack.daemons["order-service"].port, post_head(100 * 1024 * 1024),
+                        timeout=10)
+    assert_problem(resp, 413)
+
+
+def test_chunked_body_over_64k_is_413(stack, creates_nothing):
+    body = valid_json_of_size(200 * 1024)
+    chunks = [body[i:i + 8192] for i in range(0, len(body), 8192)]
+    parts = [b"%x\r\n%s\r\n" % (len(c), c) for c in chunks] + [b"0\r\n\r\n"]
+    resp = raw_exchange(stack.daemons["order-service"].port,
+                        post_head(extra="Transfer-Encoding: chunked\r\n"), parts)
+    assert_problem(resp, 413)
+
+
+# ---------------------------------------------------------------- content type -> 415
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded",
+                                   "application/xml", "application/jsonx"])
+def test_wrong_content_type_is_415(stack, creates_nothing, ctype):
+    r = stack.orders.post("/orders", data=order_body(), headers={"Content-Type": ctype})
+    assert_problem(r, 415)
+
+
+def test_missing_content_type_is_rejected(stack, creates_nothing):
+    r = stack.orders.post("/orders", data=order_body())
+    assert "Content-Type" not in r.request.headers
+    assert_problem(r, {400, 415})
+
+
+# ---------------------------------------------------------------- methods and paths
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE", "PUT", "PATCH"])
+def test_wrong_method_on_orders_is_405(stack, creates_nothing, method):
+    r = stack.orders.request(method, "/orders", data=order_body(),
+                             headers={"Content-Type": "application/json"})
+    assert_problem(r, 405)
+
+
+@pytest.mark.parametrize("method", ["POST", "DELETE", "PUT"])
+def test_wrong_method_on_an_order(stack, creates_nothing, method):
+    r = stack.orders.request(method, f"/orders/{uuid.uuid4()}", data=order_body(),
+                             headers={"Content-Type": "application/json"})
+    assert_problem(r, {404, 405})
+
+
+@pytest.mark.parametrize("service", ["orders", "payments", "inventory"])
+@pytest.mark.parametrize("path", ["/", "/nope", "/orders/x/y", "/healthz/x", "/metricsx"])
+def test_unknown_path_is_404(stack, creates_nothing, service, path):
+    api = getattr(stack, service)
+    if service == "orders" and path == "/orders/x/y":
+        assert_problem(api.get(path), {400, 404})
+    else:
+        assert_problem(api.get(path), 404)
+
+
+def test_unknown_order_is_404(stack):
+    assert_problem(stack.orders.get(f"/orders/{uuid.uuid4()}"), 404)
+
+
+@pytest.mark.parametrize("oid", ["not-a-uuid", "a" * 300, "%00", "..%2f..%2fetc", "%ff%fe",
+                                 "12345678-1234-1234-1234-1234567890abX", "%20"])
+def test_invalid_order_id_is_404_or_400(stack, oid):
+    assert_problem(stack.orders.get(f"/orders/{oid}"), {400, 404})
+
+
+def test_very_long_path(stack):
+    r = stack.orders.get("/orders/" + "a" * 20000)
+    assert_problem(r, {400, 404, 414, 431})
+
+
+# ---------------------------------------------------------------- payment / inventory APIs
+
+
+@pytest.mark.parametrize("body", [b"{", b"[]", b'{"balanceCents":-1}', b'{"balanceCents":"5"}',
+                                  b'{"balanceCents":1.5}', b'{"balanceCents":9223372036854775808}',
+                                  b"{}", b'{"balanceCents":1,"balanceCents":2}'],
+                         ids=["malformed", "array", "negative", "string", "real", "overflow",
+                              "missing", "duplicate"])
+def test_bad_account_put_creates_nothing(stack, body):
+    cust = stack.uid("cust")
+    r = stack.payments.put(f"/accounts/{cust}", data=body,
+                           headers={"Content-Type": "application/json"})
+    assert_problem(r, 400)
+    assert_problem(stack.payments.get(f"/accounts/{cust}"), 404)
+
+
+@pytest.mark.parametrize("body", [b"{", b"[]", b'{"available":-1}', b'{"available":"5"}',
+                                  b'{"available":1.5}', b'{"available":2147483648}', b"{}",
+                                  b'{"available":1,"available":2}'],
+                         ids=["malformed", "array", "negative", "string", "real", "overflow",
+                              "missing", "duplicate"])
+def test_bad_stock_put_creates_nothing(stack, body):
+    sku = stack.uid("sku")
+    r = stack.inventory.put(f"/stock/{sku}", data=body,
+                            headers={"Content-Type": "application/json"})
+    assert_problem(r, 400)
+    assert_problem(stack.inventory.get(f"/stock/{sku}"), 404)
+
+
+def test_put_with_wrong_content_type_is_415(stack):
+    cust, sku = stack.uid("cust"), stack.uid("sku")
+    assert_problem(stack.payments.put(f"/accounts/{cust}", data=b'{"balanceCents":1}',
+                                      headers={"Content-Type": "text/plain"}), 415)
+    assert_problem(stack.inventory.put(f"/stock/{sku}", data=b'{"available":1}',
+                                       headers={"Content-Type": "text/plain"}), 415)
+    assert stack.payments.balance(cust) is None and stack.inventory.stock(sku) is None
+
+
+def test_unknown_ids_on_payment_and_inventory_are_404(stack):
+    assert_problem(stack.payments.get(f"/accounts/{stack.uid('nobody')}"), 404)
+    assert_problem(stack.payments.get(f"/payments/{uuid.uuid4()}"), 404)
+    assert_problem(stack.inventory.get(f"/stock/{stack.uid('nosku')}"), 404)
+    assert_problem(stack.inventory.get(f"/reservations/{uuid.uuid4()}"), 404)
+
+
+# ---------------------------------------------------------------- slow clients
+
+
+def test_slow_client_within_timeout_works(stack):
+    """Headers first, then the body in pieces over ~1.5 s: still a normal answer
+    (or a clean problem response), and other clients are served meanwhile."""
+    port = stack.daemons["order-service"].port
+    cust = stack.uid("cust")
+    body = order_body(customerId=cust)
+    pieces = [body[i:i + 10] for i in range(0, len(body), 10)]
+    delay = 1.5 / len(pieces)
+    result = {}
+
+    def slow():
+        try:
+            result["resp"] = raw_exchange(port, post_head(len(body)), pieces, delay=delay,
+                                          timeout=20)
+        except Exception as e:  # reported below
+            result["err"] = e
+
+    t = threading.Thread(target=slow)
+    t.start()
+    try:
+        # While the slow upload is in progress, other requests are answered promptly.
+        for _ in range(5):
+            t0 = time.monotonic()
+            r = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+            assert r.status_code == 200
+            assert time.monotonic() - t0 < 1.0, "a slow client held up another request"
+            time.sleep(0.1)
+    finally:
+        t.join(30)
+    assert "err" not in result, f"slow client got a broken connection: {result.get('err')!r}"
+    status, headers, rbody = result["resp"]
+    if status == 202:
+        oid = json.loads(rbody)["orderId"]
+        assert stack.orders.order(oid)["customerId"] == cust
+    else:
+        assert_problem(result["resp"], {400, 408})
+
+
+def test_stalled_client_does_not_block_others(stack):
+    port = stack.daemons["order-service"].port
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
+        stalled.sendall(b"POST /orders HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le")
+        r = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert r.status_code == 200
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled2:
+            stalled2.sendall(post_head(1000))  # promises a body that never comes
+            r = stack.orders.get(f"/orders/{uuid.uuid4()}")
+            assert r.status_code == 404
+
+
+# ---------------------------------------------------------------- health
+
+
+@pytest.mark.parametrize("service", ["orders", "payments", "inventory"])
+def test_health_and_readiness(stack, service):
+    api = getattr(stack, service)
+    # Further fields (e.g. per-dependency detail) are allowed.
+    r = api.get("/healthz")
+    assert r.status_code == 200 and r.json()["status"] == "ok", r.text
+    assert r.headers["Content-Type"].startswith("application/json"), r.headers
+    r = api.get("/readyz")
+    assert r.status_code == 200 and r.json()["status"] == "ready", r.text
+    assert r.headers["Content-Type"].startswith("application/json"), r.headers

@@ -1,0 +1,249 @@
+"""
+Deployment files: the systemd units, the example environment files and the
+Prometheus alert rules under deploy/. Needs no stack (no Kafka, no database):
+only the built daemons, systemd-analyze (Debian package systemd) and promtool
+(Debian package prometheus).
+
+Each unit is generated from its deploy/systemd/<name>.service.in the way
+CMake's configure_file does, except that ExecStart= names the daemon in the
+build tree: `systemd-analyze verify` checks that the binary exists.
+
+Environment:
+  ORDERS_BUILD_DIR  build tree with the binaries (default <root>/build/dev)
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD_DIR = Path(os.environ.get("ORDERS_BUILD_DIR", ROOT / "build" / "dev"))
+SYSTEMD_DIR = ROOT / "deploy" / "systemd"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+SERVICES = ["order-service", "payment-service", "inventory-service"]
+MAX_EXPOSURE = 2.0
+
+# What configure_file substitutes at install time, for a /usr prefix.
+INSTALL_VARS = {
+    "CMAKE_INSTALL_FULL_SYSCONFDIR": "/etc",
+    "CMAKE_INSTALL_FULL_DATADIR": "/usr/share",
+}
+# Words in systemd-analyze verify's output that mean the unit is not right
+# ("Unknown key name", "Failed to parse", "Ignoring", ...).
+BAD_OUTPUT = re.compile(r"fail|unknown|ignor|invalid|deprecated|not found|missing",
+                        re.IGNORECASE)
+
+
+def tool(name, package):
+    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists()
+                                  else None)
+    if path is None:
+        pytest.fail(f"{name} is not installed: install the Debian package '{package}' "
+                    f"(deploy/install-deps.sh does)", pytrace=False)
+    return path
+
+
+def binary(name):
+    path = BUILD_DIR / name / name
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"{path} is missing: build first (cmake --preset dev && "
+                    f"cmake --build build/dev), or set ORDERS_BUILD_DIR", pytrace=False)
+    return path
+
+
+def generate(name, out_dir, exec_start=None):
+    """The unit configured from its template, with ExecStart= rewritten to the
+    daemon in the build tree (or to exec_start); returns its path."""
+    text = (SYSTEMD_DIR / f"{name}.service.in").read_text()
+    placeholder = f"ExecStart=@CMAKE_INSTALL_FULL_SBINDIR@/{name}\n"
+    assert placeholder in text, f"{name}.service.in must have {placeholder.strip()}"
+    text = text.replace(placeholder, f"ExecStart={exec_start or binary(name)}\n")
+    for var, value in INSTALL_VARS.items():
+        text = text.replace(f"@{var}@", value)
+    left = re.findall(r"@[A-Za-z_]+@", text)
+    assert not left, f"{name}.service.in: no test value for {sorted(set(left))}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.service"
+    path.write_text(text)
+    return path
+
+
+def run(*argv):
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, SYSTEMD_COLORS="0", SYSTEMD_PAGER="",
+                                   LC_ALL="C.UTF-8"))
+
+
+def directives(path):
+    """[Section] Key=value lines of a unit file as {key: [values...]}."""
+    found = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";", "[")) and "=" in line:
+            key, value = line.split("=", 1)
+            found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+@pytest.fixture(scope="module")
+def analyze():
+    return tool("systemd-analyze", "systemd")
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_unit_verifies(name, analyze, tmp_path):
+    unit = generate(name, tmp_path)
+    r = run(analyze, "verify", str(unit))
+    output = (r.stdout + r.stderr).strip()
+    assert r.returncode == 0, f"systemd-analyze verify {unit} exited {r.returncode}:\n{output}"
+    bad = [line for line in output.splitlines() if BAD_OUTPUT.search(line)]
+    assert not bad, f"systemd-analyze verify {unit} complains:\n{output}"
+
+
+def test_verify_catches_mistakes(analyze, tmp_path):
+    """The check above is not vacuous here: a misspelt key and a missing
+    binary are reported (also without systemd as PID 1)."""
+    unit = generate("order-service", tmp_path / "typo")
+    unit.write_text(unit.read_text().replace("ProtectSystem=", "ProtectSytem="))
+    r = run(analyze, "verify", str(unit))
+    assert "ProtectSytem" in r.stdout + r.stderr, r.stdout + r.stderr
+
+    unit = generate("order-service", tmp_path / "nobin", exec_start=tmp_path / "no-such-daemon")
+    r = run(analyze, "verify", str(unit))
+    assert r.returncode != 0 or BAD_OUTPUT.search(r.stdout + r.stderr), \
+        f"verify accepted a missing ExecStart binary:\n{r.stdout}{r.stderr}"
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_unit_exposure(name, analyze, tmp_path):
+    unit = generate(name, tmp_path)
+    r = run(analyze, "security", "--offline=yes", "--no-pager", str(unit))
+    output = r.stdout + r.stderr
+    m = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", output)
+    assert m, f"systemd-analyze security printed no exposure level (exit {r.returncode}):\n{output}"
+    exposure = float(m.group(1))
+    assert exposure <= MAX_EXPOSURE, \
+        f"{name}: exposure {exposure} > {MAX_EXPOSURE} (lower is better):\n{output}"
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_unit_settings(name):
+    """The settings the daemons rely on (notify, watchdog, restart, config file)."""
+    d = directives(SYSTEMD_DIR / f"{name}.service.in")
+    expected = {
+        "Type": "notify", "NotifyAccess": "main", "WatchdogSec": "30s",
+        "Restart": "on-failure", "RestartSec": "2s", "TimeoutStopSec": "30s",
+        "DynamicUser": "yes", "ProtectSystem": "strict", "NoNewPrivileges": "yes",
+        "MemoryDenyWriteExecute": "yes", "CapabilityBoundingSet": "",
+        "AmbientCapabilities": "", "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+        "SystemCallArchitectures": "native", "UMask": "0077", "LimitNOFILE": "65536",
+        "ExecStart": f"@CMAKE_INSTALL_FULL_SBINDIR@/{name}",
+        "EnvironmentFile": f"@CMAKE_INSTALL_FULL_SYSCONFDIR@/orders/{name}.env",
+        "After": "network-online.target", "Wants": "network-online.target",
+    }
+    wrong = {k: d.get(k) for k, v in expected.items() if d.get(k) != [v]}
+    assert not wrong, f"{name}.service.in: unexpected {wrong}"
+    assert d.get("SystemCallFilter") == ["@system-service", "~@privileged @resources"]
+    assert "MemoryMax" in d
+
+
+def help_variables(name):
+    """(variable, default) pairs from `<daemon> --help`."""
+    r = subprocess.run([str(binary(name)), "--help"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    found = re.findall(r"^\s+([A-Z][A-Z0-9_]+)\s+.*\(default: (.*)\)\s*$", r.stdout, re.MULTILINE)
+    assert found, f"no variables in {name} --help:\n{r.stdout}"
+    return found
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_env_example_mirrors_help(name):
+    """Every variable of the daemon is in its example file, set to its default."""
+    text = (SYSTEMD_DIR / f"{name}.env.example").read_text()
+    settings = dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", text, re.MULTILINE))
+    for var, default in help_variables(name):
+        assert settings.get(var) == default, \
+            f"{name}.env.example: {var}={settings.get(var)!r}, --help says default {default!r}"
+    assert settings.get("KAFKA_BOOTSTRAP_SERVERS") == "127.0.0.1:9092"
+    assert re.search(r"^#\s*KAFKA_SECURITY_PROTOCOL=", text, re.MULTILINE)
+    assert len(re.findall(r"^#\s*DATABASE_URL=", text, re.MULTILINE)) >= 2
+
+
+@pytest.fixture(scope="module")
+def promtool():
+    path = shutil.which("promtool") or ("/usr/bin/promtool" if Path("/usr/bin/promtool").exists()
+                                        else None)
+    if path is None:
+        pytest.fail("promtool is not installed: install the Debian package 'prometheus' "
+                    "(deploy/install-deps.sh does)", pytrace=False)
+    return path
+
+
+def test_alert_rules_check(promtool):
+    r = run(promtool, "check", "rules", str(ALERTS))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SUCCESS: 5 rules found" in r.stdout, r.stdout
+
+
+def test_alert_rules_fire(promtool, tmp_path):
+    """Each alert fires on the condition it names, only after its `for:`."""
+    def labels_str(**kv):
+        return "{" + ",".join(f'{k}="{v}"' for k, v in kv.items()) + "}"
+
+    def expect(alert, at, **labels):
+        samples = []
+        if labels:
+            samples = [{"labels": "ALERTS" + labels_str(alertname=alert, alertstate="firing",
+                                                        **labels), "value": 1}]
+        return {"expr": f'ALERTS{{alertname="{alert}",alertstate="firing"}}',
+                "eval_time": at, "exp_samples": samples}
+
+    o = dict(job="order-service", instance="h:8080")
+    p = dict(job="payment-service", instance="h:8081")
+    i = dict(job="inventory-service", instance="h:8082")
+    series = [
+        ("up" + labels_str(**o), "0x20"),
+        ("up" + labels_str(**p), "1x20"),
+        ("orders_ready" + labels_str(**p), "0x20"),
+        ("orders_ready" + labels_str(**i), "1x20"),
+        ("orders_dead_lettered_total" + labels_str(**i, topic="orders.created"),
+         "0 0 1 2 3 3 3 3 3 3 3 3 3 3 3 3 3 3 3 3"),
+        ("orders_consumer_lag" + labels_str(**p, topic="orders.created", partition="3"),
+         "5000x20"),
+        ("orders_consumer_lag" + labels_str(job="payment-service", instance="h2:8081",
+                                            topic="orders.created", partition="3"), "10x20"),
+        ("orders_consumer_lag" + labels_str(**i, topic="orders.created", partition="3"),
+         "900x20"),
+        ("orders_outbox_oldest_age_seconds" + labels_str(**o), "0+60x20"),
+    ]
+    tests = {
+        "rule_files": [str(ALERTS)],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [{"series": s, "values": v} for s, v in series],
+            "promql_expr_test": [
+                expect("OrdersDaemonDown", "30s"),
+                expect("OrdersDaemonDown", "2m", severity="page", **o),
+                expect("OrdersDaemonNotReady", "1m"),
+                expect("OrdersDaemonNotReady", "3m", severity="page", **p),
+                expect("OrdersDeadLettersGrowing", "4m", severity="ticket",
+                       job="inventory-service", topic="orders.created"),
+                expect("OrdersDeadLettersGrowing", "15m"),
+                expect("OrdersConsumerLagHigh", "9m"),
+                expect("OrdersConsumerLagHigh", "11m", severity="ticket",
+                       job="payment-service", topic="orders.created", partition="3"),
+                expect("OrdersOutboxStuck", "5m"),
+                expect("OrdersOutboxStuck", "8m", severity="page", **o),
+            ],
+        }],
+    }
+    test_file = tmp_path / "alerts.test.yml"
+    test_file.write_text(json.dumps(tests, indent=1))  # JSON is YAML
+    r = run(promtool, "test", "rules", str(test_file))
+    assert r.returncode == 0, r.stdout + r.stderr
