@@ -6,6 +6,7 @@
 #include "cm_log.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -187,9 +188,15 @@ int cm_dbpool_acquire(cm_dbpool *pool, PGconn **ret)
     conn = pool->free[--pool->nfree];
     pthread_mutex_unlock(&pool->lock);
 
-    if (conn && PQstatus(conn) != CONNECTION_OK) {
-        PQfinish(conn);
-        conn = NULL;
+    /* An idle pooled connection has nothing to read (it does not LISTEN).
+     * A readable socket means the server said goodbye (restart, failover,
+     * idle timeout): replace it here rather than fail the request with it. */
+    if (conn) {
+        struct pollfd pfd = {.fd = PQsocket(conn), .events = POLLIN};
+        if (PQstatus(conn) != CONNECTION_OK || poll(&pfd, 1, 0) != 0) {
+            PQfinish(conn);
+            conn = NULL;
+        }
     }
     if (!conn && cm_db_connect(pool->url, &conn, err, sizeof(err)) < 0) {
         log_warning("database unavailable error=\"%s\"", err);

@@ -1,0 +1,409 @@
+"""
+Failure handling on the real stack: poison records and the dead-letter
+topics, retries, a PostgreSQL outage, compensation in both arrival orders,
+conservation of money and stock under a mixed run with a daemon killed, and
+the Idempotency-Key of POST /orders.
+"""
+
+import concurrent.futures as cf
+import threading
+import time
+
+import pytest
+import requests
+
+from dlt_helpers import (CONSUMERS, SPRING_CAUSE_POISON, SPRING_CAUSE_PROCESSING,
+                         SPRING_LISTENER, Postgres, decode_dlt, end_offsets, header_map,
+                         headers, metric, produce_raw, read_all, dlt_records, value)
+
+JSON = {"Content-Type": "application/json"}
+
+# Each topic's event type and a valid value for an order id.
+EVENTS = {
+    "orders.created": ("OrderCreated", lambda oid: {
+        "orderId": oid, "customerId": "c-poison", "sku": "s-poison", "quantity": 1,
+        "amountCents": 1}),
+    "payments.completed": ("PaymentCompleted", lambda oid: {
+        "orderId": oid, "approved": True, "reason": "OK"}),
+    "inventory.reserved": ("InventoryReserved", lambda oid: {
+        "orderId": oid, "reserved": True, "reason": "OK"}),
+}
+
+
+def poison_kinds(topic, oid):
+    """(name, value bytes, headers) of the four kinds of poison for topic."""
+    etype, make = EVENTS[topic]
+    good = make(oid)
+    wrong_type = dict(good)
+    field = "quantity" if topic == "orders.created" else "orderId"
+    wrong_type[field] = "2" if field == "quantity" else 42
+    missing = {k: v for k, v in good.items() if k != "orderId"}
+    return [
+        ("not-json", b"\x00\xffnot json at all{", headers(etype)),
+        ("wrong-type", value(wrong_type), headers(etype)),
+        ("missing-field", value(missing), headers(etype)),
+        ("unsupported-version", value(good), headers(etype, version=b"2")),
+    ]
+
+
+def insert_order(stack, oid, customer="c-sql", sku="s-sql", quantity=1, amount=1):
+    """An order row as POST /orders would have written it (without its event),
+    so that replies produced by a test find their order."""
+    stack.sql("orders", "INSERT INTO orders(order_id, customer_id, sku, quantity, amount_cents,"
+              " status) VALUES (%s, %s, %s, %s, %s, 'PENDING')",
+              (oid, customer, sku, quantity, amount))
+
+
+@pytest.mark.parametrize("topic", sorted(EVENTS))
+def test_poison_records_go_to_the_dlt_and_do_not_block(stack, topic):
+    partition = 3
+    since = end_offsets(stack.bootstrap, topic + ".DLT")
+    sent = []
+    for kind, val, hdrs in poison_kinds(topic, stack.uid("o")):
+        key = stack.uid("poison-" + kind).encode()
+        off = produce_raw(stack.bootstrap, topic, partition, key, val, hdrs)
+        sent.append((kind, key, val, hdrs, off))
+
+    # A valid record right behind them on the same partition is processed.
+    oid = stack.uid("o")
+    if topic == "orders.created":
+        cust, sku = stack.uid("c"), stack.uid("s")
+        stack.fund(cust, 1000)
+        stack.set_stock(sku, 5)
+        insert_order(stack, oid, customer=cust, sku=sku, quantity=2, amount=300)
+        val = value({"orderId": oid, "customerId": cust, "sku": sku, "quantity": 2,
+                     "amountCents": 300})
+        produce_raw(stack.bootstrap, topic, partition, oid.encode(), val,
+                    headers("OrderCreated"))
+        stack.wait_until(lambda: (stack.payments.payment(oid) or {}).get("status") == "CHARGED"
+                         and (stack.inventory.reservation(oid) or {}).get("status")
+                         == "RESERVED", 15, "the valid order behind the poison to be applied")
+    else:
+        insert_order(stack, oid)
+        etype, make = EVENTS[topic]
+        produce_raw(stack.bootstrap, topic, partition, oid.encode(), value(make(oid)),
+                    headers(etype))
+        side = "payment" if topic == "payments.completed" else "inventory"
+        stack.wait_until(lambda: stack.orders.order(oid)[side] is not None, 15,
+                         f"the valid {etype} behind the poison to reach order-service")
+
+    groups = CONSUMERS[topic]
+    for kind, key, val, hdrs, off in sent:
+        recs = dlt_records(stack.bootstrap, topic, key, expect=len(groups), since=since)
+        assert len(recs) == len(groups), (
+            f"{kind}: expected one DLT record per consumer group {sorted(groups)}, "
+            f"got {len(recs)}")
+        seen_groups = set()
+        for m in recs:
+            d = decode_dlt(m)
+            assert m.partition() == partition, f"{kind}: DLT partition {m.partition()}"
+            assert m.key() == key and m.value() == val, f"{kind}: key/value changed"
+            got = header_map(m)
+            for name, v in hdrs:  # original headers kept byte for byte
+                assert got.get(name) == [v], f"{kind}: header {name} {got.get(name)} != {v}"
+            assert d["topic"] == topic and d["partition"] == partition and d["offset"] == off
+            assert d["timestamp"] > 1_600_000_000_000 and d["timestamp_type"] == "CREATE_TIME"
+            assert d["fqcn"] == SPRING_LISTENER and d["cause"] == SPRING_CAUSE_POISON
+            assert d["message"], f"{kind}: empty exception message"
+            seen_groups.add(d["group"])
+        assert seen_groups == groups, f"{kind}: DLT from groups {seen_groups}, want {groups}"
+
+
+def retry_lines(daemon, topic, partition, offset):
+    pat = f"retrying record topic={topic} partition={partition} offset={offset} "
+    return sum(1 for line in open(daemon.log_path, errors="replace") if pat in line)
+
+
+def test_failing_record_is_retried_then_dead_lettered(stack):
+    order_svc = stack.daemons["order-service"]
+    oid = stack.uid("ghost")  # a reply for an order nobody placed: fails every time
+    since = end_offsets(stack.bootstrap, "payments.completed.DLT")
+    retries0 = metric(order_svc.url, "orders_retries_total", topic="payments.completed")
+    off = produce_raw(stack.bootstrap, "payments.completed", 1, oid.encode(),
+                      value({"orderId": oid, "approved": True, "reason": "OK"}),
+                      headers("PaymentCompleted"))
+    recs = dlt_records(stack.bootstrap, "payments.completed", oid, expect=1, timeout=40,
+                       since=since)
+    assert len(recs) == 1, f"expected one DLT record, got {len(recs)}"
+    d = decode_dlt(recs[0])
+    assert d["group"] == "order-service" and d["cause"] == SPRING_CAUSE_PROCESSING
+    assert d["offset"] == off and "unknown order" in d["message"]
+    # RETRY_MAX defaults to 3: three retries after the first failure.
+    assert retry_lines(order_svc, "payments.completed", 1, off) == 3
+    retries = metric(order_svc.url, "orders_retries_total", topic="payments.completed")
+    assert retries - retries0 == 3
+
+
+def test_record_failing_once_is_processed_once(stack):
+    order_svc = stack.daemons["order-service"]
+    oid = stack.uid("late")
+    since = end_offsets(stack.bootstrap, "payments.completed.DLT")
+    off = produce_raw(stack.bootstrap, "payments.completed", 2, oid.encode(),
+                      value({"orderId": oid, "approved": False, "reason": "INSUFFICIENT_FUNDS"}),
+                      headers("PaymentCompleted"))
+    stack.wait_until(lambda: retry_lines(order_svc, "payments.completed", 2, off) >= 1, 20,
+                     "the first failure of the reply")
+    insert_order(stack, oid)  # the cause goes away before the next retry
+    order = stack.wait_until(lambda: (lambda o: (o["payment"] is not None, o))(
+        stack.orders.order(oid)), 20, "the retried reply to be applied")[1]
+    assert order["status"] == "REJECTED" and order["payment"]["reason"] == "INSUFFICIENT_FUNDS"
+    assert retry_lines(order_svc, "payments.completed", 2, off) == 1
+    time.sleep(1)
+    assert not [m for m in read_all(stack.bootstrap, "payments.completed.DLT", since)
+                if m.key() == oid.encode()], "a record that succeeded on retry was dead-lettered"
+
+
+# -------------------------------------------------------------- compensation
+
+
+def wait_status(stack, getter, oid, status, what):
+    return stack.wait_until(lambda: ((getter(oid) or {}).get("status") == status,
+                                     getter(oid)), 30, what)[1]
+
+
+def test_declined_payment_releases_the_stock(stack):
+    cust, sku = stack.uid("c"), stack.uid("s")
+    stack.fund(cust, 100)
+    stack.set_stock(sku, 10)
+    oid = stack.orders.create_ok(cust, sku, 4, 500)
+    order = stack.orders.wait_settled(oid, need=("payment", "inventory"))
+    assert order["status"] == "REJECTED" and order["payment"]["reason"] == "INSUFFICIENT_FUNDS"
+    wait_status(stack, stack.inventory.reservation, oid, "RELEASED", "the stock to be released")
+    assert stack.inventory.stock(sku) == 10
+    assert stack.payments.balance(cust) == 100
+
+
+def test_rejected_stock_refunds_the_charge(stack):
+    cust, sku = stack.uid("c"), stack.uid("s")
+    stack.fund(cust, 1000)
+    stack.set_stock(sku, 1)
+    oid = stack.orders.create_ok(cust, sku, 2, 700)
+    order = stack.orders.wait_settled(oid, need=("payment", "inventory"))
+    assert order["status"] == "REJECTED" and order["inventory"]["reason"] == "OUT_OF_STOCK"
+    wait_status(stack, stack.payments.payment, oid, "REFUNDED", "the charge to be refunded")
+    assert stack.payments.balance(cust) == 1000
+    assert stack.inventory.stock(sku) == 1
+
+
+def test_stock_rejection_before_the_order_prevents_the_charge(stack):
+    cust = stack.uid("c")
+    stack.fund(cust, 1000)
+    oid = stack.uid("o")
+    insert_order(stack, oid, customer=cust, amount=600)
+    produce_raw(stack.bootstrap, "inventory.reserved", 0, oid.encode(),
+                value({"orderId": oid, "reserved": False, "reason": "OUT_OF_STOCK"}),
+                headers("InventoryReserved"))
+    wait_status(stack, stack.payments.payment, oid, "CANCELLED", "the tombstone")
+    stack.produce_order_created(oid, cust, stack.uid("s"), 1, 600)
+    p = wait_status(stack, stack.payments.payment, oid, "DECLINED", "the late order declined")
+    assert p["reason"] == "ORDER_CANCELLED"
+    assert stack.payments.balance(cust) == 1000, "charged after cancellation"
+    order = stack.wait_until(lambda: (stack.orders.order(oid)["payment"] is not None,
+                                      stack.orders.order(oid)), 20, "the payment reply")[1]
+    assert order["status"] == "REJECTED"
+    assert order["payment"] == {**order["payment"], "approved": False, "reason": "ORDER_CANCELLED"}
+
+
+def test_payment_decline_before_the_order_prevents_the_reservation(stack):
+    sku = stack.uid("s")
+    stack.set_stock(sku, 5)
+    oid = stack.uid("o")
+    insert_order(stack, oid, sku=sku, quantity=3)
+    produce_raw(stack.bootstrap, "payments.completed", 0, oid.encode(),
+                value({"orderId": oid, "approved": False, "reason": "INSUFFICIENT_FUNDS"}),
+                headers("PaymentCompleted"))
+    wait_status(stack, stack.inventory.reservation, oid, "CANCELLED", "the tombstone")
+    stack.produce_order_created(oid, stack.uid("c"), sku, 3, 10)
+    r = wait_status(stack, stack.inventory.reservation, oid, "REJECTED", "the late order")
+    assert r["reason"] == "ORDER_CANCELLED"
+    assert stack.inventory.stock(sku) == 5, "reserved after cancellation"
+
+
+def test_duplicate_negative_reply_refunds_once(stack):
+    cust, sku = stack.uid("c"), stack.uid("s")
+    stack.fund(cust, 1000)
+    stack.set_stock(sku, 0)
+    oid = stack.orders.create_ok(cust, sku, 1, 400)
+    wait_status(stack, stack.payments.payment, oid, "REFUNDED", "the refund")
+    for _ in range(2):  # the same rejection delivered again
+        produce_raw(stack.bootstrap, "inventory.reserved", 0, oid.encode(),
+                    value({"orderId": oid, "reserved": False, "reason": "OUT_OF_STOCK"}),
+                    headers("InventoryReserved"))
+    marker = stack.uid("o")  # processed after the duplicates on the same partition
+    insert_order(stack, marker)
+    produce_raw(stack.bootstrap, "inventory.reserved", 0, marker.encode(),
+                value({"orderId": marker, "reserved": False, "reason": "OUT_OF_STOCK"}),
+                headers("InventoryReserved"))
+    wait_status(stack, stack.payments.payment, marker, "CANCELLED", "the marker")
+    assert stack.payments.balance(cust) == 1000
+
+
+# -------------------------------------------------------------- conservation
+
+
+def reconcile(stack, orders, balances, stocks):
+    """The invariants of a quiet system, over the given orders, customers
+    (initial balances) and SKUs (initial stock)."""
+    ids = list(orders)
+    rows = stack.sql("orders", "SELECT order_id, status FROM orders WHERE order_id = ANY(%s)",
+                     (ids,))
+    status = dict(rows)
+    assert len(status) == len(ids), f"{len(ids) - len(status)} accepted orders are missing"
+    pending = [o for o, s in status.items() if s == "PENDING"]
+    assert not pending, f"{len(pending)} orders still PENDING"
+    pay = {o: (s, c, a) for o, s, c, a in stack.sql(
+        "payments", "SELECT order_id, status, customer_id, amount_cents FROM payments"
+        " WHERE order_id = ANY(%s)", (ids,))}
+    res = {o: (s, k, q) for o, s, k, q in stack.sql(
+        "inventory", "SELECT order_id, status, sku, quantity FROM reservations"
+        " WHERE order_id = ANY(%s)", (ids,))}
+    for o, s in status.items():
+        ps, rs = pay.get(o, ("NONE",))[0], res.get(o, ("NONE",))[0]
+        if s == "CONFIRMED":
+            assert (ps, rs) == ("CHARGED", "RESERVED"), f"confirmed {o}: {ps}/{rs}"
+        else:
+            assert ps in ("DECLINED", "REFUNDED", "CANCELLED"), f"rejected {o} payment {ps}"
+            assert rs in ("REJECTED", "RELEASED", "CANCELLED"), f"rejected {o} stock {rs}"
+    for cust, initial in balances.items():
+        charged = sum(a for s, c, a in pay.values() if c == cust and s == "CHARGED")
+        now = stack.payments.balance(cust)
+        assert now >= 0 and initial == now + charged, f"{cust}: {initial} != {now} + {charged}"
+    for sku, initial in stocks.items():
+        reserved = sum(q for s, k, q in res.values() if k == sku and s == "RESERVED")
+        now = stack.inventory.stock(sku)
+        assert now >= 0 and initial == now + reserved, f"{sku}: {initial} != {now} + {reserved}"
+    return status
+
+
+def quiet(stack, orders):
+    """True once every order is settled and no compensation is outstanding."""
+    ids = list(orders)
+    pending = stack.sql_one("orders", "SELECT count(*) FROM orders WHERE order_id = ANY(%s)"
+                            " AND status = 'PENDING'", (ids,))
+    rejected = [r[0] for r in stack.sql("orders", "SELECT order_id FROM orders WHERE"
+                                        " order_id = ANY(%s) AND status = 'REJECTED'", (ids,))]
+    charged = stack.sql_one("payments", "SELECT count(*) FROM payments WHERE"
+                            " order_id = ANY(%s) AND status = 'CHARGED'", (rejected,))
+    reserved = stack.sql_one("inventory", "SELECT count(*) FROM reservations WHERE"
+                             " order_id = ANY(%s) AND status = 'RESERVED'", (rejected,))
+    return pending == 0 and charged == 0 and reserved == 0, (pending, charged, reserved)
+
+
+def test_mixed_run_with_a_daemon_killed_conserves_money_and_stock(stack):
+    customers = {stack.uid("c"): b for b in (20_000, 8_000, 3_000, 500, 0)}
+    skus = {stack.uid("s"): n for n in (300, 60, 15, 0)}
+    for c, b in customers.items():
+        stack.fund(c, b)
+    for s, n in skus.items():
+        stack.set_stock(s, n)
+    clist, slist = list(customers), list(skus)
+    plan = [(clist[i % len(clist)], slist[(i * 7) % len(slist)], 1 + i % 3, 50 + (i % 9) * 25)
+            for i in range(500)]
+    accepted, lock = [], threading.Lock()
+
+    def place(item):
+        oid = stack.orders.create_ok(*item)
+        with lock:
+            accepted.append(oid)
+
+    victim = stack.daemons["inventory-service"]
+    with cf.ThreadPoolExecutor(8) as pool:
+        futs = [pool.submit(place, item) for item in plan]
+        stack.wait_until(lambda: len(accepted) >= 150, 60, "150 orders accepted")
+        victim.kill9()
+        time.sleep(1)
+        victim.start()
+        for f in futs:
+            f.result()
+    victim.wait_ready()
+    stack.wait_until(lambda: quiet(stack, accepted), 180,
+                     "all 500 orders settled and compensated")
+    status = reconcile(stack, accepted, customers, skus)
+    confirmed = sum(1 for s in status.values() if s == "CONFIRMED")
+    assert len(status) == 500 and 0 < confirmed < 500, f"{confirmed} confirmed of {len(status)}"
+
+
+# -------------------------------------------------------------- outage
+
+
+def test_postgres_outage_dead_letters_nothing(stack):
+    cust, sku = stack.uid("c"), stack.uid("s")
+    stack.fund(cust, 1_000_000)
+    stack.set_stock(sku, 1_000)
+    before = {t: end_offsets(stack.bootstrap, t + ".DLT") for t in EVENTS}
+    accepted, stop = [], threading.Event()
+
+    def feed():
+        while not stop.is_set():
+            try:
+                r = requests.post(stack.orders.base + "/orders", headers=JSON, timeout=5,
+                                  json={"customerId": cust, "sku": sku, "quantity": 1,
+                                        "amountCents": 10})
+                if r.status_code == 202:
+                    accepted.append(r.json()["orderId"])
+                else:
+                    assert r.status_code == 503, f"{r.status_code} {r.text}"
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+
+    pg = Postgres(stack)
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    try:
+        stack.wait_until(lambda: len(accepted) >= 20, 30, "orders flowing")
+        pg.stop()
+        try:
+            down_at = time.monotonic()
+            for d in stack.daemons.values():
+                stack.wait_until(lambda: requests.get(d.url + "/readyz", timeout=2).status_code
+                                 == 503, 15, f"{d.name} /readyz to turn 503")
+            time.sleep(max(0.0, 15 - (time.monotonic() - down_at)))
+        finally:
+            pg.start()
+        stack.wait_until(lambda: len(accepted) >= 40, 60, "orders flowing again")
+    finally:
+        stop.set()
+        t.join(10)
+    for d in stack.daemons.values():
+        d.wait_ready(60)
+    stack.wait_until(lambda: quiet(stack, accepted), 120, "every accepted order settled")
+    reconcile(stack, accepted, {cust: 1_000_000}, {sku: 1_000})
+    after = {t: end_offsets(stack.bootstrap, t + ".DLT") for t in EVENTS}
+    assert after == before, f"records were dead-lettered during the outage: {before} -> {after}"
+
+
+# -------------------------------------------------------------- Idempotency-Key
+
+
+def test_idempotency_key_parallel_requests_create_one_order(stack):
+    cust, key = stack.uid("c"), stack.uid("k")
+    body = {"customerId": cust, "sku": stack.uid("s"), "quantity": 2, "amountCents": 99}
+
+    def post(_):
+        return requests.post(stack.orders.base + "/orders", json=body, timeout=10,
+                             headers={**JSON, "Idempotency-Key": key})
+
+    with cf.ThreadPoolExecutor(20) as pool:
+        responses = list(pool.map(post, range(20)))
+    assert {r.status_code for r in responses} == {202}, [r.text for r in responses]
+    ids = {r.json()["orderId"] for r in responses}
+    assert len(ids) == 1, f"one key gave {len(ids)} orders"
+    assert {r.headers["Location"] for r in responses} == {f"/orders/{ids.pop()}"}
+    assert stack.sql_one("orders", "SELECT count(*) FROM orders WHERE customer_id = %s",
+                         (cust,)) == 1
+
+    other = dict(body, quantity=3)
+    r = requests.post(stack.orders.base + "/orders", json=other, timeout=10,
+                      headers={**JSON, "Idempotency-Key": key})
+    assert r.status_code == 409 and r.headers["Content-Type"] == "application/problem+json"
+    assert r.json()["status"] == 409
+    assert stack.sql_one("orders", "SELECT count(*) FROM orders WHERE customer_id = %s",
+                         (cust,)) == 1
+
+
+def test_idempotency_key_must_be_printable(stack):
+    r = requests.post(stack.orders.base + "/orders", timeout=10,
+                      json={"customerId": "c", "sku": "s", "quantity": 1, "amountCents": 1},
+                      headers={**JSON, "Idempotency-Key": "x" * 256})
+    assert r.status_code == 400 and r.headers["Content-Type"] == "application/problem+json"

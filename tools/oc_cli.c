@@ -1,0 +1,123 @@
+/*
+ * oc_cli.c - see oc_cli.h.
+ */
+#include "oc_cli.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+volatile sig_atomic_t oc_stop = 0;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    oc_stop = 1;
+}
+
+void oc_signals_install(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+void oc_opts_default(oc_opts *o)
+{
+    const char *env = getenv("KAFKA_BOOTSTRAP_SERVERS");
+
+    o->bootstrap = env && *env ? env : "127.0.0.1:9092";
+    o->timeout_ms = 10000;
+    o->verbose = false;
+}
+
+int oc_opts_common(oc_opts *o, int opt, const char *arg)
+{
+    int64_t v;
+
+    switch (opt) {
+    case OC_OPT_BOOTSTRAP:
+        if (!*arg) {
+            oc_usage("--bootstrap needs HOST:PORT");
+            return -1;
+        }
+        o->bootstrap = arg;
+        return 1;
+    case OC_OPT_TIMEOUT:
+        if (oc_parse_i64(arg, 1, 3600, &v) < 0) {
+            oc_usage("--timeout must be a number of seconds between 1 and 3600");
+            return -1;
+        }
+        o->timeout_ms = (int)v * 1000;
+        return 1;
+    case OC_OPT_VERBOSE:
+        o->verbose = true;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+void oc_err(const char *fmt, ...)
+{
+    char buf[2048];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "orderctl: %s\n", buf);
+}
+
+int oc_usage(const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "orderctl: %s (see --help)\n", buf);
+    return OC_EXIT_USAGE;
+}
+
+int oc_parse_i64(const char *s, int64_t min, int64_t max, int64_t *ret)
+{
+    char *end;
+    long long v;
+
+    if (!s || !*s || isspace((unsigned char)*s))
+        return -EINVAL;
+    errno = 0;
+    v = strtoll(s, &end, 10);
+    if (errno != 0 || *end != '\0' || v < min || v > max)
+        return -EINVAL;
+    *ret = (int64_t)v;
+    return 0;
+}
+
+static int64_t clock_ms(clockid_t id)
+{
+    struct timespec ts;
+
+    clock_gettime(id, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t oc_now_ms(void)
+{
+    return clock_ms(CLOCK_REALTIME);
+}
+
+int64_t oc_mono_ms(void)
+{
+    return clock_ms(CLOCK_MONOTONIC);
+}

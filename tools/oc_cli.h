@@ -1,0 +1,77 @@
+/*
+ * oc_cli.h - what every orderctl command shares: exit codes, the global
+ * options, the stop flag, error output and strict number parsing.
+ *
+ * Commands print results on stdout and diagnostics on stderr, prefixed
+ * "orderctl: ", lowercase, no trailing period.
+ */
+#pragma once
+
+#include <getopt.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Exit codes of every command (documented in each --help). */
+enum {
+    OC_EXIT_OK = 0,      /* done, nothing to report */
+    OC_EXIT_FINDING = 1, /* done, but found something: depth above threshold, drift, ... */
+    OC_EXIT_USAGE = 2,   /* bad command line */
+    OC_EXIT_INFRA = 3,   /* broker unreachable, topic missing, request failed */
+};
+
+/* Options that every command accepts. */
+typedef struct {
+    const char *bootstrap; /* --bootstrap, else $KAFKA_BOOTSTRAP_SERVERS, else 127.0.0.1:9092 */
+    int timeout_ms;        /* --timeout: deadline of each broker request */
+    bool verbose;          /* --verbose: librdkafka's own log lines on stderr */
+} oc_opts;
+
+/* Set by SIGINT/SIGTERM; the only mutable global of the program. */
+extern volatile sig_atomic_t oc_stop;
+
+/* Installs the SIGINT/SIGTERM handler that sets oc_stop. */
+void oc_signals_install(void);
+
+/* Fills o with the defaults (environment included). */
+void oc_opts_default(oc_opts *o);
+
+/* Handles an option that every command accepts. Returns 1 if opt was one
+ * (and applied it), 0 if not, -1 on a bad value (already reported). */
+int oc_opts_common(oc_opts *o, int opt, const char *arg);
+
+/* The getopt_long entries and help text of the common options. Commands
+ * append OC_COMMON_LONGOPTS to their table; the values are >= 0x100. */
+#define OC_OPT_BOOTSTRAP 0x100
+#define OC_OPT_TIMEOUT 0x101
+#define OC_OPT_VERBOSE 0x102
+#define OC_COMMON_LONGOPTS                                                                         \
+    {"bootstrap", required_argument, NULL, OC_OPT_BOOTSTRAP},                                      \
+        {"timeout", required_argument, NULL, OC_OPT_TIMEOUT},                                      \
+        {"verbose", no_argument, NULL, OC_OPT_VERBOSE}, {"help", no_argument, NULL, 'h'}
+#define OC_COMMON_HELP                                                                             \
+    "Common options:\n"                                                                            \
+    "  --bootstrap HOST:PORT[,...]  brokers (default $KAFKA_BOOTSTRAP_SERVERS, else\n"             \
+    "                               127.0.0.1:9092); KAFKA_<PROPERTY> variables pass\n"            \
+    "                               librdkafka properties through (KAFKA_SECURITY_PROTOCOL=...)\n" \
+    "  --timeout SECONDS            deadline of each broker request (default 10)\n"                \
+    "  --verbose                    show librdkafka's log lines\n"                                 \
+    "  --help                       this text\n"
+#define OC_EXIT_HELP                                                                               \
+    "Exit status: 0 ok, 1 finding (see above), 2 usage error, 3 broker or infrastructure\n"       \
+    "error.\n"
+
+/* Prints "orderctl: <message>\n" on stderr. */
+void oc_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Reports a usage error ("orderctl: <message> (see --help)") and returns
+ * OC_EXIT_USAGE, so that "return oc_usage(...)" fails in one step. */
+int oc_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Parses a decimal integer within [min, max], the whole string. Returns 0 or
+ * -EINVAL (nothing reported). */
+int oc_parse_i64(const char *s, int64_t min, int64_t max, int64_t *ret);
+
+/* Milliseconds since the epoch (wall clock) and on the monotonic clock. */
+int64_t oc_now_ms(void);
+int64_t oc_mono_ms(void);
