@@ -1,0 +1,203 @@
+"""
+Operations on the real stack: the systemd notify protocol (READY=1 only once
+the dependencies are up, watchdog pings, STOPPING=1), the drain on SIGTERM
+with an order in flight, /metrics in the Prometheus format (checked with
+promtool) with counters that move, and journald priority prefixes in logs.
+"""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+
+from dlt_helpers import headers, metric, produce_raw, value
+
+PROMTOOL = shutil.which("promtool")
+
+
+class Forwarder:
+    """A TCP forwarder on a loopback port, to make a dependency appear on
+    demand: the daemon is pointed at it before it listens."""
+
+    def __init__(self, target_host, target_port):
+        self.target = (target_host, int(target_port))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.sock = None
+        self.stop = threading.Event()
+
+    def start(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stop.is_set():
+            try:
+                client, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.stop.set()
+        if self.sock:
+            self.sock.close()
+
+
+def notifications(sock, seconds):
+    """Every sd_notify datagram received within `seconds`, as strings."""
+    out, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            out.append(sock.recv(4096).decode())
+        except socket.timeout:
+            break
+    return out
+
+
+def test_notify_ready_only_after_dependencies_watchdog_and_stopping(stack, tmp_path):
+    pg = stack.pg_env
+    fwd = Forwarder(pg.get("PGHOST", "127.0.0.1"), pg.get("PGPORT", "5432"))
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    main = stack.daemons["payment-service"]
+    url = re.sub(r"port=\d+", f"port={fwd.port}", stack.dsn("payments"))
+    env = dict(main.env, HTTP_PORT="18091", DATABASE_URL=url, NOTIFY_SOCKET=path,
+               WATCHDOG_USEC="1000000", JOURNAL_STREAM="8:1234",
+               CONSUMER_GROUP=stack.uid("notify-test"))
+    log = tmp_path / "payment-notify.log"
+    proc = subprocess.Popen([str(main.binary)], env=env, stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        # PostgreSQL is unreachable: no READY=1, and the daemon keeps waiting.
+        early = notifications(sock, 3)
+        assert not any("READY=1" in n for n in early), early
+        assert proc.poll() is None, "daemon gave up instead of waiting for PostgreSQL"
+        fwd.start()
+        got, deadline = [], time.monotonic() + 30
+        while not any("READY=1" in n for n in got) and time.monotonic() < deadline:
+            got += notifications(sock, 0.5)
+        assert any("READY=1" in n for n in got), f"no READY=1 after PostgreSQL came up: {got}"
+        r = requests.get("http://127.0.0.1:18091/readyz", timeout=5)
+        assert r.status_code == 200, f"READY=1 sent but /readyz says {r.status_code} {r.text}"
+        later = notifications(sock, 2.5)
+        pings = [n for n in later if "WATCHDOG=1" in n]
+        assert len(pings) >= 3, f"watchdog interval 1 s, expected pings every 0.5 s: {later}"
+        assert any(n.startswith("STATUS=") for n in got + later)
+        proc.send_signal(signal.SIGTERM)
+        stopping = notifications(sock, 3)
+        assert any("STOPPING=1" in n for n in stopping), stopping
+        assert proc.wait(10) == 0
+        lines = log.read_text().splitlines()
+        assert lines and all(re.match(r"^<[0-7]>", line) for line in lines), (
+            "under journald every line must start with a priority prefix: "
+            + "\n".join(lines[:5]))
+        assert any(line.startswith("<4>") and "waiting for database" in line for line in lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sock.close()
+        fwd.close()
+
+
+def test_sigterm_drains_in_order_and_loses_nothing(stack):
+    cust, sku = stack.uid("c"), stack.uid("s")
+    stack.fund(cust, 1000)
+    stack.set_stock(sku, 10)
+    svc = stack.daemons["payment-service"]
+    oid = stack.orders.create_ok(cust, sku, 1, 250)
+    t0 = time.monotonic()
+    svc.stop()  # asserts exit code 0 within the grace time
+    took = time.monotonic() - t0
+    assert took < 5, f"drain took {took:.1f} s"
+    text = svc.log_path.read_text()
+    steps = ["stopping: http server", "stopping: kafka consumer", "stopping: outbox relay",
+             "stopping: database", "stopped"]
+    last = text.rfind("=== test harness: starting")
+    at = [text.find(s, last) for s in steps]
+    assert all(a >= 0 for a in at) and at == sorted(at), f"drain order: {list(zip(steps, at))}"
+    svc.start()
+    svc.wait_ready()
+    order = stack.orders.wait_settled(oid, need=("payment", "inventory"))
+    assert order["status"] == "CONFIRMED"
+    assert stack.payments.balance(cust) == 750
+    assert stack.sql_one("payments", "SELECT count(*) FROM payments WHERE order_id = %s",
+                         (oid,)) == 1
+
+
+@pytest.mark.parametrize("name", ["order-service", "payment-service", "inventory-service"])
+def test_metrics_pass_promtool(stack, name):
+    assert PROMTOOL, "promtool not found (Debian package prometheus; deploy/install-deps.sh)"
+    r = requests.get(stack.daemons[name].url + "/metrics", timeout=5)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
+    cp = subprocess.run([PROMTOOL, "check", "metrics"], input=r.text, capture_output=True,
+                        text=True, timeout=30)
+    assert cp.returncode == 0, f"promtool: {cp.stdout}{cp.stderr}"
+    for family in ("orders_records_consumed_total", "orders_dead_lettered_total",
+                   "orders_outbox_backlog", "orders_http_request_duration_seconds",
+                   "orders_ready"):
+        assert f"# TYPE {family} " in r.text, f"{family} missing"
+
+
+def test_counters_move(stack):
+    order_svc, inv_svc = stack.daemons["order-service"], stack.daemons["inventory-service"]
+    label = {"topic": "payments.completed"}
+    dlt0 = {d.name: metric(d.url, "orders_dead_lettered_total", **label)
+            for d in (order_svc, inv_svc)}
+    produce_raw(stack.bootstrap, "payments.completed", 4, stack.uid("poison").encode(),
+                b"not json", headers("PaymentCompleted"))
+    for d in (order_svc, inv_svc):
+        stack.wait_until(lambda: metric(d.url, "orders_dead_lettered_total", **label)
+                         == dlt0[d.name] + 1, 20, f"{d.name} DLT counter +1")
+    time.sleep(1)
+    for d in (order_svc, inv_svc):
+        assert metric(d.url, "orders_dead_lettered_total", **label) == dlt0[d.name] + 1
+
+    placed0 = metric(order_svc.url, "orders_placed_total")
+    posts0 = metric(order_svc.url, "orders_http_requests_total", route="/orders",
+                    method="POST", status="202")
+    cust, sku = stack.uid("c"), stack.uid("s")
+    stack.fund(cust, 100)
+    stack.set_stock(sku, 1)
+    oid = stack.orders.create_ok(cust, sku, 1, 100)
+    stack.orders.wait_settled(oid, need=("payment", "inventory"))
+    assert metric(order_svc.url, "orders_placed_total") == placed0 + 1
+    assert metric(order_svc.url, "orders_http_requests_total", route="/orders", method="POST",
+                  status="202") == posts0 + 1
+    assert metric(order_svc.url, "orders_ready") == 1
