@@ -6,6 +6,7 @@
 #include "cm_log.h"
 
 #include <errno.h>
+#include <libpq-events.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -16,6 +17,73 @@ static void notice_to_log(void *arg, const char *message)
 {
     (void)arg;
     log_debug("postgres notice msg=\"%s\"", message);
+}
+
+/* Prepared statements, per connection. Our SQL lives in static arrays, so a
+ * statement is known by its text's address; the first use on a connection
+ * prepares it (one extra round trip), later uses skip parsing and planning. */
+#define STMT_CACHE_MAX 64
+
+typedef struct {
+    const char *sql[STMT_CACHE_MAX];
+    int n;
+} stmt_cache;
+
+static int on_conn_event(PGEventId id, void *info, void *pass)
+{
+    (void)pass;
+    if (id == PGEVT_CONNDESTROY) {
+        PGEventConnDestroy *e = info;
+        free(PQinstanceData(e->conn, on_conn_event));
+    } else if (id == PGEVT_CONNRESET) {
+        PGEventConnReset *e = info;
+        stmt_cache *c = PQinstanceData(e->conn, on_conn_event);
+        if (c)
+            c->n = 0; /* a new session has no prepared statements */
+    }
+    return 1;
+}
+
+static void stmt_cache_attach(PGconn *conn)
+{
+    stmt_cache *c = calloc(1, sizeof(*c));
+
+    if (!c)
+        return;
+    if (!PQregisterEventProc(conn, on_conn_event, "cm_db statement cache", NULL) ||
+        !PQsetInstanceData(conn, on_conn_event, c))
+        free(c);
+}
+
+/* Returns the name of sql's prepared statement on conn (preparing it now if
+ * needed) in name, or leaves name empty to fall back to PQexecParams. */
+static int stmt_name(PGconn *conn, const char *sql, int nparams, char name[16])
+{
+    stmt_cache *c = PQinstanceData(conn, on_conn_event);
+    PGresult *res;
+    int r;
+
+    name[0] = '\0';
+    if (!c)
+        return 0;
+    for (int i = 0; i < c->n; i++) {
+        if (c->sql[i] == sql) {
+            snprintf(name, 16, "cm%d", i);
+            return 0;
+        }
+    }
+    if (c->n == STMT_CACHE_MAX)
+        return 0;
+    snprintf(name, 16, "cm%d", c->n);
+    res = PQprepare(conn, name, sql, nparams, NULL);
+    r = cm_db_classify(conn, res);
+    PQclear(res);
+    if (r < 0) {
+        name[0] = '\0';
+        return r;
+    }
+    c->sql[c->n++] = sql;
+    return 0;
 }
 
 const char *cm_db_error(PGconn *conn)
@@ -44,6 +112,7 @@ int cm_db_connect(const char *url, PGconn **ret, char *err, size_t errlen)
         return -ECONNRESET;
     }
     PQsetNoticeProcessor(conn, notice_to_log, NULL);
+    stmt_cache_attach(conn);
     *ret = conn;
     return 0;
 }
@@ -73,8 +142,17 @@ int cm_db_classify(PGconn *conn, const PGresult *res)
 int cm_db_query(PGconn *conn, PGresult **ret, const char *sql, int nparams,
                 const char *const *params)
 {
-    PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
-    int r = cm_db_classify(conn, res);
+    char name[16];
+    PGresult *res;
+    int r = stmt_name(conn, sql, nparams, name);
+
+    if (r < 0) {
+        log_debug("sql prepare failed code=%d error=\"%s\"", r, cm_db_error(conn));
+        return r;
+    }
+    res = name[0] ? PQexecPrepared(conn, name, nparams, params, NULL, NULL, 0)
+                  : PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    r = cm_db_classify(conn, res);
 
     if (r < 0) {
         log_debug("sql failed code=%d error=\"%s\"", r, cm_db_error(conn));

@@ -27,7 +27,9 @@ int cm_db_classify(PGconn *conn, const PGresult *res);
  * ';' are allowed); returns 0 or a code. */
 int cm_db_exec(PGconn *conn, const char *sql);
 
-/* Runs a parameterised statement (text parameters). On success returns 0 and,
+/* Runs a parameterised statement (text parameters). sql must be a string
+ * with static storage (its address names the prepared statement that
+ * connections made by cm_db_connect keep for it). On success returns 0 and,
  * if ret is not NULL, hands over the result (caller PQclear()s); otherwise
  * returns a code and logs the server's message at debug level. */
 int cm_db_query(PGconn *conn, PGresult **ret, const char *sql, int nparams,
