@@ -4,6 +4,7 @@
 #include "cm_saga.h"
 
 #include "cm_db.h"
+#include "cm_log.h"
 
 #include <string.h>
 
@@ -26,4 +27,42 @@ int cm_saga_compensate(PGconn *tx, const char *remember_sql, const char *undo_sq
     r = PQntuples(res) > 0 ? CM_SAGA_UNDONE : CM_SAGA_NOTHING;
     PQclear(res);
     return r;
+}
+
+int cm_saga_handle(const cm_saga_def *def, cm_metrics *metrics, PGconn *tx, const cm_record *rec,
+                   char *reason, size_t reasonlen)
+{
+    char order_id[EV_ID_MAX + 1], why[EV_REASON_MAX + 1];
+    bool yes;
+    int r;
+
+    if (def->type == EV_PAYMENT_COMPLETED) {
+        ev_payment_completed e;
+        r = ev_payment_completed_decode(rec->msg->payload, rec->msg->len, &e, reason, reasonlen);
+        if (r < 0)
+            return r; /* poison */
+        yes = e.approved;
+        memcpy(order_id, e.order_id, sizeof(order_id));
+        memcpy(why, e.reason, sizeof(why));
+    } else {
+        ev_inventory_reserved e;
+        r = ev_inventory_reserved_decode(rec->msg->payload, rec->msg->len, &e, reason, reasonlen);
+        if (r < 0)
+            return r; /* poison */
+        yes = e.reserved;
+        memcpy(order_id, e.order_id, sizeof(order_id));
+        memcpy(why, e.reason, sizeof(why));
+    }
+    if (yes)
+        return 0; /* a positive outcome: nothing to compensate */
+    const char *p[2] = {order_id, why};
+    r = cm_saga_compensate(tx, def->remember_sql, def->undo_sql, 2, p);
+    if (r == CM_SAGA_UNDONE) {
+        cm_metrics_add(metrics, def->metric, def->undone_labels, 1);
+        log_info("%s order_id=%s reason=%s", def->undone_log, order_id, why);
+    } else if (r == CM_SAGA_REMEMBERED) {
+        cm_metrics_add(metrics, def->metric, def->remembered_labels, 1);
+        log_info("%s order_id=%s reason=%s", def->remembered_log, order_id, why);
+    }
+    return r < 0 ? r : 0;
 }

@@ -10,6 +10,10 @@
  */
 #pragma once
 
+#include "cm_consumer.h"
+#include "cm_metrics.h"
+#include "ev_event.h"
+
 #include <libpq-fe.h>
 
 typedef enum {
@@ -25,3 +29,23 @@ typedef enum {
  * Returns a cm_saga_result or a cm_db error code. */
 int cm_saga_compensate(PGconn *tx, const char *remember_sql, const char *undo_sql, int nparams,
                        const char *const *params);
+
+/* A service's compensation, declared: which outcome event it reacts to, its
+ * two statements (parameters $1 orderId, $2 the other side's reason), and
+ * how results are counted and logged. */
+typedef struct {
+    ev_type type;                /* EV_PAYMENT_COMPLETED or EV_INVENTORY_RESERVED */
+    const char *remember_sql;
+    const char *undo_sql;
+    const char *metric;          /* counter, e.g. orders_payments_total */
+    const char *undone_labels;   /* e.g. outcome="refunded" */
+    const char *remembered_labels;
+    const char *undone_log;      /* e.g. "payment refunded" */
+    const char *remembered_log;
+} cm_saga_def;
+
+/* The consumer handler body: decodes rec as def->type (poison codes as the
+ * decoders return them), ignores a positive outcome, and compensates a
+ * negative one. Returns 0 or a negative code for the error handler. */
+int cm_saga_handle(const cm_saga_def *def, cm_metrics *metrics, PGconn *tx, const cm_record *rec,
+                   char *reason, size_t reasonlen);

@@ -116,28 +116,21 @@ static const char release_sql[] =
     " UPDATE stock SET available = stock.available + r.quantity, updated_at = now()"
     " FROM r WHERE stock.sku = r.sku RETURNING r.quantity";
 
+static const cm_saga_def release = {
+    .type = EV_PAYMENT_COMPLETED,
+    .remember_sql = remember_sql,
+    .undo_sql = release_sql,
+    .metric = "orders_reservations_total",
+    .undone_labels = "outcome=\"released\"",
+    .remembered_labels = "outcome=\"cancelled\"",
+    .undone_log = "stock released",
+    .remembered_log = "order cancelled before reservation",
+};
+
 static int on_payment_completed(void *ctx, PGconn *tx, const cm_record *rec, char *reason,
                                 size_t reasonlen)
 {
-    ev_payment_completed e;
-    int r;
-
-    r = ev_payment_completed_decode(rec->msg->payload, rec->msg->len, &e, reason, reasonlen);
-    if (r < 0 || e.approved)
-        return r; /* approved: nothing to compensate */
-    const char *p[2] = {e.order_id, e.reason};
-    r = cm_saga_compensate(tx, remember_sql, release_sql, 2, p);
-    if (r == CM_SAGA_UNDONE) {
-        cm_metrics_add(cm_daemon_metrics(ctx), "orders_reservations_total",
-                       "outcome=\"released\"", 1);
-        log_info("stock released order_id=%s reason=%s", e.order_id, e.reason);
-    } else if (r == CM_SAGA_REMEMBERED) {
-        cm_metrics_add(cm_daemon_metrics(ctx), "orders_reservations_total",
-                       "outcome=\"cancelled\"", 1);
-        log_info("order cancelled before reservation order_id=%s reason=%s", e.order_id,
-                 e.reason);
-    }
-    return r < 0 ? r : 0;
+    return cm_saga_handle(&release, cm_daemon_metrics(ctx), tx, rec, reason, reasonlen);
 }
 
 const cm_subscription is_subscriptions[] = {

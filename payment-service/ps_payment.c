@@ -119,26 +119,21 @@ static const char refund_sql[] =
     "  updated_at = now()"
     " FROM p WHERE accounts.customer_id = p.customer_id RETURNING p.amount_cents";
 
+static const cm_saga_def refund = {
+    .type = EV_INVENTORY_RESERVED,
+    .remember_sql = remember_sql,
+    .undo_sql = refund_sql,
+    .metric = "orders_payments_total",
+    .undone_labels = "outcome=\"refunded\"",
+    .remembered_labels = "outcome=\"cancelled\"",
+    .undone_log = "payment refunded",
+    .remembered_log = "order cancelled before payment",
+};
+
 static int on_inventory_reserved(void *ctx, PGconn *tx, const cm_record *rec, char *reason,
                                  size_t reasonlen)
 {
-    ev_inventory_reserved e;
-    int r;
-
-    r = ev_inventory_reserved_decode(rec->msg->payload, rec->msg->len, &e, reason, reasonlen);
-    if (r < 0 || e.reserved)
-        return r; /* reserved: nothing to compensate */
-    const char *p[2] = {e.order_id, e.reason};
-    r = cm_saga_compensate(tx, remember_sql, refund_sql, 2, p);
-    if (r == CM_SAGA_UNDONE) {
-        cm_metrics_add(cm_daemon_metrics(ctx), "orders_payments_total", "outcome=\"refunded\"", 1);
-        log_info("payment refunded order_id=%s reason=%s", e.order_id, e.reason);
-    } else if (r == CM_SAGA_REMEMBERED) {
-        cm_metrics_add(cm_daemon_metrics(ctx), "orders_payments_total", "outcome=\"cancelled\"",
-                       1);
-        log_info("order cancelled before payment order_id=%s reason=%s", e.order_id, e.reason);
-    }
-    return r < 0 ? r : 0;
+    return cm_saga_handle(&refund, cm_daemon_metrics(ctx), tx, rec, reason, reasonlen);
 }
 
 const cm_subscription ps_subscriptions[] = {
