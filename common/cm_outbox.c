@@ -120,6 +120,10 @@ struct cm_relay {
     PGconn *conn;
     rd_kafka_t *producer;
     bool leader; /* holds the relay lock */
+    /* Fault injection for the tests (CM_FAULT_PRODUCER_FATAL_AFTER=N): raise
+     * a fatal producer error once N rows were acknowledged. 0 = off. */
+    long long fatal_after;
+    long long acked;
 };
 
 /* Delivery state of one row of the current batch: set by the DR callback. */
@@ -332,6 +336,13 @@ static int relay_pass(cm_relay *r)
     }
     for (int i = 0; i < n; i++)
         produce_row(r, res, i, &slots[i]);
+    if (r->fatal_after > 0 && r->acked + n >= r->fatal_after) {
+        /* While this batch is in flight: its rows must be sent again. */
+        r->fatal_after = 0;
+        log_warning("fault injection: raising a fatal producer error with %d rows in flight", n);
+        rd_kafka_test_fatal_error(r->producer, RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                  "injected by CM_FAULT_PRODUCER_FATAL_AFTER");
+    }
     /* Every delivery report arrives within message.timeout.ms. */
     do {
         rd_kafka_poll(r->producer, 20);
@@ -340,6 +351,7 @@ static int relay_pass(cm_relay *r)
             pending += slots[i].state == 0;
     } while (pending > 0);
     rc = delete_acked(r, res, slots, n, &failed);
+    r->acked += n - failed;
     log_debug("outbox relay published count=%d failed=%d", n - failed, failed);
     if (rc == 0) {
         atomic_fetch_add(&r->health->produced, n - failed);
@@ -437,6 +449,8 @@ int cm_relay_start(const char *db_url, const char *client_id, int batch, cm_heal
     r->client_id = client_id;
     r->batch = batch;
     r->health = health;
+    const char *fault = getenv("CM_FAULT_PRODUCER_FATAL_AFTER");
+    r->fatal_after = fault ? strtoll(fault, NULL, 10) : 0;
     rc = pthread_create(&r->thread, NULL, relay_main, r);
     if (rc != 0) {
         free(r);

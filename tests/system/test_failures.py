@@ -407,3 +407,42 @@ def test_idempotency_key_must_be_printable(stack):
                       json={"customerId": "c", "sku": "s", "quantity": 1, "amountCents": 1},
                       headers={**JSON, "Idempotency-Key": "x" * 256})
     assert r.status_code == 400 and r.headers["Content-Type"] == "application/problem+json"
+
+
+# -------------------------------------------------------------- producer recovery
+
+
+def test_relay_recreates_producer_after_fatal_error(stack):
+    """A fatal idempotent-producer error (injected through librdkafka's test
+    hook once 5 rows were acknowledged) makes the relay recreate its producer
+    and resend what was not acknowledged: every order still settles, once."""
+    svc = stack.daemons["order-service"]
+    normal_env = dict(svc.env)
+    svc.stop()
+    svc.env = dict(normal_env, CM_FAULT_PRODUCER_FATAL_AFTER="5")
+    try:
+        svc.start()
+        svc.wait_ready()
+        cust, sku = stack.uid("c"), stack.uid("s")
+        stack.fund(cust, 10_000)
+        stack.set_stock(sku, 100)
+        ids = []
+        for _ in range(20):
+            ids.append(stack.orders.create_ok(cust, sku, 1, 100))
+            time.sleep(0.05)
+        for oid in ids:
+            order = stack.orders.wait_settled(oid, timeout=60, need=("payment", "inventory"))
+            assert order["status"] == "CONFIRMED", order
+        log = svc.log_path.read_text()
+        assert "fault injection: raising a fatal producer error" in log
+        assert "recreating producer after fatal error" in log
+        assert "outbox relay will resend undelivered rows" in log
+        assert stack.payments.balance(cust) == 10_000 - 20 * 100
+        assert stack.inventory.stock(sku) == 80
+        assert stack.sql_one("payments", "SELECT count(*) FROM payments WHERE customer_id = %s",
+                             (cust,)) == 20
+    finally:
+        svc.stop()
+        svc.env = normal_env
+        svc.start()
+        svc.wait_ready()
