@@ -166,6 +166,70 @@ int cm_db_query(PGconn *conn, PGresult **ret, const char *sql, int nparams,
     return 0;
 }
 
+static int pipeline_collect(PGconn *conn, int n, PGresult **res)
+{
+    int r = 0;
+
+    for (int i = 0; i < n; i++) {
+        PGresult *x, *extra;
+        res[i] = PQgetResult(conn);
+        x = res[i];
+        if (!x)
+            return -ECONNRESET;
+        if (r == 0 && PQresultStatus(x) == PGRES_PIPELINE_ABORTED)
+            r = -EIO; /* cannot happen before the first failure */
+        else if (r == 0)
+            r = cm_db_classify(conn, x);
+        /* Each statement's results end with NULL. */
+        while ((extra = PQgetResult(conn)) != NULL)
+            PQclear(extra);
+    }
+    return r;
+}
+
+int cm_db_pipeline(PGconn *conn, const cm_db_stmt *stmts, int n, PGresult **ret)
+{
+    PGresult *res[16] = {0}, *sync;
+    char names[16][16];
+    int r = 0;
+
+    if (n > 16)
+        return -E2BIG;
+    for (int i = 0; i < n && r == 0; i++)
+        r = stmt_name(conn, stmts[i].sql, stmts[i].nparams, names[i]);
+    if (r < 0)
+        return r;
+    if (!PQenterPipelineMode(conn))
+        return -ECONNRESET;
+    for (int i = 0; i < n; i++) {
+        int ok = names[i][0]
+                     ? PQsendQueryPrepared(conn, names[i], stmts[i].nparams, stmts[i].params,
+                                           NULL, NULL, 0)
+                     : PQsendQueryParams(conn, stmts[i].sql, stmts[i].nparams, NULL,
+                                         stmts[i].params, NULL, NULL, 0);
+        if (!ok)
+            return -ECONNRESET;
+    }
+    if (!PQpipelineSync(conn))
+        return -ECONNRESET;
+    r = pipeline_collect(conn, n, res);
+    sync = PQgetResult(conn);
+    if (!sync || PQresultStatus(sync) != PGRES_PIPELINE_SYNC)
+        r = r ? r : -ECONNRESET;
+    PQclear(sync);
+    if (!PQexitPipelineMode(conn) && r == 0)
+        r = -ECONNRESET;
+    if (r < 0)
+        log_debug("pipeline failed code=%d error=\"%s\"", r, cm_db_error(conn));
+    for (int i = 0; i < n; i++) {
+        if (r == 0 && ret)
+            ret[i] = res[i];
+        else
+            PQclear(res[i]);
+    }
+    return r;
+}
+
 int cm_db_exec(PGconn *conn, const char *sql)
 {
     /* PQexec, not PQexecParams: migrations hold several statements. */

@@ -35,6 +35,22 @@ int cm_db_exec(PGconn *conn, const char *sql);
 int cm_db_query(PGconn *conn, PGresult **ret, const char *sql, int nparams,
                 const char *const *params);
 
+/* One statement of a pipeline (same rules as cm_db_query). */
+typedef struct {
+    const char *sql;
+    int nparams;
+    const char *const *params;
+} cm_db_stmt;
+
+/* Sends n statements in libpq pipeline mode and waits once: one round trip
+ * instead of n. Later statements must not depend on the client seeing
+ * earlier results (they may depend on earlier statements' effects: they run
+ * in order, inside the caller's transaction). On success returns 0 and, if
+ * ret is not NULL, the n results (caller PQclears each); on failure returns
+ * the code of the first failed statement (the ones after it did not run) and
+ * hands out nothing. */
+int cm_db_pipeline(PGconn *conn, const cm_db_stmt *stmts, int n, PGresult **ret);
+
 /* Convenience: the last error message of conn, one line, never NULL. */
 const char *cm_db_error(PGconn *conn);
 

@@ -83,28 +83,65 @@ int cm_outbox_add(PGconn *conn, ev_type type, const char *key, const char *paylo
     return r;
 }
 
-int cm_outbox_add_outcome(PGconn *conn, ev_type type, const char *order_id, bool yes,
-                          const char *reason, const char *parent_traceparent)
+static int encode_outcome(ev_type type, const char *order_id, bool yes, const char *reason,
+                          char **ret_json)
 {
-    char *json = NULL;
-    int r;
-
     if (type == EV_PAYMENT_COMPLETED) {
         ev_payment_completed e = {.approved = yes};
         snprintf(e.order_id, sizeof(e.order_id), "%s", order_id);
         snprintf(e.reason, sizeof(e.reason), "%s", reason);
-        r = ev_payment_completed_encode(&e, &json);
-    } else if (type == EV_INVENTORY_RESERVED) {
+        return ev_payment_completed_encode(&e, ret_json);
+    }
+    if (type == EV_INVENTORY_RESERVED) {
         ev_inventory_reserved e = {.reserved = yes};
         snprintf(e.order_id, sizeof(e.order_id), "%s", order_id);
         snprintf(e.reason, sizeof(e.reason), "%s", reason);
-        r = ev_inventory_reserved_encode(&e, &json);
-    } else {
-        return -EINVAL;
+        return ev_inventory_reserved_encode(&e, ret_json);
     }
+    return -EINVAL;
+}
+
+int cm_outbox_add_outcome(PGconn *conn, ev_type type, const char *order_id, bool yes,
+                          const char *reason, const char *parent_traceparent)
+{
+    char *json = NULL;
+    int r = encode_outcome(type, order_id, yes, reason, &json);
+
     if (r == 0)
         r = cm_outbox_add(conn, type, order_id, json, parent_traceparent);
     free(json);
+    return r;
+}
+
+int cm_outbox_apply_and_reply(PGconn *tx, ev_type reply_type, const char *claim_sql,
+                              const char *apply_sql, const char *const params[3],
+                              const char *const verdicts[4], const char *parent_traceparent,
+                              char *ret_verdict, size_t verdict_len)
+{
+    char *payloads[4] = {0}, *headers = NULL;
+    PGresult *res[2];
+    int r = cm_outbox_headers(reply_type, parent_traceparent, &headers);
+
+    /* The reply for every possible verdict is encoded here, by the codec;
+     * the statement only picks one. */
+    for (int i = 0; i < 4 && r == 0; i++)
+        r = encode_outcome(reply_type, params[0], i == 0, verdicts[i], &payloads[i]);
+    if (r == 0) {
+        const char *p[9] = {params[0],   params[1],   params[2],   ev_type_topic(reply_type),
+                            payloads[0], payloads[1], payloads[2], payloads[3], headers};
+        const cm_db_stmt stmts[2] = {{claim_sql, 3, params}, {apply_sql, 9, p}};
+        r = cm_db_pipeline(tx, stmts, 2, res);
+    }
+    if (r == 0) {
+        r = PQntuples(res[1]) > 0;
+        if (r)
+            snprintf(ret_verdict, verdict_len, "%s", PQgetvalue(res[1], 0, 0));
+        PQclear(res[0]);
+        PQclear(res[1]);
+    }
+    for (int i = 0; i < 4; i++)
+        free(payloads[i]);
+    free(headers);
     return r;
 }
 

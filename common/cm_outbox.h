@@ -43,6 +43,18 @@ int cm_outbox_add(PGconn *conn, ev_type type, const char *key, const char *paylo
 int cm_outbox_add_outcome(PGconn *conn, ev_type type, const char *order_id, bool yes,
                           const char *reason, const char *parent_traceparent);
 
+/* The handler shape of payment-service and inventory-service, in one round
+ * trip: claim_sql (params $1..$3) claims the order; apply_sql (the same $1..$3,
+ * then $4 the reply topic, $5..$8 the reply payloads for verdicts[0..3], $9
+ * the reply headers) applies it, writes the reply chosen by its verdict into
+ * the outbox and returns the verdict, or returns no row for a duplicate.
+ * verdicts[0] is the positive one. Returns 1 with the verdict copied into
+ * ret_verdict, 0 for a duplicate, or a cm_db code. */
+int cm_outbox_apply_and_reply(PGconn *tx, ev_type reply_type, const char *claim_sql,
+                              const char *apply_sql, const char *const params[3],
+                              const char *const verdicts[4], const char *parent_traceparent,
+                              char *ret_verdict, size_t verdict_len);
+
 typedef struct cm_relay cm_relay;
 
 /* Starts the relay thread. db_url and client_id must outlive the relay. */

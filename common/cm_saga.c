@@ -11,21 +11,19 @@
 int cm_saga_compensate(PGconn *tx, const char *remember_sql, const char *undo_sql, int nparams,
                        const char *const *params)
 {
-    PGresult *res;
-    int r = cm_db_query(tx, &res, remember_sql, nparams, params);
-    bool inserted;
+    const cm_db_stmt stmts[2] = {{remember_sql, nparams, params}, {undo_sql, nparams, params}};
+    PGresult *res[2];
+    int r = cm_db_pipeline(tx, stmts, 2, res);
 
     if (r < 0)
         return r;
-    inserted = strcmp(PQcmdTuples(res), "1") == 0;
-    PQclear(res);
-    if (inserted)
-        return CM_SAGA_REMEMBERED;
-    r = cm_db_query(tx, &res, undo_sql, nparams, params);
-    if (r < 0)
-        return r;
-    r = PQntuples(res) > 0 ? CM_SAGA_UNDONE : CM_SAGA_NOTHING;
-    PQclear(res);
+    /* After a tombstone was written the undo finds nothing to undo. */
+    if (strcmp(PQcmdTuples(res[0]), "1") == 0)
+        r = CM_SAGA_REMEMBERED;
+    else
+        r = PQntuples(res[1]) > 0 ? CM_SAGA_UNDONE : CM_SAGA_NOTHING;
+    PQclear(res[0]);
+    PQclear(res[1]);
     return r;
 }
 

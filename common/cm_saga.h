@@ -22,10 +22,11 @@ typedef enum {
     CM_SAGA_UNDONE = 2,     /* the effect was undone (refund, release) */
 } cm_saga_result;
 
-/* Runs remember_sql (an INSERT of the tombstone ... ON CONFLICT DO NOTHING);
- * if it inserted nothing, the order's row exists and is committed (the
- * insert waited for any concurrent writer), so undo_sql (which must return a
- * row when it undid something) runs next. Both take the same parameters.
+/* Runs remember_sql (an INSERT of the tombstone ... ON CONFLICT DO NOTHING)
+ * and then undo_sql (which must return a row when it undid something), in
+ * one round trip. If the tombstone went in, the undo finds nothing; if not,
+ * the order's row exists and is committed (the insert waited for any
+ * concurrent writer) and the undo sees it. Both take the same parameters.
  * Returns a cm_saga_result or a cm_db error code. */
 int cm_saga_compensate(PGconn *tx, const char *remember_sql, const char *undo_sql, int nparams,
                        const char *const *params);

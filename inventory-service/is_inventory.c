@@ -33,75 +33,70 @@ const char *const is_migrations[] = {migration_1, cm_outbox_migration};
 const size_t is_nmigrations = sizeof(is_migrations) / sizeof(is_migrations[0]);
 
 /* Claims the order: the dedupe. A concurrent duplicate waits on the primary
- * key until this transaction ends and then finds the claim taken (no row).
- * A tombstone left by an earlier declined payment (CANCELLED) turns into a
- * rejection without taking stock. */
+ * key until the first transaction ends, then finds the claim taken and
+ * changes nothing. A tombstone left by an earlier declined payment
+ * (CANCELLED) becomes a claim marked ORDER_CANCELLED: rejected, no stock. */
 static const char claim_sql[] =
     "INSERT INTO reservations(order_id, sku, quantity, status, reason)"
     " VALUES ($1, $2, $3::int, 'PENDING', '') ON CONFLICT (order_id) DO UPDATE"
     " SET sku = EXCLUDED.sku, quantity = EXCLUDED.quantity,"
-    "  status = 'REJECTED', reason = 'ORDER_CANCELLED'"
-    " WHERE reservations.status = 'CANCELLED'"
-    " RETURNING status";
+    "  status = 'PENDING', reason = 'ORDER_CANCELLED'"
+    " WHERE reservations.status = 'CANCELLED'";
 
-/* Takes the stock and records the outcome on the claimed row in one
- * statement. "available >= quantity" is re-checked under the row lock, so
- * concurrent orders for one SKU never take it below zero. */
+/* Applies this transaction's claim (a PENDING row; none for a duplicate):
+ * takes the stock, records the outcome and writes the reply chosen by the
+ * verdict into the outbox, in one statement. "available >= quantity" is
+ * re-checked under the row lock, so concurrent orders for one SKU never take
+ * it below zero. */
 static const char reserve_sql[] =
-    "WITH take AS ("
+    "WITH claim AS ("
+    "  SELECT reason AS mark FROM reservations WHERE order_id = $1 AND status = 'PENDING'),"
+    " take AS ("
     "  UPDATE stock SET available = available - $3::int, updated_at = now()"
-    "  WHERE sku = $2 AND available >= $3::int RETURNING sku),"
-    " verdict AS (SELECT CASE WHEN EXISTS (SELECT 1 FROM take) THEN 'OK'"
+    "  WHERE sku = $2 AND available >= $3::int"
+    "  AND EXISTS (SELECT 1 FROM claim WHERE mark = '') RETURNING sku),"
+    " verdict AS (SELECT CASE WHEN mark = 'ORDER_CANCELLED' THEN 'ORDER_CANCELLED'"
+    "   WHEN EXISTS (SELECT 1 FROM take) THEN 'OK'"
     "   WHEN EXISTS (SELECT 1 FROM stock WHERE sku = $2) THEN 'OUT_OF_STOCK'"
-    "   ELSE 'UNKNOWN_SKU' END AS reason)"
-    " UPDATE reservations SET reason = verdict.reason,"
+    "   ELSE 'UNKNOWN_SKU' END AS reason FROM claim),"
+    " settle AS ("
+    "  UPDATE reservations SET reason = verdict.reason,"
     "  status = CASE WHEN verdict.reason = 'OK' THEN 'RESERVED' ELSE 'REJECTED' END"
-    " FROM verdict WHERE reservations.order_id = $1"
-    " RETURNING reservations.status, reservations.reason";
+    "  FROM verdict WHERE reservations.order_id = $1 RETURNING reservations.reason)"
+    " INSERT INTO outbox(topic, msg_key, payload, headers)"
+    " SELECT $4, $1, CASE reason WHEN 'OK' THEN $5 WHEN 'OUT_OF_STOCK' THEN $6"
+    "  WHEN 'UNKNOWN_SKU' THEN $7 ELSE $8 END, $9::jsonb FROM settle"
+    " RETURNING (SELECT reason FROM settle)";
 
 static int on_order_created(void *ctx, PGconn *tx, const cm_record *rec, char *reason,
                             size_t reasonlen)
 {
+    static const char *const verdicts[4] = {"OK", "OUT_OF_STOCK", "UNKNOWN_SKU",
+                                            "ORDER_CANCELLED"};
     ev_order_created o;
-    char qty[16];
-    PGresult *res;
+    char qty[16], verdict[32];
     int r;
 
     r = ev_order_created_decode(rec->msg->payload, rec->msg->len, &o, reason, reasonlen);
     if (r < 0)
         return r;
     snprintf(qty, sizeof(qty), "%d", (int)o.quantity);
-    const char *p[3] = {o.order_id, o.sku, qty};
-    r = cm_db_query(tx, &res, claim_sql, 3, p);
+    const char *const p[3] = {o.order_id, o.sku, qty};
+    r = cm_outbox_apply_and_reply(tx, EV_INVENTORY_RESERVED, claim_sql, reserve_sql, p, verdicts,
+                                  rec->traceparent, verdict, sizeof(verdict));
     if (r < 0)
         return r;
-    if (PQntuples(res) == 0) {
+    if (r == 0) {
         /* A duplicate: its reply went to the outbox with the first one. */
-        PQclear(res);
         log_info("duplicate order ignored order_id=%s", o.order_id);
         return 0;
     }
-    bool cancelled = strcmp(PQgetvalue(res, 0, 0), "REJECTED") == 0;
-    PQclear(res);
-    if (cancelled) {
-        log_info("reservation skipped, order already cancelled order_id=%s", o.order_id);
-        return cm_outbox_add_outcome(tx, EV_INVENTORY_RESERVED, o.order_id, false,
-                                     "ORDER_CANCELLED", rec->traceparent);
-    }
-    r = cm_db_query(tx, &res, reserve_sql, 3, p);
-    if (r < 0)
-        return r;
-    bool reserved = strcmp(PQgetvalue(res, 0, 0), "RESERVED") == 0;
+    bool reserved = strcmp(verdict, "OK") == 0;
     cm_metrics_add(cm_daemon_metrics(ctx), "orders_reservations_total",
                    reserved ? "outcome=\"reserved\"" : "outcome=\"rejected\"", 1);
-    r = cm_outbox_add_outcome(tx, EV_INVENTORY_RESERVED, o.order_id, reserved,
-                              PQgetvalue(res, 0, 1), rec->traceparent);
-    if (r == 0)
-        log_info("stock %s order_id=%s sku=%s quantity=%d reason=%s",
-                 reserved ? "reserved" : "rejected", o.order_id, o.sku, (int)o.quantity,
-                 PQgetvalue(res, 0, 1));
-    PQclear(res);
-    return r;
+    log_info("stock %s order_id=%s sku=%s quantity=%d reason=%s",
+             reserved ? "reserved" : "rejected", o.order_id, o.sku, (int)o.quantity, verdict);
+    return 0;
 }
 
 /* Compensation: the payment was declined, so the stock is released; if the

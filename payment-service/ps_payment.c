@@ -34,76 +34,71 @@ const char *const ps_migrations[] = {migration_1, cm_outbox_migration};
 const size_t ps_nmigrations = sizeof(ps_migrations) / sizeof(ps_migrations[0]);
 
 /* Claims the order: the dedupe. A concurrent duplicate waits on the primary
- * key until this transaction ends and then finds the claim taken (no row).
- * A tombstone left by an earlier rejection of the stock (CANCELLED) turns
- * into a decline without a charge. */
+ * key until the first transaction ends, then finds the claim taken and
+ * changes nothing. A tombstone left by an earlier rejection of the stock
+ * (CANCELLED) becomes a claim marked ORDER_CANCELLED: declined, not charged. */
 static const char claim_sql[] =
     "INSERT INTO payments(order_id, customer_id, amount_cents, status, reason)"
     " VALUES ($1, $2, $3::bigint, 'PENDING', '') ON CONFLICT (order_id) DO UPDATE"
     " SET customer_id = EXCLUDED.customer_id, amount_cents = EXCLUDED.amount_cents,"
-    "  status = 'DECLINED', reason = 'ORDER_CANCELLED'"
-    " WHERE payments.status = 'CANCELLED'"
-    " RETURNING status";
+    "  status = 'PENDING', reason = 'ORDER_CANCELLED'"
+    " WHERE payments.status = 'CANCELLED'";
 
-/* Debits the account and records the outcome on the claimed row in one
- * statement. "balance >= amount" is re-checked under the row lock, so
- * concurrent charges never take a balance below zero. */
+/* Applies this transaction's claim (a PENDING row; none for a duplicate):
+ * debits the account, records the outcome and writes the reply chosen by the
+ * verdict into the outbox, in one statement. "balance >= amount" is
+ * re-checked under the row lock, so concurrent charges never take a balance
+ * below zero. */
 static const char charge_sql[] =
-    "WITH debit AS ("
+    "WITH claim AS ("
+    "  SELECT reason AS mark FROM payments WHERE order_id = $1 AND status = 'PENDING'),"
+    " debit AS ("
     "  UPDATE accounts SET balance_cents = balance_cents - $3::bigint, updated_at = now()"
-    "  WHERE customer_id = $2 AND balance_cents >= $3::bigint RETURNING customer_id),"
-    " verdict AS (SELECT CASE WHEN EXISTS (SELECT 1 FROM debit) THEN 'OK'"
+    "  WHERE customer_id = $2 AND balance_cents >= $3::bigint"
+    "  AND EXISTS (SELECT 1 FROM claim WHERE mark = '') RETURNING customer_id),"
+    " verdict AS (SELECT CASE WHEN mark = 'ORDER_CANCELLED' THEN 'ORDER_CANCELLED'"
+    "   WHEN EXISTS (SELECT 1 FROM debit) THEN 'OK'"
     "   WHEN EXISTS (SELECT 1 FROM accounts WHERE customer_id = $2) THEN 'INSUFFICIENT_FUNDS'"
-    "   ELSE 'UNKNOWN_CUSTOMER' END AS reason)"
-    " UPDATE payments SET reason = verdict.reason,"
+    "   ELSE 'UNKNOWN_CUSTOMER' END AS reason FROM claim),"
+    " settle AS ("
+    "  UPDATE payments SET reason = verdict.reason,"
     "  status = CASE WHEN verdict.reason = 'OK' THEN 'CHARGED' ELSE 'DECLINED' END"
-    " FROM verdict WHERE payments.order_id = $1"
-    " RETURNING payments.reason";
+    "  FROM verdict WHERE payments.order_id = $1 RETURNING payments.reason)"
+    " INSERT INTO outbox(topic, msg_key, payload, headers)"
+    " SELECT $4, $1, CASE reason WHEN 'OK' THEN $5 WHEN 'INSUFFICIENT_FUNDS' THEN $6"
+    "  WHEN 'UNKNOWN_CUSTOMER' THEN $7 ELSE $8 END, $9::jsonb FROM settle"
+    " RETURNING (SELECT reason FROM settle)";
 
 static int on_order_created(void *ctx, PGconn *tx, const cm_record *rec, char *reason,
                             size_t reasonlen)
 {
+    static const char *const verdicts[4] = {"OK", "INSUFFICIENT_FUNDS", "UNKNOWN_CUSTOMER",
+                                            "ORDER_CANCELLED"};
     ev_order_created o;
-    char amount[24];
-    PGresult *res;
+    char amount[24], verdict[32];
     int r;
 
     r = ev_order_created_decode(rec->msg->payload, rec->msg->len, &o, reason, reasonlen);
     if (r < 0)
         return r;
     snprintf(amount, sizeof(amount), "%" PRId64, o.amount_cents);
-    const char *p[3] = {o.order_id, o.customer_id, amount};
-    r = cm_db_query(tx, &res, claim_sql, 3, p);
+    const char *const p[3] = {o.order_id, o.customer_id, amount};
+    r = cm_outbox_apply_and_reply(tx, EV_PAYMENT_COMPLETED, claim_sql, charge_sql, p, verdicts,
+                                  rec->traceparent, verdict, sizeof(verdict));
     if (r < 0)
         return r;
-    if (PQntuples(res) == 0) {
+    if (r == 0) {
         /* A duplicate: its reply went to the outbox with the first one. */
-        PQclear(res);
         log_info("duplicate order ignored order_id=%s", o.order_id);
         return 0;
     }
-    bool cancelled = strcmp(PQgetvalue(res, 0, 0), "DECLINED") == 0;
-    PQclear(res);
-    if (cancelled) {
-        log_info("payment skipped, order already cancelled order_id=%s", o.order_id);
-        return cm_outbox_add_outcome(tx, EV_PAYMENT_COMPLETED, o.order_id, false,
-                                     "ORDER_CANCELLED", rec->traceparent);
-    }
-    r = cm_db_query(tx, &res, charge_sql, 3, p);
-    if (r < 0)
-        return r;
-    const char *verdict = PQgetvalue(res, 0, 0);
     bool approved = strcmp(verdict, "OK") == 0;
-    r = cm_outbox_add_outcome(tx, EV_PAYMENT_COMPLETED, o.order_id, approved, verdict,
-                              rec->traceparent);
     cm_metrics_add(cm_daemon_metrics(ctx), "orders_payments_total",
                    approved ? "outcome=\"charged\"" : "outcome=\"declined\"", 1);
-    if (r == 0)
-        log_info("payment %s order_id=%s customer_id=%s amount_cents=%" PRId64 " reason=%s",
-                 approved ? "charged" : "declined", o.order_id, o.customer_id, o.amount_cents,
-                 verdict);
-    PQclear(res);
-    return r;
+    log_info("payment %s order_id=%s customer_id=%s amount_cents=%" PRId64 " reason=%s",
+             approved ? "charged" : "declined", o.order_id, o.customer_id, o.amount_cents,
+             verdict);
+    return 0;
 }
 
 /* Compensation: stock was rejected, so the charge is refunded; if the order

@@ -106,18 +106,21 @@ def percentile(sorted_values, p):
 
 
 def proc_status(pid):
-    """VmRSS and VmHWM (kB) of a process, or None if it is gone."""
+    """VmRSS, VmHWM and RssAnon (kB) of a process, or None if it is gone.
+    RssAnon is the process's own memory; the rest of VmRSS is shared library
+    pages (libcrypto, libkrb5, ...) that other processes map too."""
     out = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM", "Name"):
+                if key in ("VmRSS", "VmHWM", "RssAnon", "Name"):
                     out[key] = rest.strip()
     except OSError:
         return None
-    kb = {k: int(out[k].split()[0]) for k in ("VmRSS", "VmHWM") if k in out}
-    return {"name": out.get("Name", "?"), "rss_kb": kb.get("VmRSS"), "hwm_kb": kb.get("VmHWM")}
+    kb = {k: int(out[k].split()[0]) for k in ("VmRSS", "VmHWM", "RssAnon") if k in out}
+    return {"name": out.get("Name", "?"), "rss_kb": kb.get("VmRSS"), "hwm_kb": kb.get("VmHWM"),
+            "anon_kb": kb.get("RssAnon")}
 
 
 def listening_inodes(port):
@@ -321,7 +324,8 @@ class Bench:
         for name, pid in daemons:
             st = proc_status(pid)
             mem.append({"daemon": name, "pid": pid,
-                        "rss_kb": st and st["rss_kb"], "hwm_kb": st and st["hwm_kb"]})
+                        "rss_kb": st and st["rss_kb"], "hwm_kb": st and st["hwm_kb"],
+                        "anon_kb": st and st["anon_kb"]})
         return {
             "orders": self.args.orders,
             "posted": len(posted),
@@ -365,7 +369,9 @@ def print_human(r):
     for m in r["memory"]:
         rss = "gone" if m["rss_kb"] is None else f"{m['rss_kb'] / 1024:.1f} MiB"
         hwm = "-" if m["hwm_kb"] is None else f"{m['hwm_kb'] / 1024:.1f} MiB"
-        print(f"memory            {m['daemon']:<18} pid {m['pid']:<8} VmRSS {rss:<10} VmHWM {hwm}")
+        anon = "-" if m.get("anon_kb") is None else f"{m['anon_kb'] / 1024:.1f} MiB"
+        print(f"memory            {m['daemon']:<18} pid {m['pid']:<8} VmRSS {rss:<10} "
+              f"VmHWM {hwm:<10} RssAnon {anon}")
     for e in r["first_post_errors"]:
         print(f"post error        {e}")
 
