@@ -20,6 +20,7 @@
 typedef struct {
     rd_kafka_message_t *msg;
     char traceparent[TRACEPARENT_MAX];
+    char trace_id[33];
     bool has_traceparent;
 } slot;
 
@@ -66,12 +67,15 @@ static void slot_fill(slot *s, rd_kafka_message_t *m)
 
     s->msg = m;
     s->has_traceparent = false;
+    snprintf(s->trace_id, sizeof(s->trace_id), "-");
     if (rd_kafka_message_headers(m, &h) == 0 &&
         rd_kafka_header_get_last(h, EV_HDR_TRACEPARENT, &v, &len) == 0 && v &&
         len < TRACEPARENT_MAX) {
         memcpy(s->traceparent, v, len);
         s->traceparent[len] = '\0';
         s->has_traceparent = true;
+        if (ev_traceparent_valid(s->traceparent, len))
+            snprintf(s->trace_id, sizeof(s->trace_id), "%.32s", s->traceparent + 3);
     }
 }
 
@@ -106,7 +110,7 @@ bad:
 
 static int apply(loop *l, const slot *s, char *reason, size_t reasonlen)
 {
-    cm_record rec = {s->msg, s->has_traceparent ? s->traceparent : NULL};
+    cm_record rec = {s->msg, s->has_traceparent ? s->traceparent : NULL, s->trace_id};
     int r = precheck(l, s, reason, reasonlen);
 
     if (r < 0)
@@ -232,9 +236,10 @@ static void process_single(loop *l, const slot *s)
         }
         atomic_fetch_add(&l->cfg->health->retries, 1);
         count(l, "orders_retries_total", s->msg);
-        log_warning("retrying record topic=%s partition=%d offset=%lld attempt=%d reason=\"%s\"",
+        log_warning("retrying record topic=%s partition=%d offset=%lld attempt=%d reason=\"%s\" "
+                    "trace_id=%s",
                     rd_kafka_topic_name(s->msg->rkt), (int)s->msg->partition,
-                    (long long)s->msg->offset, attempts, reason);
+                    (long long)s->msg->offset, attempts, reason, s->trace_id);
         idle(l, l->cfg->backoff_ms);
     }
 }

@@ -32,7 +32,14 @@
 typedef struct {
     const rd_kafka_message_t *msg;
     const char *traceparent; /* NUL-terminated copy of the header, or NULL */
+    const char *trace_id;    /* its 32 hex digits, or "-" */
 } cm_record;
+
+/* The key=value fields that place a record in a log line. */
+#define CM_REC_FMT "topic=%s partition=%d offset=%lld trace_id=%s"
+#define CM_REC_ARGS(rec)                                                                           \
+    rd_kafka_topic_name((rec)->msg->rkt), (int)(rec)->msg->partition,                             \
+        (long long)(rec)->msg->offset, (rec)->trace_id
 
 /* Applies rec inside the open transaction on tx. On failure writes a short
  * reason (used in logs and the DLT exception message). */

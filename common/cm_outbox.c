@@ -45,7 +45,8 @@ static void traceparent_child(const char *parent, char out[56])
     }
 }
 
-int cm_outbox_headers(ev_type type, const char *parent_traceparent, char **ret_json)
+int cm_outbox_headers(ev_type type, const char *parent_traceparent, char **ret_json,
+                      char *ret_trace_id)
 {
     char id[37], tp[56], version[12];
     json_t *h;
@@ -53,6 +54,8 @@ int cm_outbox_headers(ev_type type, const char *parent_traceparent, char **ret_j
 
     ev_uuid(id);
     traceparent_child(parent_traceparent, tp);
+    if (ret_trace_id)
+        snprintf(ret_trace_id, 33, "%.32s", tp + 3);
     snprintf(version, sizeof(version), "%d", EV_VERSION);
     h = json_pack("{s:s, s:s, s:s, s:s, s:s}", EV_HDR_EVENT_ID, id, EV_HDR_EVENT_TYPE,
                   ev_type_name(type), EV_HDR_EVENT_VERSION, version, EV_HDR_TRACEPARENT, tp,
@@ -73,7 +76,7 @@ int cm_outbox_add(PGconn *conn, ev_type type, const char *key, const char *paylo
     static const char sql[] =
         "INSERT INTO outbox(topic, msg_key, payload, headers) VALUES ($1, $2, $3, $4::jsonb)";
     char *headers = NULL;
-    int r = cm_outbox_headers(type, parent_traceparent, &headers);
+    int r = cm_outbox_headers(type, parent_traceparent, &headers, NULL);
 
     if (r < 0)
         return r;
@@ -120,7 +123,7 @@ int cm_outbox_apply_and_reply(PGconn *tx, ev_type reply_type, const char *claim_
 {
     char *payloads[4] = {0}, *headers = NULL;
     PGresult *res[2];
-    int r = cm_outbox_headers(reply_type, parent_traceparent, &headers);
+    int r = cm_outbox_headers(reply_type, parent_traceparent, &headers, NULL);
 
     /* The reply for every possible verdict is encoded here, by the codec;
      * the statement only picks one. */

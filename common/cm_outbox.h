@@ -28,8 +28,10 @@ extern const char cm_outbox_migration[];
 
 /* The headers of a new event as a JSON object text (caller frees): event-id,
  * event-type, event-version, traceparent (a child of parent_traceparent when
- * that is valid, else a new trace), __TypeId__. Returns 0 or -ENOMEM. */
-int cm_outbox_headers(ev_type type, const char *parent_traceparent, char **ret_json);
+ * that is valid, else a new trace), __TypeId__. If ret_trace_id is not NULL
+ * it receives the trace id (32 hex digits + NUL). Returns 0 or -ENOMEM. */
+int cm_outbox_headers(ev_type type, const char *parent_traceparent, char **ret_json,
+                      char *ret_trace_id);
 
 /* Inserts one event (payload is its JSON) for topic ev_type_topic(type) with
  * key into the outbox, on conn inside the caller's transaction. Returns 0 or

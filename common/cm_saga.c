@@ -57,10 +57,12 @@ int cm_saga_handle(const cm_saga_def *def, cm_metrics *metrics, PGconn *tx, cons
     r = cm_saga_compensate(tx, def->remember_sql, def->undo_sql, 2, p);
     if (r == CM_SAGA_UNDONE) {
         cm_metrics_add(metrics, def->metric, def->undone_labels, 1);
-        log_info("%s order_id=%s reason=%s", def->undone_log, order_id, why);
+        log_info("%s order_id=%s reason=%s " CM_REC_FMT, def->undone_log, order_id, why,
+                 CM_REC_ARGS(rec));
     } else if (r == CM_SAGA_REMEMBERED) {
         cm_metrics_add(metrics, def->metric, def->remembered_labels, 1);
-        log_info("%s order_id=%s reason=%s", def->remembered_log, order_id, why);
+        log_info("%s order_id=%s reason=%s " CM_REC_FMT, def->remembered_log, order_id, why,
+                 CM_REC_ARGS(rec));
     }
     return r < 0 ? r : 0;
 }

@@ -88,14 +88,15 @@ static int on_order_created(void *ctx, PGconn *tx, const cm_record *rec, char *r
         return r;
     if (r == 0) {
         /* A duplicate: its reply went to the outbox with the first one. */
-        log_info("duplicate order ignored order_id=%s", o.order_id);
+        log_info("duplicate order ignored order_id=%s " CM_REC_FMT, o.order_id, CM_REC_ARGS(rec));
         return 0;
     }
     bool reserved = strcmp(verdict, "OK") == 0;
     cm_metrics_add(cm_daemon_metrics(ctx), "orders_reservations_total",
                    reserved ? "outcome=\"reserved\"" : "outcome=\"rejected\"", 1);
-    log_info("stock %s order_id=%s sku=%s quantity=%d reason=%s",
-             reserved ? "reserved" : "rejected", o.order_id, o.sku, (int)o.quantity, verdict);
+    log_info("stock %s order_id=%s sku=%s quantity=%d reason=%s " CM_REC_FMT,
+             reserved ? "reserved" : "rejected", o.order_id, o.sku, (int)o.quantity, verdict,
+             CM_REC_ARGS(rec));
     return 0;
 }
 

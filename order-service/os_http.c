@@ -146,7 +146,7 @@ static void post_order(void *ctx, const cm_http_req *req, cm_http_resp *resp)
 {
     const char *key = cm_http_header(req, "Idempotency-Key");
     ev_order_created o = {0};
-    char *json = NULL, *headers = NULL;
+    char *json = NULL, *headers = NULL, trace_id[33];
     PGconn *conn;
     int r;
 
@@ -160,7 +160,8 @@ static void post_order(void *ctx, const cm_http_req *req, cm_http_resp *resp)
     ev_uuid(o.order_id);
     r = ev_order_created_encode(&o, &json);
     if (r == 0)
-        r = cm_outbox_headers(EV_ORDER_CREATED, cm_http_header(req, "traceparent"), &headers);
+        r = cm_outbox_headers(EV_ORDER_CREATED, cm_http_header(req, "traceparent"), &headers,
+                              trace_id);
     if (r < 0) {
         cm_http_problem(resp, 400, "Bad Request", "the order is not valid");
         goto out;
@@ -174,8 +175,9 @@ static void post_order(void *ctx, const cm_http_req *req, cm_http_resp *resp)
     if (r <= 0)
         goto out;
     cm_metrics_add(cm_daemon_metrics(ctx), "orders_placed_total", "", 1);
-    log_info("order accepted order_id=%s customer_id=%s sku=%s quantity=%d amount_cents=%" PRId64,
-             o.order_id, o.customer_id, o.sku, (int)o.quantity, o.amount_cents);
+    log_info("order accepted order_id=%s customer_id=%s sku=%s quantity=%d amount_cents=%" PRId64
+             " trace_id=%s",
+             o.order_id, o.customer_id, o.sku, (int)o.quantity, o.amount_cents, trace_id);
     resp->status = 202;
     snprintf(resp->location, sizeof(resp->location), "/orders/%s", o.order_id);
     resp->body = json_pack("{s:s, s:s}", "orderId", o.order_id, "status", "PENDING");

@@ -47,8 +47,8 @@ static os_outcome outcome_of(PGresult *res, int col)
 }
 
 /* Applies one side's reply to the order, under its row lock. */
-static int apply_reply(cm_daemon *d, PGconn *tx, const char *order_id, os_side side, bool yes,
-                       const char *why, char *reason, size_t reasonlen)
+static int apply_reply(cm_daemon *d, PGconn *tx, const cm_record *rec, const char *order_id,
+                       os_side side, bool yes, const char *why, char *reason, size_t reasonlen)
 {
     static const char lock_sql[] =
         "SELECT status, payment_approved, inventory_reserved FROM orders"
@@ -83,8 +83,8 @@ static int apply_reply(cm_daemon *d, PGconn *tx, const char *order_id, os_side s
     PQclear(res);
     before = st.status;
     if (!os_settle_apply(&st, side, yes)) {
-        log_info("duplicate reply ignored order_id=%s side=%s", order_id,
-                 side == OS_SIDE_PAYMENT ? "payment" : "inventory");
+        log_info("duplicate reply ignored order_id=%s side=%s " CM_REC_FMT, order_id,
+                 side == OS_SIDE_PAYMENT ? "payment" : "inventory", CM_REC_ARGS(rec));
         return 0;
     }
     /* A settled order keeps its settled_at: only the first settling sets it. */
@@ -95,7 +95,8 @@ static int apply_reply(cm_daemon *d, PGconn *tx, const char *order_id, os_side s
     if (r == 0 && before == OS_PENDING && st.status != OS_PENDING) {
         cm_metrics_add(cm_daemon_metrics(d), "orders_settled_total",
                        st.status == OS_CONFIRMED ? "status=\"CONFIRMED\"" : "status=\"REJECTED\"", 1);
-        log_info("order settled order_id=%s status=%s", order_id, os_status_name(st.status));
+        log_info("order settled order_id=%s status=%s " CM_REC_FMT, order_id,
+                 os_status_name(st.status), CM_REC_ARGS(rec));
     }
     return r;
 }
@@ -107,7 +108,7 @@ static int on_payment(void *ctx, PGconn *tx, const cm_record *rec, char *reason,
     int r = ev_payment_completed_decode(rec->msg->payload, rec->msg->len, &e, reason, reasonlen);
     if (r < 0)
         return r;
-    return apply_reply(ctx, tx, e.order_id, OS_SIDE_PAYMENT, e.approved, e.reason, reason, reasonlen);
+    return apply_reply(ctx, tx, rec, e.order_id, OS_SIDE_PAYMENT, e.approved, e.reason, reason, reasonlen);
 }
 
 static int on_inventory(void *ctx, PGconn *tx, const cm_record *rec, char *reason,
@@ -117,7 +118,7 @@ static int on_inventory(void *ctx, PGconn *tx, const cm_record *rec, char *reaso
     int r = ev_inventory_reserved_decode(rec->msg->payload, rec->msg->len, &e, reason, reasonlen);
     if (r < 0)
         return r;
-    return apply_reply(ctx, tx, e.order_id, OS_SIDE_INVENTORY, e.reserved, e.reason, reason,
+    return apply_reply(ctx, tx, rec, e.order_id, OS_SIDE_INVENTORY, e.reserved, e.reason, reason,
                        reasonlen);
 }
 

@@ -89,15 +89,15 @@ static int on_order_created(void *ctx, PGconn *tx, const cm_record *rec, char *r
         return r;
     if (r == 0) {
         /* A duplicate: its reply went to the outbox with the first one. */
-        log_info("duplicate order ignored order_id=%s", o.order_id);
+        log_info("duplicate order ignored order_id=%s " CM_REC_FMT, o.order_id, CM_REC_ARGS(rec));
         return 0;
     }
     bool approved = strcmp(verdict, "OK") == 0;
     cm_metrics_add(cm_daemon_metrics(ctx), "orders_payments_total",
                    approved ? "outcome=\"charged\"" : "outcome=\"declined\"", 1);
-    log_info("payment %s order_id=%s customer_id=%s amount_cents=%" PRId64 " reason=%s",
+    log_info("payment %s order_id=%s customer_id=%s amount_cents=%" PRId64 " reason=%s " CM_REC_FMT,
              approved ? "charged" : "declined", o.order_id, o.customer_id, o.amount_cents,
-             verdict);
+             verdict, CM_REC_ARGS(rec));
     return 0;
 }
 

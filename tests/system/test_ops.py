@@ -201,3 +201,34 @@ def test_counters_move(stack):
     assert metric(order_svc.url, "orders_http_requests_total", route="/orders", method="POST",
                   status="202") == posts0 + 1
     assert metric(order_svc.url, "orders_ready") == 1
+
+
+def test_log_lines_carry_record_fields_and_one_trace(stack):
+    """One line per event with key=value fields; the order's trace id (from
+    the client's traceparent) is in the lines of all three daemons."""
+    cust, sku = stack.uid("c"), stack.uid("s")
+    stack.fund(cust, 500)
+    stack.set_stock(sku, 5)
+    trace = os.urandom(16).hex()
+    r = requests.post(stack.orders.base + "/orders", timeout=10,
+                      json={"customerId": cust, "sku": sku, "quantity": 1, "amountCents": 100},
+                      headers={"Content-Type": "application/json",
+                               "traceparent": f"00-{trace}-{os.urandom(8).hex()}-01"})
+    assert r.status_code == 202
+    oid = r.json()["orderId"]
+    stack.orders.wait_settled(oid, need=("payment", "inventory"))
+
+    def lines(name):
+        return [line for line in stack.daemons[name].log_path.read_text().splitlines()
+                if f"order_id={oid}" in line]
+
+    accepted = [line for line in lines("order-service") if "order accepted" in line]
+    assert len(accepted) == 1 and f"trace_id={trace}" in accepted[0], accepted
+    for name, topic in (("payment-service", "orders.created"),
+                        ("inventory-service", "orders.created"),
+                        ("order-service", "payments.completed|inventory.reserved")):
+        event = [line for line in lines(name) if "topic=" in line]
+        assert event, f"{name}: no event line for {oid}"
+        for line in event:
+            assert re.search(rf"topic=({topic}) partition=\d+ offset=\d+ trace_id={trace}",
+                             line), f"{name}: {line}"
