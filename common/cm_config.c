@@ -97,11 +97,11 @@ static int load_one(const cm_cfg_item *it, void *cfg, char *err, size_t errlen)
         return 0;
     case CM_CFG_INT:
     case CM_CFG_DURATION:
-        if ((it->type == CM_CFG_INT ? parse_ll(v, &n) : parse_duration(v, &n)) < 0 ||
-            n < it->min || n > it->max) {
-            snprintf(err, errlen, "invalid %s=\"%s\": must be %s between %lld and %lld%s",
-                     it->name, v, it->type == CM_CFG_INT ? "an integer" : "a duration", it->min,
-                     it->max, it->type == CM_CFG_INT ? "" : " ms (units ms, s, m, h)");
+        if ((it->type == CM_CFG_INT ? parse_ll(v, &n) : parse_duration(v, &n)) < 0 || n < it->min ||
+            n > it->max) {
+            snprintf(err, errlen, "invalid %s=\"%s\": must be %s between %lld and %lld%s", it->name,
+                     v, it->type == CM_CFG_INT ? "an integer" : "a duration", it->min, it->max,
+                     it->type == CM_CFG_INT ? "" : " ms (units ms, s, m, h)");
             return -EINVAL;
         }
         *(long long *)slot = n;

@@ -21,13 +21,13 @@ typedef enum {
 } cm_cfg_type;
 
 typedef struct {
-    const char *name;     /* environment variable */
+    const char *name; /* environment variable */
     cm_cfg_type type;
-    const char *def;      /* default as text; NULL = required */
-    long long min, max;   /* for INT and DURATION */
-    size_t offset;        /* offsetof() in the caller's struct */
-    bool secret;          /* masked when printed */
-    const char *help;     /* one line for the configuration reference */
+    const char *def;    /* default as text; NULL = required */
+    long long min, max; /* for INT and DURATION */
+    size_t offset;      /* offsetof() in the caller's struct */
+    bool secret;        /* masked when printed */
+    const char *help;   /* one line for the configuration reference */
 } cm_cfg_item;
 
 /* Loads every item into cfg. Returns 0, or -EINVAL with a message in err

@@ -151,7 +151,8 @@ static void idle(loop *l, long long ms)
         if (!as && rd_kafka_assignment(l->rk, &as) == 0)
             rd_kafka_pause_partitions(l->rk, as);
         clock_gettime(CLOCK_MONOTONIC, &now);
-        long long el = (now.tv_sec - start.tv_sec) * 1000LL + (now.tv_nsec - start.tv_nsec) / 1000000;
+        long long el =
+            (now.tv_sec - start.tv_sec) * 1000LL + (now.tv_nsec - start.tv_nsec) / 1000000;
         if (el >= ms || *l->stop)
             break;
         if (l->cfg->tick)

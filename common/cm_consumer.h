@@ -25,8 +25,8 @@
 #include "cm_health.h"
 
 #include <libpq-fe.h>
-#include <signal.h>
 #include <librdkafka/rdkafka.h>
+#include <signal.h>
 #include <stddef.h>
 
 typedef struct {
@@ -38,7 +38,7 @@ typedef struct {
 /* The key=value fields that place a record in a log line. */
 #define CM_REC_FMT "topic=%s partition=%d offset=%lld trace_id=%s"
 #define CM_REC_ARGS(rec)                                                                           \
-    rd_kafka_topic_name((rec)->msg->rkt), (int)(rec)->msg->partition,                             \
+    rd_kafka_topic_name((rec)->msg->rkt), (int)(rec)->msg->partition,                              \
         (long long)(rec)->msg->offset, (rec)->trace_id
 
 /* Applies rec inside the open transaction on tx. On failure writes a short
@@ -57,10 +57,10 @@ typedef struct {
     const char *db_url;
     const cm_subscription *subs;
     size_t nsubs;
-    void *ctx;             /* passed to every handler */
-    int batch_max;         /* records per transaction */
-    int max_retries;       /* for failures tied to a record */
-    long long backoff_ms;  /* between those retries */
+    void *ctx;            /* passed to every handler */
+    int batch_max;        /* records per transaction */
+    int max_retries;      /* for failures tied to a record */
+    long long backoff_ms; /* between those retries */
     cm_health *health;
     /* Called once stop is seen, before the consumer is closed (the daemon
      * stops its HTTP server there: the documented drain order). */

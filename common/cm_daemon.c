@@ -31,8 +31,7 @@ static const cm_cfg_item base_items[] = {
      "address the HTTP server listens on"},
     {"HTTP_PORT", CM_CFG_INT, NULL, 1, 65535, BASE(http_port), false,
      "port of the HTTP server (API, /healthz, /readyz)"},
-    {"HTTP_THREADS", CM_CFG_INT, "4", 1, 256, BASE(http_threads), false,
-     "HTTP worker threads"},
+    {"HTTP_THREADS", CM_CFG_INT, "4", 1, 256, BASE(http_threads), false, "HTTP worker threads"},
     {"HTTP_BODY_MAX", CM_CFG_INT, "65536", 256, 16777216, BASE(http_body_max), false,
      "largest accepted request body in bytes (larger: 413)"},
     {"DATABASE_URL", CM_CFG_STRING, NULL, 0, 0, BASE(database_url), false,
@@ -83,8 +82,10 @@ static int load_config(cm_daemon *d, cm_cfg_item *items, char *err, size_t errle
     if (r == 0 && d->def->ncfg_items)
         r = cm_config_load(d->def->cfg_items, d->def->ncfg_items, d->def->cfg, err, errlen);
     if (r == 0 && cm_log_level_parse(d->base.log_level) < 0) {
-        snprintf(err, errlen, "invalid LOG_LEVEL=\"%s\": must be debug, info, notice, warning "
-                 "or error", d->base.log_level);
+        snprintf(err, errlen,
+                 "invalid LOG_LEVEL=\"%s\": must be debug, info, notice, warning "
+                 "or error",
+                 d->base.log_level);
         r = -EINVAL;
     }
     return r;
@@ -194,8 +195,7 @@ static void ready_route(void *ctx, const cm_http_req *req, cm_http_resp *resp)
     resp->body = json_pack("{s:s, s:b, s:b, s:b, s:b}", "status", ready ? "ready" : "not ready",
                            "started", atomic_load(&h->started), "database",
                            atomic_load(&h->db_ok) && atomic_load(&h->relay_db_ok), "kafka",
-                           atomic_load(&h->kafka_ok), "outbox",
-                           atomic_load(&h->relay_db_ok));
+                           atomic_load(&h->kafka_ok), "outbox", atomic_load(&h->relay_db_ok));
 }
 
 PGconn *cm_daemon_db(cm_daemon *d, cm_http_resp *resp)
@@ -295,12 +295,20 @@ static int run(cm_daemon *d)
     }
     if (r == 0) {
         cm_consumer_config cc = {
-            .client_id = d->def->name, .group = d->base.consumer_group,
-            .db_url = d->base.database_url, .subs = d->def->subs, .nsubs = d->def->nsubs,
-            .ctx = d, .batch_max = (int)d->base.consumer_batch,
-            .max_retries = (int)d->base.retry_max, .backoff_ms = d->base.retry_backoff_ms,
-            .health = &d->health, .before_close = stop_http, .before_close_arg = d,
-            .tick = tick, .tick_arg = &d->notify,
+            .client_id = d->def->name,
+            .group = d->base.consumer_group,
+            .db_url = d->base.database_url,
+            .subs = d->def->subs,
+            .nsubs = d->def->nsubs,
+            .ctx = d,
+            .batch_max = (int)d->base.consumer_batch,
+            .max_retries = (int)d->base.retry_max,
+            .backoff_ms = d->base.retry_backoff_ms,
+            .health = &d->health,
+            .before_close = stop_http,
+            .before_close_arg = d,
+            .tick = tick,
+            .tick_arg = &d->notify,
         };
         cm_notify_init(&d->notify, &d->health);
         atomic_store(&d->health.started, true);

@@ -202,11 +202,10 @@ int cm_db_pipeline(PGconn *conn, const cm_db_stmt *stmts, int n, PGresult **ret)
     if (!PQenterPipelineMode(conn))
         return -ECONNRESET;
     for (int i = 0; i < n; i++) {
-        int ok = names[i][0]
-                     ? PQsendQueryPrepared(conn, names[i], stmts[i].nparams, stmts[i].params,
-                                           NULL, NULL, 0)
-                     : PQsendQueryParams(conn, stmts[i].sql, stmts[i].nparams, NULL,
-                                         stmts[i].params, NULL, NULL, 0);
+        int ok = names[i][0] ? PQsendQueryPrepared(conn, names[i], stmts[i].nparams,
+                                                   stmts[i].params, NULL, NULL, 0)
+                             : PQsendQueryParams(conn, stmts[i].sql, stmts[i].nparams, NULL,
+                                                 stmts[i].params, NULL, NULL, 0);
         if (!ok)
             return -ECONNRESET;
     }
@@ -258,8 +257,7 @@ static int migrate_one(PGconn *conn, int version, const char *sql)
     if (r == 0)
         r = cm_db_exec(conn, "COMMIT");
     if (r < 0) {
-        log_error("could not apply migration version=%d error=\"%s\"", version,
-                  cm_db_error(conn));
+        log_error("could not apply migration version=%d error=\"%s\"", version, cm_db_error(conn));
         cm_db_exec(conn, "ROLLBACK");
         return r;
     }

@@ -32,8 +32,8 @@ rd_kafka_headers_t *cm_dlt_headers(const rd_kafka_message_t *m, const char *grou
     rd_kafka_timestamp_type_t tstype;
     int64_t ts = rd_kafka_message_timestamp(m, &tstype);
     uint8_t part[4], off[8], tsb[8];
-    const char *tsname = tstype == RD_KAFKA_TIMESTAMP_LOG_APPEND_TIME ? "LOG_APPEND_TIME"
-                                                                        : "CREATE_TIME";
+    const char *tsname =
+        tstype == RD_KAFKA_TIMESTAMP_LOG_APPEND_TIME ? "LOG_APPEND_TIME" : "CREATE_TIME";
 
     if (rd_kafka_message_headers(m, &orig) == RD_KAFKA_RESP_ERR_NO_ERROR && orig)
         h = rd_kafka_headers_copy(orig);
@@ -79,11 +79,11 @@ int cm_dlt_publish(rd_kafka_t *producer, const rd_kafka_message_t *m, const char
                        reason);
     if (!h)
         return -ENOMEM;
-    err = rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(m->partition),
-                            RD_KAFKA_V_KEY(m->key, m->key_len),
-                            RD_KAFKA_V_VALUE(m->payload, m->len),
-                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
-                            RD_KAFKA_V_OPAQUE((void *)&state), RD_KAFKA_V_END);
+    err =
+        rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(m->partition),
+                          RD_KAFKA_V_KEY(m->key, m->key_len), RD_KAFKA_V_VALUE(m->payload, m->len),
+                          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
+                          RD_KAFKA_V_OPAQUE((void *)&state), RD_KAFKA_V_END);
     if (err) {
         rd_kafka_headers_destroy(h);
         log_error("could not produce to %s error=\"%s\"", topic, rd_kafka_err2str(err));

@@ -50,8 +50,8 @@ void cm_http_problem(cm_http_resp *resp, int status, const char *title, const ch
     json_decref(resp->body);
     resp->status = status;
     resp->ctype = "application/problem+json";
-    resp->body = json_pack("{s:s, s:s, s:i, s:s}", "type", "about:blank", "title", title,
-                           "status", status, "detail", detail);
+    resp->body = json_pack("{s:s, s:s, s:i, s:s}", "type", "about:blank", "title", title, "status",
+                           status, "detail", detail);
 }
 
 json_t *cm_http_json_body(const cm_http_req *req, cm_http_resp *resp)
@@ -65,8 +65,8 @@ json_t *cm_http_json_body(const cm_http_req *req, cm_http_resp *resp)
     }
     j = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &e);
     if (!j) {
-        cm_http_problem(resp, 400, "Bad Request", "invalid JSON at line %d column %d: %s",
-                        e.line, e.column, e.text);
+        cm_http_problem(resp, 400, "Bad Request", "invalid JSON at line %d column %d: %s", e.line,
+                        e.column, e.text);
         return NULL;
     }
     if (!json_is_object(j)) {
@@ -83,8 +83,10 @@ int cm_http_json_int(json_t *obj, const char *key, long long min, long long max,
     json_t *v = json_object_get(obj, key);
 
     if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
-        cm_http_problem(resp, 400, "Bad Request", "field \"%s\" must be an integer between %lld "
-                        "and %lld", key, min, max);
+        cm_http_problem(resp, 400, "Bad Request",
+                        "field \"%s\" must be an integer between %lld "
+                        "and %lld",
+                        key, min, max);
         return -EINVAL;
     }
     *ret = json_integer_value(v);
@@ -127,8 +129,7 @@ static enum MHD_Result send_resp(struct MHD_Connection *c, cm_http_resp *resp, c
         return MHD_NO;
     }
     if (text)
-        MHD_add_response_header(r, "Content-Type",
-                                resp->ctype ? resp->ctype : "application/json");
+        MHD_add_response_header(r, "Content-Type", resp->ctype ? resp->ctype : "application/json");
     if (resp->location[0])
         MHD_add_response_header(r, "Location", resp->location);
     if (allow)
@@ -138,18 +139,18 @@ static enum MHD_Result send_resp(struct MHD_Connection *c, cm_http_resp *resp, c
     return ret;
 }
 
-static enum MHD_Result finish(cm_http *h, struct MHD_Connection *c, reqstate *st,
-                              const char *route, const char *method, cm_http_resp *resp,
-                              const char *allow)
+static enum MHD_Result finish(cm_http *h, struct MHD_Connection *c, reqstate *st, const char *route,
+                              const char *method, cm_http_resp *resp, const char *allow)
 {
     struct timespec now;
     char labels[192];
     double secs;
 
     clock_gettime(CLOCK_MONOTONIC, &now);
-    secs = (double)(now.tv_sec - st->start.tv_sec) + (double)(now.tv_nsec - st->start.tv_nsec) / 1e9;
-    snprintf(labels, sizeof(labels), "route=\"%s\",method=\"%s\",status=\"%d\"", route,
-             method, resp->status);
+    secs =
+        (double)(now.tv_sec - st->start.tv_sec) + (double)(now.tv_nsec - st->start.tv_nsec) / 1e9;
+    snprintf(labels, sizeof(labels), "route=\"%s\",method=\"%s\",status=\"%d\"", route, method,
+             resp->status);
     cm_metrics_add(h->metrics, "orders_http_requests_total", labels, 1);
     snprintf(labels, sizeof(labels), "route=\"%s\"", route);
     cm_metrics_observe(h->metrics, "orders_http_request_duration_seconds", labels, secs);
@@ -182,11 +183,10 @@ static enum MHD_Result dispatch(cm_http *h, struct MHD_Connection *c, const char
         }
         cm_http_req req = {method, url, param, st->body, st->len, c};
         if (st->too_large) {
-            cm_http_problem(&resp, 413, "Content Too Large",
-                            "request body exceeds %zu bytes", h->body_max);
-        } else if (st->len > 0 &&
-                   !is_json_ctype(MHD_lookup_connection_value(c, MHD_HEADER_KIND,
-                                                              "Content-Type"))) {
+            cm_http_problem(&resp, 413, "Content Too Large", "request body exceeds %zu bytes",
+                            h->body_max);
+        } else if (st->len > 0 && !is_json_ctype(MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                                             "Content-Type"))) {
             cm_http_problem(&resp, 415, "Unsupported Media Type",
                             "request body must be application/json");
         } else {
@@ -195,8 +195,8 @@ static enum MHD_Result dispatch(cm_http *h, struct MHD_Connection *c, const char
         return finish(h, c, st, rt->pattern, method, &resp, NULL);
     }
     if (allow[0]) {
-        cm_http_problem(&resp, 405, "Method Not Allowed", "method %s is not allowed on %s",
-                        method, url);
+        cm_http_problem(&resp, 405, "Method Not Allowed", "method %s is not allowed on %s", method,
+                        url);
         return finish(h, c, st, "unmatched", "other", &resp, allow);
     }
     cm_http_problem(&resp, 404, "Not Found", "no resource at %s", url);
@@ -204,8 +204,8 @@ static enum MHD_Result dispatch(cm_http *h, struct MHD_Connection *c, const char
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload, size_t *upload_size, void **con_cls)
+                                  const char *method, const char *version, const char *upload,
+                                  size_t *upload_size, void **con_cls)
 {
     cm_http *h = cls;
     reqstate *st = *con_cls;
@@ -273,8 +273,7 @@ int cm_http_start(const char *addr, int port, int threads, size_t body_max,
                   const cm_http_route *routes, size_t nroutes, void *ctx, cm_metrics *metrics,
                   cm_http **ret)
 {
-    struct addrinfo hints = {.ai_flags = AI_NUMERICHOST | AI_PASSIVE,
-                             .ai_socktype = SOCK_STREAM};
+    struct addrinfo hints = {.ai_flags = AI_NUMERICHOST | AI_PASSIVE, .ai_socktype = SOCK_STREAM};
     struct addrinfo *ai = NULL;
     char portstr[8];
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | MHD_USE_EPOLL;
@@ -297,10 +296,9 @@ int cm_http_start(const char *addr, int port, int threads, size_t body_max,
         flags |= MHD_USE_IPv6;
     h->daemon = MHD_start_daemon(
         flags, (uint16_t)port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)threads, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)30, MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log,
-        NULL, MHD_OPTION_END);
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)threads, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+        NULL, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!h->daemon) {
         free(h);

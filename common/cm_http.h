@@ -27,10 +27,10 @@ typedef struct {
 
 typedef struct {
     int status;
-    json_t *body;         /* owned; sent as JSON */
-    char *text;           /* owned (malloc); sent as is when body is NULL */
-    const char *ctype;    /* default application/json */
-    char location[256];   /* Location header if non-empty */
+    json_t *body;       /* owned; sent as JSON */
+    char *text;         /* owned (malloc); sent as is when body is NULL */
+    const char *ctype;  /* default application/json */
+    char location[256]; /* Location header if non-empty */
 } cm_http_resp;
 
 typedef void (*cm_http_fn)(void *ctx, const cm_http_req *req, cm_http_resp *resp);

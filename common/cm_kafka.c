@@ -76,12 +76,15 @@ static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
     return 0; /* librdkafka frees json */
 }
 
-int cm_kafka_conf(cm_kafka_role role, const char *client_id, const char *group,
-                  cm_health *health, rd_kafka_conf_t **ret, char *err, size_t errlen)
+int cm_kafka_conf(cm_kafka_role role, const char *client_id, const char *group, cm_health *health,
+                  rd_kafka_conf_t **ret, char *err, size_t errlen)
 {
     static const char *const producer_defaults[][2] = {
-        {"enable.idempotence", "true"}, {"acks", "all"}, {"linger.ms", "1"},
-        {"message.timeout.ms", "30000"}, {"compression.type", "lz4"},
+        {"enable.idempotence", "true"},
+        {"acks", "all"},
+        {"linger.ms", "1"},
+        {"message.timeout.ms", "30000"},
+        {"compression.type", "lz4"},
         /* Java's partitioner: a Spring service producing the same keys puts
          * them on the same partitions as we do. */
         {"partitioner", "murmur2_random"},

@@ -23,8 +23,8 @@ typedef enum {
  * Hooks librdkafka's log and error callbacks into cm_log and health->kafka_ok.
  * Returns 0 with *ret set (caller owns it until rd_kafka_new takes it), or
  * -EINVAL with err naming the bad variable. */
-int cm_kafka_conf(cm_kafka_role role, const char *client_id, const char *group,
-                  cm_health *health, rd_kafka_conf_t **ret, char *err, size_t errlen);
+int cm_kafka_conf(cm_kafka_role role, const char *client_id, const char *group, cm_health *health,
+                  rd_kafka_conf_t **ret, char *err, size_t errlen);
 
 /* Creates a client from conf (which it takes, even on failure). */
 int cm_kafka_new(cm_kafka_role role, rd_kafka_conf_t *conf, rd_kafka_t **ret, char *err,

@@ -30,7 +30,7 @@ int cm_log_level_parse(const char *s)
         const char *name;
         int prio;
     } levels[] = {
-        {"debug", LOG_DEBUG}, {"info", LOG_INFO},  {"notice", LOG_NOTICE},
+        {"debug", LOG_DEBUG},     {"info", LOG_INFO}, {"notice", LOG_NOTICE},
         {"warning", LOG_WARNING}, {"error", LOG_ERR},
     };
     for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++)
@@ -78,9 +78,10 @@ void cm_logv(int priority, const char *fmt, va_list ap)
         struct tm tm;
         gettimeofday(&tv, NULL);
         gmtime_r(&tv.tv_sec, &tm);
-        w = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s: ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, (long)(tv.tv_usec / 1000), log_ident, level_name(priority));
+        w = snprintf(line, sizeof(line),
+                     "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s: ", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     (long)(tv.tv_usec / 1000), log_ident, level_name(priority));
     }
     if (w > 0)
         n = (size_t)w;

@@ -22,9 +22,9 @@ typedef struct {
 } descriptor;
 
 typedef struct {
-    int desc;      /* index into descriptors */
-    char *labels;  /* owned */
-    double value;  /* counter/gauge value; histogram sum */
+    int desc;     /* index into descriptors */
+    char *labels; /* owned */
+    double value; /* counter/gauge value; histogram sum */
     unsigned long long count;
     unsigned long long buckets[NBUCKETS];
 } series;

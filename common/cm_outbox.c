@@ -131,7 +131,8 @@ int cm_outbox_apply_and_reply(PGconn *tx, ev_type reply_type, const char *claim_
         r = encode_outcome(reply_type, params[0], i == 0, verdicts[i], &payloads[i]);
     if (r == 0) {
         const char *p[9] = {params[0],   params[1],   params[2],   ev_type_topic(reply_type),
-                            payloads[0], payloads[1], payloads[2], payloads[3], headers};
+                            payloads[0], payloads[1], payloads[2], payloads[3],
+                            headers};
         const cm_db_stmt stmts[2] = {{claim_sql, 3, params}, {apply_sql, 9, p}};
         r = cm_db_pipeline(tx, stmts, 2, res);
     }
@@ -275,8 +276,7 @@ static rd_kafka_headers_t *headers_from_json(const char *text)
     json_object_foreach(obj, name, v)
     {
         if (json_is_string(v))
-            rd_kafka_header_add(h, name, -1, json_string_value(v),
-                                (ssize_t)json_string_length(v));
+            rd_kafka_header_add(h, name, -1, json_string_value(v), (ssize_t)json_string_length(v));
     }
     json_decref(obj);
     return h;
@@ -290,11 +290,11 @@ static int produce_row(cm_relay *r, PGresult *res, int i, relay_slot *slot)
     rd_kafka_resp_err_t err;
 
     for (;;) {
-        err = rd_kafka_producev(
-            r->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, strlen(key)),
-            RD_KAFKA_V_VALUE((void *)value, (size_t)PQgetlength(res, i, 3)),
-            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
-            RD_KAFKA_V_OPAQUE(slot), RD_KAFKA_V_END);
+        err = rd_kafka_producev(r->producer, RD_KAFKA_V_TOPIC(topic),
+                                RD_KAFKA_V_KEY(key, strlen(key)),
+                                RD_KAFKA_V_VALUE((void *)value, (size_t)PQgetlength(res, i, 3)),
+                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
+                                RD_KAFKA_V_OPAQUE(slot), RD_KAFKA_V_END);
         if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
             break;
         rd_kafka_poll(r->producer, 50);
@@ -346,10 +346,9 @@ static int delete_acked(cm_relay *r, PGresult *res, relay_slot *slots, int n, in
 /* Publishes one batch; returns the number of rows read (>= 0) or a code. */
 static int relay_pass(cm_relay *r)
 {
-    static const char sql[] =
-        "SELECT id, topic, msg_key, payload, headers::text,"
-        " extract(epoch FROM clock_timestamp() - created_at)"
-        " FROM outbox ORDER BY id LIMIT $1";
+    static const char sql[] = "SELECT id, topic, msg_key, payload, headers::text,"
+                              " extract(epoch FROM clock_timestamp() - created_at)"
+                              " FROM outbox ORDER BY id LIMIT $1";
     char lim[16];
     const char *p[1] = {lim};
     PGresult *res;

@@ -35,13 +35,13 @@ int cm_saga_compensate(PGconn *tx, const char *remember_sql, const char *undo_sq
  * two statements (parameters $1 orderId, $2 the other side's reason), and
  * how results are counted and logged. */
 typedef struct {
-    ev_type type;                /* EV_PAYMENT_COMPLETED or EV_INVENTORY_RESERVED */
+    ev_type type; /* EV_PAYMENT_COMPLETED or EV_INVENTORY_RESERVED */
     const char *remember_sql;
     const char *undo_sql;
-    const char *metric;          /* counter, e.g. orders_payments_total */
-    const char *undone_labels;   /* e.g. outcome="refunded" */
+    const char *metric;        /* counter, e.g. orders_payments_total */
+    const char *undone_labels; /* e.g. outcome="refunded" */
     const char *remembered_labels;
-    const char *undone_log;      /* e.g. "payment refunded" */
+    const char *undone_log; /* e.g. "payment refunded" */
     const char *remembered_log;
 } cm_saga_def;
 

@@ -37,9 +37,18 @@ typedef struct {
 } field_spec;
 
 #define MEMBER_MAX(type, member) (sizeof(((type *)0)->member) - 1)
-#define F_STR(k, n, type, member) {n, k, offsetof(type, member), MEMBER_MAX(type, member), 0, 0}
-#define F_INT(k, n, type, member, l, h) {n, k, offsetof(type, member), 0, l, h}
-#define F_BOOL(n, type, member) {n, FIELD_BOOL, offsetof(type, member), 0, 0, 0}
+#define F_STR(k, n, type, member)                                                                  \
+    {                                                                                              \
+        n, k, offsetof(type, member), MEMBER_MAX(type, member), 0, 0                               \
+    }
+#define F_INT(k, n, type, member, l, h)                                                            \
+    {                                                                                              \
+        n, k, offsetof(type, member), 0, l, h                                                      \
+    }
+#define F_BOOL(n, type, member)                                                                    \
+    {                                                                                              \
+        n, FIELD_BOOL, offsetof(type, member), 0, 0, 0                                             \
+    }
 
 /* Keys in the seed's record order; the encoder writes them in this order. */
 static const field_spec order_created_fields[] = {
@@ -244,8 +253,7 @@ static int decode_field(const field_spec *f, json_t *v, void *ev)
     switch (f->kind) {
     case FIELD_ID:
     case FIELD_TEXT:
-        if (!json_is_string(v) ||
-            !string_valid(f, json_string_value(v), json_string_length(v)))
+        if (!json_is_string(v) || !string_valid(f, json_string_value(v), json_string_length(v)))
             return -EINVAL;
         memcpy(p, json_string_value(v), json_string_length(v) + 1);
         return 0;
@@ -281,8 +289,8 @@ static int load_object(const void *buf, size_t len, json_t **ret, char *err, siz
     json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &je);
 
     if (!root && json_error_code(&je) == json_error_numeric_overflow)
-        return fail(err, errlen, -EINVAL, "number out of range at line %d, column %d: %s",
-                    je.line, je.column, je.text);
+        return fail(err, errlen, -EINVAL, "number out of range at line %d, column %d: %s", je.line,
+                    je.column, je.text);
     if (!root)
         return fail(err, errlen, -EBADMSG, "invalid json at line %d, column %d: %s", je.line,
                     je.column, je.text);
@@ -316,8 +324,8 @@ int ev_order_created_decode(const void *buf, size_t len, ev_order_created *ret, 
                             size_t errlen)
 {
     ev_order_created e = {0};
-    int r = decode(order_created_fields, ELEMENTSOF(order_created_fields), buf, len, &e, err,
-                   errlen);
+    int r =
+        decode(order_created_fields, ELEMENTSOF(order_created_fields), buf, len, &e, err, errlen);
     if (r < 0)
         return r;
     *ret = e;
@@ -336,8 +344,8 @@ int ev_payment_completed_decode(const void *buf, size_t len, ev_payment_complete
     return 0;
 }
 
-int ev_inventory_reserved_decode(const void *buf, size_t len, ev_inventory_reserved *ret,
-                                 char *err, size_t errlen)
+int ev_inventory_reserved_decode(const void *buf, size_t len, ev_inventory_reserved *ret, char *err,
+                                 size_t errlen)
 {
     ev_inventory_reserved e = {0};
     int r = decode(inventory_reserved_fields, ELEMENTSOF(inventory_reserved_fields), buf, len, &e,

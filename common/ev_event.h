@@ -83,8 +83,8 @@ int ev_order_created_decode(const void *buf, size_t len, ev_order_created *ret, 
                             size_t errlen);
 int ev_payment_completed_decode(const void *buf, size_t len, ev_payment_completed *ret, char *err,
                                 size_t errlen);
-int ev_inventory_reserved_decode(const void *buf, size_t len, ev_inventory_reserved *ret,
-                                 char *err, size_t errlen);
+int ev_inventory_reserved_decode(const void *buf, size_t len, ev_inventory_reserved *ret, char *err,
+                                 size_t errlen);
 
 /* Validates an id-like string (orderId, customerId, sku): 1..max bytes of
  * printable ASCII without spaces. Returns true if acceptable. */

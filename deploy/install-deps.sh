@@ -12,7 +12,7 @@ PACKAGES=(
     maven kcat
     python3-confluent-kafka python3-psycopg python3-pytest python3-requests python3-jsonschema
     curl procps
-    systemd prometheus
+    systemd prometheus clang-format
 )
 
 usage() {

@@ -71,8 +71,7 @@ static const char reserve_sql[] =
 static int on_order_created(void *ctx, PGconn *tx, const cm_record *rec, char *reason,
                             size_t reasonlen)
 {
-    static const char *const verdicts[4] = {"OK", "OUT_OF_STOCK", "UNKNOWN_SKU",
-                                            "ORDER_CANCELLED"};
+    static const char *const verdicts[4] = {"OK", "OUT_OF_STOCK", "UNKNOWN_SKU", "ORDER_CANCELLED"};
     ev_order_created o;
     char qty[16], verdict[32];
     int r;

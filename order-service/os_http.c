@@ -25,7 +25,8 @@ static int json_id(json_t *body, const char *key, size_t max, char *out, size_t 
         !ev_id_valid(json_string_value(v), max)) {
         cm_http_problem(resp, 400, "Bad Request",
                         "field \"%s\" must be a string of 1 to %zu printable characters without "
-                        "spaces", key, max);
+                        "spaces",
+                        key, max);
         return -EINVAL;
     }
     snprintf(out, outlen, "%s", json_string_value(v));
@@ -92,8 +93,7 @@ static bool key_valid(const char *key)
 
 /* Answers a request whose key was used before: the same order for the same
  * request, 409 for a different one. */
-static void replay_keyed(PGconn *conn, const char *key, const char *fingerprint,
-                         cm_http_resp *resp)
+static void replay_keyed(PGconn *conn, const char *key, const char *fingerprint, cm_http_resp *resp)
 {
     const char *p[1] = {key};
     PGresult *res;
@@ -130,8 +130,8 @@ static int store_order(PGconn *conn, const ev_order_created *o, const char *json
     snprintf(amount, sizeof(amount), "%" PRId64, o->amount_cents);
     snprintf(fp, sizeof(fp), "%s|%s|%d|%" PRId64, o->customer_id, o->sku, (int)o->quantity,
              o->amount_cents);
-    const char *p[10] = {o->order_id, o->customer_id,     o->sku, qty, amount,
-                         EV_TOPIC_ORDERS_CREATED, json, headers, key, fp};
+    const char *p[10] = {o->order_id, o->customer_id, o->sku, qty, amount, EV_TOPIC_ORDERS_CREATED,
+                         json,        headers,        key,    fp};
     r = cm_db_query(conn, &res, key ? insert_keyed_sql : insert_sql, key ? 10 : 8, p);
     if (r < 0)
         return r;
@@ -197,25 +197,30 @@ static json_t *outcome_json(PGresult *res, int col, const char *yes_key)
 static json_t *order_json(PGresult *res)
 {
     json_t *settled = PQgetisnull(res, 0, 13) ? json_null() : json_string(PQgetvalue(res, 0, 13));
-    return json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:o, s:o, s:s, s:s, s:o}", "orderId",
-                     PQgetvalue(res, 0, 0), "customerId", PQgetvalue(res, 0, 1), "sku",
-                     PQgetvalue(res, 0, 2), "quantity",
-                     (json_int_t)strtoll(PQgetvalue(res, 0, 3), NULL, 10), "amountCents",
-                     (json_int_t)strtoll(PQgetvalue(res, 0, 4), NULL, 10), "status",
-                     PQgetvalue(res, 0, 5), "payment", outcome_json(res, 6, "approved"),
-                     "inventory", outcome_json(res, 9, "reserved"), "createdAt",
-                     PQgetvalue(res, 0, 12), "updatedAt", PQgetvalue(res, 0, 14), "settledAt",
-                     settled);
+    return json_pack(
+        "{s:s, s:s, s:s, s:I, s:I, s:s, s:o, s:o, s:s, s:s, s:o}", "orderId", PQgetvalue(res, 0, 0),
+        "customerId", PQgetvalue(res, 0, 1), "sku", PQgetvalue(res, 0, 2), "quantity",
+        (json_int_t)strtoll(PQgetvalue(res, 0, 3), NULL, 10), "amountCents",
+        (json_int_t)strtoll(PQgetvalue(res, 0, 4), NULL, 10), "status", PQgetvalue(res, 0, 5),
+        "payment", outcome_json(res, 6, "approved"), "inventory", outcome_json(res, 9, "reserved"),
+        "createdAt", PQgetvalue(res, 0, 12), "updatedAt", PQgetvalue(res, 0, 14), "settledAt",
+        settled);
 }
 
 static void get_order(void *ctx, const cm_http_req *req, cm_http_resp *resp)
 {
     static const char sql[] =
         "SELECT order_id, customer_id, sku, quantity, amount_cents, status,"
-        " payment_approved, payment_reason, " ISO_TS("payment_at") ","
-        " inventory_reserved, inventory_reason, " ISO_TS("inventory_at") ","
-        " " ISO_TS("created_at") ", " ISO_TS("settled_at") ", " ISO_TS("updated_at")
-        " FROM orders WHERE order_id = $1";
+        " payment_approved, payment_reason, " ISO_TS(
+            "payment_at") ","
+                          " inventory_reserved, inventory_reason, " ISO_TS(
+                              "inventory_at") ","
+                                              " " ISO_TS("created_at") ", " ISO_TS(
+                                                  "settled_at") ", " ISO_TS("updated_at") " FROM "
+                                                                                          "orders "
+                                                                                          "WHERE "
+                                                                                          "order_"
+                                                                                          "id = $1";
     cm_daemon_get_one(ctx, req, resp, sql, "order", order_json);
 }
 

@@ -50,9 +50,8 @@ static os_outcome outcome_of(PGresult *res, int col)
 static int apply_reply(cm_daemon *d, PGconn *tx, const cm_record *rec, const char *order_id,
                        os_side side, bool yes, const char *why, char *reason, size_t reasonlen)
 {
-    static const char lock_sql[] =
-        "SELECT status, payment_approved, inventory_reserved FROM orders"
-        " WHERE order_id = $1 FOR UPDATE";
+    static const char lock_sql[] = "SELECT status, payment_approved, inventory_reserved FROM orders"
+                                   " WHERE order_id = $1 FOR UPDATE";
     /* One clock reading per update, so that the order's times agree. */
     static const char payment_sql[] =
         "UPDATE orders SET status = $2, payment_approved = $3::boolean, payment_reason = $4,"
@@ -94,25 +93,25 @@ static int apply_reply(cm_daemon *d, PGconn *tx, const cm_record *rec, const cha
     r = cm_db_query(tx, NULL, side == OS_SIDE_PAYMENT ? payment_sql : inventory_sql, 4, p);
     if (r == 0 && before == OS_PENDING && st.status != OS_PENDING) {
         cm_metrics_add(cm_daemon_metrics(d), "orders_settled_total",
-                       st.status == OS_CONFIRMED ? "status=\"CONFIRMED\"" : "status=\"REJECTED\"", 1);
+                       st.status == OS_CONFIRMED ? "status=\"CONFIRMED\"" : "status=\"REJECTED\"",
+                       1);
         log_info("order settled order_id=%s status=%s " CM_REC_FMT, order_id,
                  os_status_name(st.status), CM_REC_ARGS(rec));
     }
     return r;
 }
 
-static int on_payment(void *ctx, PGconn *tx, const cm_record *rec, char *reason,
-                      size_t reasonlen)
+static int on_payment(void *ctx, PGconn *tx, const cm_record *rec, char *reason, size_t reasonlen)
 {
     ev_payment_completed e;
     int r = ev_payment_completed_decode(rec->msg->payload, rec->msg->len, &e, reason, reasonlen);
     if (r < 0)
         return r;
-    return apply_reply(ctx, tx, rec, e.order_id, OS_SIDE_PAYMENT, e.approved, e.reason, reason, reasonlen);
+    return apply_reply(ctx, tx, rec, e.order_id, OS_SIDE_PAYMENT, e.approved, e.reason, reason,
+                       reasonlen);
 }
 
-static int on_inventory(void *ctx, PGconn *tx, const cm_record *rec, char *reason,
-                        size_t reasonlen)
+static int on_inventory(void *ctx, PGconn *tx, const cm_record *rec, char *reason, size_t reasonlen)
 {
     ev_inventory_reserved e;
     int r = ev_inventory_reserved_decode(rec->msg->payload, rec->msg->len, &e, reason, reasonlen);

@@ -96,8 +96,8 @@ static int on_order_created(void *ctx, PGconn *tx, const cm_record *rec, char *r
     cm_metrics_add(cm_daemon_metrics(ctx), "orders_payments_total",
                    approved ? "outcome=\"charged\"" : "outcome=\"declined\"", 1);
     log_info("payment %s order_id=%s customer_id=%s amount_cents=%" PRId64 " reason=%s " CM_REC_FMT,
-             approved ? "charged" : "declined", o.order_id, o.customer_id, o.amount_cents,
-             verdict, CM_REC_ARGS(rec));
+             approved ? "charged" : "declined", o.order_id, o.customer_id, o.amount_cents, verdict,
+             CM_REC_ARGS(rec));
     return 0;
 }
 
@@ -172,8 +172,8 @@ static void put_account(void *ctx, const cm_http_req *req, cm_http_resp *resp)
     }
     log_info("account set customer_id=%s balance_cents=%lld", req->param, balance);
     resp->status = 200;
-    resp->body = json_pack("{s:s, s:I}", "customerId", req->param, "balanceCents",
-                           (json_int_t)balance);
+    resp->body =
+        json_pack("{s:s, s:I}", "customerId", req->param, "balanceCents", (json_int_t)balance);
 }
 
 static json_t *account_json(PGresult *res)

@@ -48,7 +48,10 @@ int oc_opts_common(oc_opts *o, int opt, const char *arg);
 #define OC_COMMON_LONGOPTS                                                                         \
     {"bootstrap", required_argument, NULL, OC_OPT_BOOTSTRAP},                                      \
         {"timeout", required_argument, NULL, OC_OPT_TIMEOUT},                                      \
-        {"verbose", no_argument, NULL, OC_OPT_VERBOSE}, {"help", no_argument, NULL, 'h'}
+        {"verbose", no_argument, NULL, OC_OPT_VERBOSE},                                            \
+    {                                                                                              \
+        "help", no_argument, NULL, 'h'                                                             \
+    }
 #define OC_COMMON_HELP                                                                             \
     "Common options:\n"                                                                            \
     "  --bootstrap HOST:PORT[,...]  brokers (default $KAFKA_BOOTSTRAP_SERVERS, else\n"             \
@@ -58,7 +61,7 @@ int oc_opts_common(oc_opts *o, int opt, const char *arg);
     "  --verbose                    show librdkafka's log lines\n"                                 \
     "  --help                       this text\n"
 #define OC_EXIT_HELP                                                                               \
-    "Exit status: 0 ok, 1 finding (see above), 2 usage error, 3 broker or infrastructure\n"       \
+    "Exit status: 0 ok, 1 finding (see above), 2 usage error, 3 broker or infrastructure\n"        \
     "error.\n"
 
 /* Prints "orderctl: <message>\n" on stderr. */

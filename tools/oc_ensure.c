@@ -35,8 +35,7 @@ static const char usage_text[] =
     "  --replication-factor N  replication factor (default min(3, number of brokers))\n"
     "  --min-insync N          min.insync.replicas (default 2 when the replication\n"
     "                          factor is 3 or more, else 1)\n"
-    "  --dry-run               report what would be created, create nothing\n" OC_COMMON_HELP
-    "\n"
+    "  --dry-run               report what would be created, create nothing\n" OC_COMMON_HELP "\n"
     "Exit status: 0 every topic present as wanted, 1 drift found, 2 usage error,\n"
     "3 broker error or a topic could not be created.\n";
 
@@ -45,8 +44,8 @@ static const char usage_text[] =
 typedef struct {
     char name[128];
     int partitions;
-    bool is_dlt;  /* more partitions than wanted is fine */
-    bool compact; /* the ledger */
+    bool is_dlt;                         /* more partitions than wanted is fine */
+    bool compact;                        /* the ledger */
     const rd_kafka_metadata_topic_t *md; /* NULL: missing */
 } plan_item;
 
@@ -204,8 +203,8 @@ static int create_missing(ensure *e, rd_kafka_t *rk, int timeout_ms)
     for (size_t i = 0; i < N_TOPICS; i++) {
         if (e->t[i].md)
             continue;
-        nt[n++] = (oc_new_topic){e->t[i].name, e->t[i].partitions, e->rf, e->min_isr,
-                                 e->t[i].compact};
+        nt[n++] =
+            (oc_new_topic){e->t[i].name, e->t[i].partitions, e->rf, e->min_isr, e->t[i].compact};
         if (e->dry_run)
             printf("would create: %s partitions %d, replication-factor %d, "
                    "min.insync.replicas %d%s\n",

@@ -103,8 +103,10 @@ static int build_conf(const oc_opts *o, oc_kafka_role role, rd_kafka_conf_t *con
         {"linger.ms", "5"},
     };
     static const char *const consumer[][2] = {
-        {"group.id", "orderctl"},           {"enable.auto.commit", "false"},
-        {"enable.auto.offset.store", "false"}, {"enable.partition.eof", "true"},
+        {"group.id", "orderctl"},
+        {"enable.auto.commit", "false"},
+        {"enable.auto.offset.store", "false"},
+        {"enable.partition.eof", "true"},
         {"auto.offset.reset", "earliest"},
         /* the end of a partition shows only after an empty fetch: keep it short */
         {"fetch.wait.max.ms", "100"},
@@ -116,8 +118,8 @@ static int build_conf(const oc_opts *o, oc_kafka_role role, rd_kafka_conf_t *con
 
     if (set_list(conf, defaults, sizeof(defaults) / sizeof(defaults[0])) < 0 ||
         (role != OC_KAFKA_CONSUMER &&
-         set_list(conf, producer_defaults, sizeof(producer_defaults) / sizeof(producer_defaults[0])) <
-             0) ||
+         set_list(conf, producer_defaults,
+                  sizeof(producer_defaults) / sizeof(producer_defaults[0])) < 0) ||
         cm_config_kafka_each(set_from_env, conf) != 0 ||
         set_prop(conf, "bootstrap.servers", o->bootstrap) < 0)
         return -EINVAL;
@@ -193,7 +195,7 @@ const rd_kafka_metadata_topic_t *oc_kafka_md_topic(const struct rd_kafka_metadat
     for (int i = 0; i < md->topic_cnt; i++)
         if (strcmp(md->topics[i].topic, topic) == 0)
             return md->topics[i].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ? NULL
-                                                                                 : &md->topics[i];
+                                                                                : &md->topics[i];
     return NULL;
 }
 

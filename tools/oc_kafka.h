@@ -26,7 +26,7 @@ typedef enum {
 /* Called for every delivery report of an OC_KAFKA_PRODUCER: the message's
  * opaque (RD_KAFKA_V_OPAQUE) must point at an oc_delivery. */
 typedef struct {
-    int state;         /* 0 in flight, 1 persisted, -1 failed */
+    int state; /* 0 in flight, 1 persisted, -1 failed */
     rd_kafka_resp_err_t err;
     int32_t partition; /* where it was written */
     int64_t offset;

@@ -11,9 +11,9 @@
 #include <string.h>
 
 typedef struct {
-    char *id;    /* NULL: free slot */
-    int64_t ts;  /* DLT record timestamp, -1 unknown */
-    bool live;   /* false after a tombstone */
+    char *id;   /* NULL: free slot */
+    int64_t ts; /* DLT record timestamp, -1 unknown */
+    bool live;  /* false after a tombstone */
 } slot;
 
 struct oc_ledger {
@@ -220,11 +220,10 @@ int oc_ledger_mark(rd_kafka_t *producer, const oc_ledger_entry *e, oc_delivery *
     if (!value)
         return -ENOMEM;
     d->state = 0;
-    err = rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(OC_LEDGER_TOPIC),
-                            RD_KAFKA_V_KEY(e->id, strlen(e->id)),
-                            RD_KAFKA_V_VALUE(value, strlen(value)),
-                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(d),
-                            RD_KAFKA_V_END);
+    err = rd_kafka_producev(
+        producer, RD_KAFKA_V_TOPIC(OC_LEDGER_TOPIC), RD_KAFKA_V_KEY(e->id, strlen(e->id)),
+        RD_KAFKA_V_VALUE(value, strlen(value)), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_OPAQUE(d), RD_KAFKA_V_END);
     free(value);
     if (err) {
         oc_err("could not record replay of %s in %s: %s", e->id, OC_LEDGER_TOPIC,

@@ -46,8 +46,8 @@ void oc_ledger_each(const oc_ledger *l,
 
 /* Where a replayed record went. */
 typedef struct {
-    const char *id;   /* "<dlt topic>/<partition>/<offset>" */
-    int64_t dlt_ts;   /* timestamp of the DLT record, -1 if none */
+    const char *id; /* "<dlt topic>/<partition>/<offset>" */
+    int64_t dlt_ts; /* timestamp of the DLT record, -1 if none */
     const char *topic;
     int32_t partition;
     int64_t offset;

@@ -48,8 +48,7 @@ static const char usage_text[] =
     "  --to OFFSET     only offsets <= OFFSET (needs --partition)\n"
     "  --key K         only records whose key is K\n"
     "  --all           every record of the chosen topic(s)\n"
-    "  --dry-run       list what would be replayed, send and record nothing\n" OC_COMMON_HELP
-    "\n"
+    "  --dry-run       list what would be replayed, send and record nothing\n" OC_COMMON_HELP "\n"
     "Exit status: 0 every chosen record replayed or skipped, 1 some records could not\n"
     "be replayed (each reported), 2 usage error, 3 broker error, a replay that could\n"
     "not be recorded, or interrupted.\n";
@@ -101,10 +100,14 @@ static int check_args(const replay_args *a)
 static int parse_args(replay_args *a, oc_opts *o, int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"topic", required_argument, NULL, 't'}, {"partition", required_argument, NULL, 'p'},
-        {"from", required_argument, NULL, 'F'},  {"to", required_argument, NULL, 'T'},
-        {"key", required_argument, NULL, 'k'},   {"all", no_argument, NULL, 'a'},
-        {"dry-run", no_argument, NULL, 'n'},     OC_COMMON_LONGOPTS,
+        {"topic", required_argument, NULL, 't'},
+        {"partition", required_argument, NULL, 'p'},
+        {"from", required_argument, NULL, 'F'},
+        {"to", required_argument, NULL, 'T'},
+        {"key", required_argument, NULL, 'k'},
+        {"all", no_argument, NULL, 'a'},
+        {"dry-run", no_argument, NULL, 'n'},
+        OC_COMMON_LONGOPTS,
         {NULL, 0, NULL, 0},
     };
     int opt, c;
@@ -126,7 +129,9 @@ static int parse_args(replay_args *a, oc_opts *o, int argc, char **argv)
         else if (opt == '?')
             return oc_usage("unknown option");
         else if (oc_parse_i64(optarg, 0, opt == 'p' ? INT32_MAX : INT64_MAX - 1,
-                              opt == 'p' ? &a->partition : opt == 'F' ? &a->from : &a->to) < 0)
+                              opt == 'p'   ? &a->partition
+                              : opt == 'F' ? &a->from
+                                           : &a->to) < 0)
             return oc_usage("%s needs a number >= 0", argv[optind - 1]);
     }
     if (optind < argc)
@@ -262,11 +267,9 @@ static void flush_batch(replay_ctx *c)
 
 static void progress(const replay_ctx *c)
 {
-    fprintf(stderr,
-            "orderctl: progress: %lld records read, %lld %s, %lld skipped, %lld failed\n",
-            (long long)c->seen, (long long)c->replayed,
-            c->a->dry_run ? "to replay" : "replayed", (long long)c->skipped,
-            (long long)c->failed);
+    fprintf(stderr, "orderctl: progress: %lld records read, %lld %s, %lld skipped, %lld failed\n",
+            (long long)c->seen, (long long)c->replayed, c->a->dry_run ? "to replay" : "replayed",
+            (long long)c->skipped, (long long)c->failed);
 }
 
 static bool key_matches(const replay_args *a, const rd_kafka_message_t *m)

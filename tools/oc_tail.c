@@ -29,8 +29,7 @@ static const char usage_text[] =
     "  --topic T.DLT   only this dead-letter topic\n"
     "  --max N         only the last N records of each partition\n"
     "  --json          one JSON object per record and line; key, payload and header\n"
-    "                  values that are not UTF-8 come as <name>Base64\n" OC_COMMON_HELP
-    "\n"
+    "                  values that are not UTF-8 come as <name>Base64\n" OC_COMMON_HELP "\n"
     "Exit status: 0 ok (also when there is nothing to show), 2 usage error,\n"
     "3 broker error or a topic is missing.\n";
 
@@ -44,9 +43,12 @@ typedef struct {
 static int parse_args(tail_args *a, oc_opts *o, int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"follow", no_argument, NULL, 'f'},   {"topic", required_argument, NULL, 't'},
-        {"max", required_argument, NULL, 'm'}, {"json", no_argument, NULL, 'j'},
-        OC_COMMON_LONGOPTS,                   {NULL, 0, NULL, 0},
+        {"follow", no_argument, NULL, 'f'},
+        {"topic", required_argument, NULL, 't'},
+        {"max", required_argument, NULL, 'm'},
+        {"json", no_argument, NULL, 'j'},
+        OC_COMMON_LONGOPTS,
+        {NULL, 0, NULL, 0},
     };
     int opt, c;
 

@@ -177,8 +177,8 @@ int oc_topics_create(rd_kafka_t *rk, const oc_new_topic *t, size_t n, int timeou
 }
 
 /* Copies the values of names out of one DescribeConfigs resource. */
-static int config_values(const rd_kafka_ConfigResource_t *res, const char *const *names,
-                         size_t nn, char **row)
+static int config_values(const rd_kafka_ConfigResource_t *res, const char *const *names, size_t nn,
+                         char **row)
 {
     size_t cnt = 0;
     const rd_kafka_ConfigEntry_t **ents = rd_kafka_ConfigResource_configs(res, &cnt);

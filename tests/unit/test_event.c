@@ -358,12 +358,26 @@ static void test_deep_nesting(void **state)
 
 static void test_not_a_json_object(void **state)
 {
-    static const char *const bad[] = {
-        "", "   ", "hello", "{", "}", "null", "42", "\"s\"", "true", "[]", "{'a':1}",
-        "{\"a\":1,}", "{\"a\":NaN}", "/* c */{}", "\xef\xbb\xbf{}", "{\"a\":\"\\ud800\"}",
-        "{\"a\":\"\xff\"}", "{\"a\":\"tab\tinside\"}"};
-    static const char *const wrappers[][2] = {
-        {"[", "]"}, {"", " x"}, {"", "{}"}, {"", ","}, {"", "]"}, {"[1,", "]"}, {"\"k\":", ""}};
+    static const char *const bad[] = {"",
+                                      "   ",
+                                      "hello",
+                                      "{",
+                                      "}",
+                                      "null",
+                                      "42",
+                                      "\"s\"",
+                                      "true",
+                                      "[]",
+                                      "{'a':1}",
+                                      "{\"a\":1,}",
+                                      "{\"a\":NaN}",
+                                      "/* c */{}",
+                                      "\xef\xbb\xbf{}",
+                                      "{\"a\":\"\\ud800\"}",
+                                      "{\"a\":\"\xff\"}",
+                                      "{\"a\":\"tab\tinside\"}"};
+    static const char *const wrappers[][2] = {{"[", "]"}, {"", " x"},   {"", "{}"},    {"", ","},
+                                              {"", "]"},  {"[1,", "]"}, {"\"k\":", ""}};
 
     (void)state;
     for (size_t e = 0; e < ELEMENTSOF(events); e++) {
@@ -410,11 +424,11 @@ static void test_missing_each_field(void **state)
 
 static void test_wrong_type_each_field(void **state)
 {
-    static const char *const for_string[] = {"1",  "1.5", "true",      "false",        "null",
+    static const char *const for_string[] = {"1",  "1.5", "true",      "false",         "null",
                                              "[]", "{}",  "[\"o-1\"]", "{\"a\":\"b\"}", NULL};
     static const char *const for_number[] = {"\"1\"", "\"\"", "true", "false", "null",
                                              "[]",    "{}",   "[1]",  NULL};
-    static const char *const for_bool[] = {"0",  "1",  "\"true\"", "\"false\"", "\"\"",
+    static const char *const for_bool[] = {"0",    "1",  "\"true\"", "\"false\"", "\"\"",
                                            "null", "[]", "{}",       "[true]",    NULL};
 
     (void)state;
@@ -431,9 +445,9 @@ static void test_wrong_type_each_field(void **state)
 
 static void test_quantity_bounds(void **state)
 {
-    static const char *const bad[] = {"0",   "-1",  "-0",  "1000001", "2147483648", "-2147483649",
-                                      "1.5", "1.0", "1e3", "1E3",     "1e0",        "10e-1",
-                                      "9223372036854775807", "-9223372036854775808"};
+    static const char *const bad[] = {
+        "0",   "-1",  "-0",  "1000001", "2147483648",          "-2147483649",         "1.5", "1.0",
+        "1e3", "1E3", "1e0", "10e-1",   "9223372036854775807", "-9223372036854775808"};
 
     (void)state;
     for (size_t i = 0; i < ELEMENTSOF(bad); i++)
@@ -447,8 +461,9 @@ static void test_quantity_bounds(void **state)
 
 static void test_amount_bounds(void **state)
 {
-    static const char *const bad[] = {"-1",  "1000000000001", "9223372036854775807",
-                                      "-9223372036854775808", "1.5", "0.0", "1e3", "100.00"};
+    static const char *const bad[] = {
+        "-1",  "1000000000001", "9223372036854775807", "-9223372036854775808", "1.5", "0.0",
+        "1e3", "100.00"};
     static const char *const overflow[] = {"9223372036854775808", "18446744073709551616",
                                            "-9223372036854775809", "1e400"};
 
@@ -475,9 +490,9 @@ static void test_overflow_in_unknown_field(void **state)
 static void test_id_strings(void **state)
 {
     static const char *const keys[] = {"orderId", "customerId", "sku"};
-    static const char *const bad[] = {
-        "\"\"",      "\"a b\"",   "\" a\"",        "\"a\\tb\"",    "\"a\\nb\"",   "\"\\u007f\"",
-        "\"\\u00e9\"", "\"\xc3\xa9\"", "\"a\\u0000b\"", "\"\\u0000\"", "\"a\\u0000\""};
+    static const char *const bad[] = {"\"\"",          "\"a b\"",     "\" a\"",      "\"a\\tb\"",
+                                      "\"a\\nb\"",     "\"\\u007f\"", "\"\\u00e9\"", "\"\xc3\xa9\"",
+                                      "\"a\\u0000b\"", "\"\\u0000\"", "\"a\\u0000\""};
     char *longest = repeat("x", EV_ID_MAX);
 
     (void)state;
@@ -494,8 +509,8 @@ static void test_id_strings(void **state)
 
 static void test_reason_strings(void **state)
 {
-    static const char *const bad[] = {"\"\\n\"",     "\"a\\tb\"",   "\"\\u0000\"", "\"ok\\u0000\"",
-                                      "\"\\u001f\"", "\"\\u007f\"", "\"\\u0085\"", "\"\\u009f\"",
+    static const char *const bad[] = {"\"\\n\"",      "\"a\\tb\"",   "\"\\u0000\"", "\"ok\\u0000\"",
+                                      "\"\\u001f\"",  "\"\\u007f\"", "\"\\u0085\"", "\"\\u009f\"",
                                       "\"\xc2\x85\"", "\"\\r\""};
     /* U+2713 is 3 bytes: 42 of them fit in 128 bytes, 43 do not. */
     char *wide = repeat("\xe2\x9c\x93", 42);
@@ -576,10 +591,12 @@ static void test_encoder_rejects_replies(void **state)
 {
     /* Control characters, malformed UTF-8 (bad lead, overlong, surrogate,
      * truncated, above U+10FFFF) and C1 controls. */
-    static const char *const bad_reasons[] = {
-        "\n",       "a\x01",           "\x7f",     "\xff",             "\xc0\xaf",
-        "\xed\xa0\x80", "\xe2\x9c",     "\xf4\x90\x80\x80", "\xc2\x85", "\xe2\x9c\x93\x80",
-        "\xe0\x80\xaf", "\xf0\x80\x80\xaf"};
+    static const char *const bad_reasons[] = {"\n",           "a\x01",
+                                              "\x7f",         "\xff",
+                                              "\xc0\xaf",     "\xed\xa0\x80",
+                                              "\xe2\x9c",     "\xf4\x90\x80\x80",
+                                              "\xc2\x85",     "\xe2\x9c\x93\x80",
+                                              "\xe0\x80\xaf", "\xf0\x80\x80\xaf"};
     static const char *const bad_ids[] = {"", "a b", "\t"};
     char *json = SENTINEL;
 
@@ -614,7 +631,10 @@ static void test_type_names(void **state)
     } all[] = {{EV_ORDER_CREATED, "OrderCreated", EV_TOPIC_ORDERS_CREATED},
                {EV_PAYMENT_COMPLETED, "PaymentCompleted", EV_TOPIC_PAYMENTS_COMPLETED},
                {EV_INVENTORY_RESERVED, "InventoryReserved", EV_TOPIC_INVENTORY_RESERVED}};
-    static const char *const unknown[] = {"", "ordercreated", "OrderCreate", "OrderCreatedX",
+    static const char *const unknown[] = {"",
+                                          "ordercreated",
+                                          "OrderCreate",
+                                          "OrderCreatedX",
                                           "com.devcraftly.orders.events.",
                                           "com.devcraftly.orders.events.Unknown",
                                           "org.devcraftly.orders.events.OrderCreated"};
@@ -684,7 +704,7 @@ static void test_uuid(void **state)
             else
                 assert_true(is_lower_hex(&a[i], 1));
         }
-        assert_int_equal(a[14], '4');            /* version 4 */
+        assert_int_equal(a[14], '4');           /* version 4 */
         assert_non_null(strchr("89ab", a[19])); /* RFC 4122 variant */
     }
 }
@@ -712,10 +732,9 @@ static void test_traceparent_new(void **state)
 
 static void test_traceparent_valid(void **state)
 {
-    static const char *const ok[] = {
-        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
-        "00-00000000000000000000000000000001-0000000000000001-ff"};
+    static const char *const ok[] = {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                                     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+                                     "00-00000000000000000000000000000001-0000000000000001-ff"};
     static const char *const bad[] = {
         "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", /* uppercase */
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00F067AA0BA902B7-01",
@@ -724,7 +743,7 @@ static void test_traceparent_valid(void **state)
         "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         "00-00000000000000000000000000000000-00f067aa0ba902b7-01", /* zero ids */
         "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-        "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",  /* short */
+        "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01", /* short */
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-", /* long */
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\n",

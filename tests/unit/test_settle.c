@@ -60,8 +60,8 @@ static void describe(char *buf, size_t len, const int *seq, size_t n)
 
     buf[0] = '\0';
     for (size_t i = 0; i < n && used < len; i++)
-        used += (size_t)snprintf(buf + used, len - used, "%s%s", i ? "," : "",
-                                 replies[seq[i]].label);
+        used +=
+            (size_t)snprintf(buf + used, len - used, "%s%s", i ? "," : "", replies[seq[i]].label);
 }
 
 /* Applies one sequence and checks every step against the model. */
@@ -82,8 +82,8 @@ static void run_sequence(const int *seq, size_t n)
         bool changed = os_settle_apply(&st, r->side, r->yes);
 
         if (changed != is_first)
-            fail_msg("sequence [%s] step %zu: apply returned %d, expected %d", what, i,
-                     changed, is_first);
+            fail_msg("sequence [%s] step %zu: apply returned %d, expected %d", what, i, changed,
+                     is_first);
         if (is_first)
             *first = r->yes ? 1 : 0;
         else if (memcmp(&before, &st, sizeof(st)) != 0)
@@ -167,8 +167,8 @@ static void test_unknown_side_ignored(void **state)
 static void test_status_names(void **state)
 {
     static const os_status all[] = {OS_PENDING, OS_CONFIRMED, OS_REJECTED};
-    static const char *const bad[] = {"", "pending", "Confirmed", "REJECTED ", " PENDING",
-                                      "CONFIRMEDX", "REJECT"};
+    static const char *const bad[] = {"",         "pending",    "Confirmed", "REJECTED ",
+                                      " PENDING", "CONFIRMEDX", "REJECT"};
 
     (void)state;
     assert_string_equal(os_status_name(OS_PENDING), "PENDING");
