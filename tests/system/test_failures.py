@@ -446,3 +446,52 @@ def test_relay_recreates_producer_after_fatal_error(stack):
         svc.env = normal_env
         svc.start()
         svc.wait_ready()
+
+
+# -------------------------------------------------------------- a second instance
+
+
+def test_second_instance_joins_and_leaves_the_group(stack):
+    """A second payment-service in the same group takes over partitions while
+    orders flow, then stops; every order is charged exactly once."""
+    main = stack.daemons["payment-service"]
+    customers = {stack.uid("c"): 50_000 for _ in range(3)}
+    skus = {stack.uid("s"): 1_000 for _ in range(2)}
+    for c, b in customers.items():
+        stack.fund(c, b)
+    for s, n in skus.items():
+        stack.set_stock(s, n)
+    clist, slist = list(customers), list(skus)
+    accepted, lock = [], threading.Lock()
+
+    def place(i):
+        oid = stack.orders.create_ok(clist[i % 3], slist[i % 2], 1, 100 + i % 7)
+        with lock:
+            accepted.append(oid)
+        time.sleep(0.05)  # ~80 orders/s over 4 workers: the flow outlasts two rebalances
+
+    second = type(main)("payment-service-2", main.binary, 18091,
+                        dict(main.env, HTTP_PORT="18091"),
+                        main.log_path.with_name("payment-service-2.log"))
+    try:
+        with cf.ThreadPoolExecutor(4) as pool:
+            futs = [pool.submit(place, i) for i in range(300)]
+            stack.wait_until(lambda: len(accepted) >= 30, 60, "30 orders accepted")
+            second.start()
+            second.wait_ready()
+            stack.wait_until(lambda: "payment charged" in second.log_path.read_text(), 30,
+                             "the second instance to charge orders of its partitions")
+            n_at_stop = len(accepted)
+            second.stop()  # leaves the group; its partitions go back to the first
+            for f in futs:
+                f.result()
+        assert n_at_stop < 300, "the second instance stopped after the flow had ended"
+    finally:
+        if second.running():
+            second.terminate()
+    stack.wait_until(lambda: quiet(stack, accepted), 120, "all 300 orders settled")
+    status = reconcile(stack, accepted, customers, skus)
+    assert set(status.values()) == {"CONFIRMED"}
+    charged = stack.sql_one("payments", "SELECT count(*) FROM payments WHERE order_id = ANY(%s)"
+                            " AND status = 'CHARGED'", (accepted,))
+    assert charged == 300
