@@ -14,6 +14,8 @@ services, SQL helpers, a raw Kafka producer/consumer, `wait_until`, `uid`.
 Environment:
   ORDERS_BUILD_DIR  build tree with the binaries (default <root>/build/dev)
   TEST_BOOTSTRAP    use this Kafka instead of starting one (host:port,...)
+  TEST_KAFKA_NODES  nodes of the test cluster (default 1; 3 for broker faults:
+                    then topics get replication factor 3, min.insync.replicas 2)
 """
 
 import atexit
@@ -46,6 +48,7 @@ TOPICS_SH = ROOT / "deploy" / "kafka" / "topics.sh"
 PG_SH = ROOT / "deploy" / "postgres" / "pg.sh"
 DB_PREFIX = "test_"
 PARTITIONS = 6
+KAFKA_NODES = int(os.environ.get("TEST_KAFKA_NODES", "1"))
 
 # name -> (HTTP port, database suffix)
 SERVICES = {
@@ -500,13 +503,14 @@ class Stack:
             # otherwise leak into this run.
             run_script([KAFKA_SH, "clean", "--dir", KAFKA_DIR], check=False)
             self._kafka_started = True  # from here on, teardown must stop it
-            out = run_script([KAFKA_SH, "start", "--nodes", "1", "--dir", KAFKA_DIR,
+            out = run_script([KAFKA_SH, "start", "--nodes", KAFKA_NODES, "--dir", KAFKA_DIR,
                               "--port", KAFKA_PORT])
             self.bootstrap = parse_assignments(out).get("bootstrap")
             if not self.bootstrap:
                 raise RuntimeError(f"kafka.sh start printed no bootstrap=...:\n{out}")
         run_script([TOPICS_SH, "--bootstrap", self.bootstrap,
-                    "--partitions", PARTITIONS, "--replication-factor", 1])
+                    "--partitions", PARTITIONS, "--replication-factor", min(3, KAFKA_NODES),
+                    "--min-insync", 2 if KAFKA_NODES >= 3 else 1])
 
         def topics_visible():
             p = Producer({"bootstrap.servers": self.bootstrap})

@@ -17,7 +17,7 @@ import time
 import pytest
 import requests
 
-from dlt_helpers import headers, metric, produce_raw, value
+from helpers import headers, metric, produce_raw, value
 
 PROMTOOL = shutil.which("promtool")
 

@@ -1,8 +1,9 @@
 """
-Helpers for the failure-handling tests: reading dead-letter topics, decoding
-Spring's kafka_dlt-* headers, producing records onto an exact partition,
-scraping a daemon's /metrics, and stopping/starting the PostgreSQL the stack
-uses. Kept out of conftest.py so that file stays about the stack itself.
+Helpers for the failure and operations tests: reading dead-letter topics,
+decoding Spring's kafka_dlt-* headers, producing records onto an exact
+partition, scraping a daemon's /metrics, stopping/starting the PostgreSQL the
+stack uses, and reconciling money and stock once the system is quiet. Kept
+out of conftest.py so that file stays about the stack itself.
 """
 
 import json
@@ -206,3 +207,54 @@ class Postgres:
 
     def start(self):
         self._ctl("start")
+
+
+# -------------------------------------------------------------- reconciliation
+
+
+def reconcile(stack, orders, balances, stocks):
+    """The invariants of a quiet system, over the given orders, customers
+    (initial balances) and SKUs (initial stock)."""
+    ids = list(orders)
+    rows = stack.sql("orders", "SELECT order_id, status FROM orders WHERE order_id = ANY(%s)",
+                     (ids,))
+    status = dict(rows)
+    assert len(status) == len(ids), f"{len(ids) - len(status)} accepted orders are missing"
+    pending = [o for o, s in status.items() if s == "PENDING"]
+    assert not pending, f"{len(pending)} orders still PENDING"
+    pay = {o: (s, c, a) for o, s, c, a in stack.sql(
+        "payments", "SELECT order_id, status, customer_id, amount_cents FROM payments"
+        " WHERE order_id = ANY(%s)", (ids,))}
+    res = {o: (s, k, q) for o, s, k, q in stack.sql(
+        "inventory", "SELECT order_id, status, sku, quantity FROM reservations"
+        " WHERE order_id = ANY(%s)", (ids,))}
+    for o, s in status.items():
+        ps, rs = pay.get(o, ("NONE",))[0], res.get(o, ("NONE",))[0]
+        if s == "CONFIRMED":
+            assert (ps, rs) == ("CHARGED", "RESERVED"), f"confirmed {o}: {ps}/{rs}"
+        else:
+            assert ps in ("DECLINED", "REFUNDED", "CANCELLED"), f"rejected {o} payment {ps}"
+            assert rs in ("REJECTED", "RELEASED", "CANCELLED"), f"rejected {o} stock {rs}"
+    for cust, initial in balances.items():
+        charged = sum(a for s, c, a in pay.values() if c == cust and s == "CHARGED")
+        now = stack.payments.balance(cust)
+        assert now >= 0 and initial == now + charged, f"{cust}: {initial} != {now} + {charged}"
+    for sku, initial in stocks.items():
+        reserved = sum(q for s, k, q in res.values() if k == sku and s == "RESERVED")
+        now = stack.inventory.stock(sku)
+        assert now >= 0 and initial == now + reserved, f"{sku}: {initial} != {now} + {reserved}"
+    return status
+
+
+def quiet(stack, orders):
+    """True once every order is settled and no compensation is outstanding."""
+    ids = list(orders)
+    pending = stack.sql_one("orders", "SELECT count(*) FROM orders WHERE order_id = ANY(%s)"
+                            " AND status = 'PENDING'", (ids,))
+    rejected = [r[0] for r in stack.sql("orders", "SELECT order_id FROM orders WHERE"
+                                        " order_id = ANY(%s) AND status = 'REJECTED'", (ids,))]
+    charged = stack.sql_one("payments", "SELECT count(*) FROM payments WHERE"
+                            " order_id = ANY(%s) AND status = 'CHARGED'", (rejected,))
+    reserved = stack.sql_one("inventory", "SELECT count(*) FROM reservations WHERE"
+                             " order_id = ANY(%s) AND status = 'RESERVED'", (rejected,))
+    return pending == 0 and charged == 0 and reserved == 0, (pending, charged, reserved)
