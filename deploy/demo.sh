@@ -124,6 +124,20 @@ for entry in "${ORDERS[@]}"; do
     printf '  %-34s %-9s payment/inventory: %s\n' "$label" "$status" "$reasons"
 done
 
+say "compensation: a rejected order keeps no charge and no stock"
+sleep 1
+for entry in "${ORDERS[@]}"; do
+    id=${entry%%|*} label=${entry#*|}
+    pay=$(curl -sf "http://127.0.0.1:8081/payments/$id" | sed -n 's/.*"status":"\([A-Z]*\)".*/\1/p')
+    res=$(curl -sf "http://127.0.0.1:8082/reservations/$id" | sed -n 's/.*"status":"\([A-Z]*\)".*/\1/p')
+    printf '  %-34s payment %-9s stock %s\n' "$label" "${pay:--}" "${res:--}"
+done
+printf '  balances: alice %s, bob %s; stock: BOOK-1 %s, LAMP-2 %s\n' \
+    "$(curl -sf http://127.0.0.1:8081/accounts/alice | sed -n 's/.*"balanceCents":\([0-9]*\).*/\1/p')" \
+    "$(curl -sf http://127.0.0.1:8081/accounts/bob | sed -n 's/.*"balanceCents":\([0-9]*\).*/\1/p')" \
+    "$(curl -sf http://127.0.0.1:8082/stock/BOOK-1 | sed -n 's/.*"available":\([0-9]*\).*/\1/p')" \
+    "$(curl -sf http://127.0.0.1:8082/stock/LAMP-2 | sed -n 's/.*"available":\([0-9]*\).*/\1/p')"
+
 if [[ $WAIT == 1 ]]; then
     say "running: POST http://127.0.0.1:8080/orders; logs in $RUN/logs; Ctrl-C stops everything"
     wait -n "${PIDS[@]}" || true
