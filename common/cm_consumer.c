@@ -409,6 +409,8 @@ int cm_consumer_run(const cm_consumer_config *cfg, volatile const sig_atomic_t *
 
     if (r == 0 && ensure_db(&l) == 0)
         atomic_store(&cfg->health->db_ok, true);
+    if (r == 0)
+        probe_kafka(&l); /* readiness at once, not after the first idle poll */
     while (r == 0 && !*stop) {
         if (cfg->tick)
             cfg->tick(cfg->tick_arg);
