@@ -3,6 +3,8 @@
  */
 #include "oc_cli.h"
 
+#include "oc_dlt.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -64,6 +66,44 @@ int oc_opts_common(oc_opts *o, int opt, const char *arg)
     default:
         return 0;
     }
+}
+
+int oc_getopt(int argc, char **argv, const char *shortopts, const struct option *longopts,
+              const char *usage, oc_opt_fn fn, void *ctx, oc_opts *o)
+{
+    int opt, c, li = -1;
+    char name[64];
+
+    while ((opt = getopt_long(argc, argv, shortopts, longopts, &li)) != -1) {
+        if ((c = oc_opts_common(o, opt, optarg)) != 0) {
+            if (c < 0)
+                return OC_EXIT_USAGE;
+            continue;
+        }
+        if (opt == 'h') {
+            fputs(usage, stdout);
+            return OC_EXIT_OK;
+        }
+        if (opt == '?')
+            return oc_usage("unknown option");
+        /* The option's name as documented, for messages ("--partitions"). */
+        if (li >= 0)
+            snprintf(name, sizeof(name), "--%s", longopts[li].name);
+        else
+            snprintf(name, sizeof(name), "-%c", opt);
+        li = -1;
+        if ((c = fn(ctx, opt, optarg, name)) >= 0)
+            return c;
+    }
+    if (optind < argc)
+        return oc_usage("unexpected argument \"%s\"", argv[optind]);
+    return -1;
+}
+
+bool oc_is_dlt_topic(const char *topic)
+{
+    size_t n = strlen(topic), s = strlen(OC_DLT_SUFFIX);
+    return n > s && strcmp(topic + n - s, OC_DLT_SUFFIX) == 0;
 }
 
 void oc_err(const char *fmt, ...)

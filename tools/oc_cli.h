@@ -64,6 +64,21 @@ int oc_opts_common(oc_opts *o, int opt, const char *arg);
     "Exit status: 0 ok, 1 finding (see above), 2 usage error, 3 broker or infrastructure\n"        \
     "error.\n"
 
+/* A command's own option: applies opt (arg is its value, name the option's
+ * documented name, e.g. "--partitions") to ctx; returns -1 to go on or an exit code to stop with.
+ */
+typedef int (*oc_opt_fn)(void *ctx, int opt, const char *arg, const char *name);
+
+/* The option loop of every command: common options into o, --help prints
+ * usage and stops with OC_EXIT_OK, unknown options and stray arguments are
+ * usage errors, the rest goes to fn. Returns -1 when parsing went through,
+ * else the exit code to stop with. */
+int oc_getopt(int argc, char **argv, const char *shortopts, const struct option *longopts,
+              const char *usage, oc_opt_fn fn, void *ctx, oc_opts *o);
+
+/* True if topic names a dead-letter topic ("<topic>.DLT"). */
+bool oc_is_dlt_topic(const char *topic);
+
 /* Prints "orderctl: <message>\n" on stderr. */
 void oc_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

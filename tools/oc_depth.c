@@ -40,6 +40,14 @@ typedef struct {
     size_t n;
 } table;
 
+static int on_opt(void *ctx, int opt, const char *arg, const char *name)
+{
+    (void)name;
+    if (opt == 'w' && oc_parse_i64(arg, 0, INT64_MAX, ctx) < 0)
+        return oc_usage("--warn needs a number >= 0");
+    return -1;
+}
+
 static int parse_args(int64_t *warn, oc_opts *o, int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -47,25 +55,7 @@ static int parse_args(int64_t *warn, oc_opts *o, int argc, char **argv)
         OC_COMMON_LONGOPTS,
         {NULL, 0, NULL, 0},
     };
-    int opt, c;
-
-    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        if ((c = oc_opts_common(o, opt, optarg)) != 0) {
-            if (c < 0)
-                return OC_EXIT_USAGE;
-        } else if (opt == 'w') {
-            if (oc_parse_i64(optarg, 0, INT64_MAX, warn) < 0)
-                return oc_usage("--warn needs a number >= 0");
-        } else if (opt == 'h') {
-            fputs(usage_text, stdout);
-            return OC_EXIT_OK;
-        } else {
-            return oc_usage("unknown option");
-        }
-    }
-    if (optind < argc)
-        return oc_usage("unexpected argument \"%s\"", argv[optind]);
-    return -1;
+    return oc_getopt(argc, argv, "h", longopts, usage_text, on_opt, warn, o);
 }
 
 static int by_partition(const void *x, const void *y)

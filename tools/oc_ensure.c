@@ -59,6 +59,21 @@ typedef struct {
 
 static const char *const cfg_names[] = {"min.insync.replicas", "cleanup.policy"};
 
+static int on_opt(void *ctx, int opt, const char *arg, const char *name)
+{
+    ensure *e = ctx;
+    int64_t v;
+
+    if (opt == 'n') {
+        e->dry_run = true;
+        return -1;
+    }
+    if (oc_parse_i64(arg, 1, opt == 'p' ? 10000 : 32, &v) < 0)
+        return oc_usage("%s needs a positive number", name);
+    *(opt == 'p' ? &e->partitions : opt == 'r' ? &e->rf : &e->min_isr) = (int)v;
+    return -1;
+}
+
 static int parse_args(ensure *e, oc_opts *o, int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -69,31 +84,7 @@ static int parse_args(ensure *e, oc_opts *o, int argc, char **argv)
         OC_COMMON_LONGOPTS,
         {NULL, 0, NULL, 0},
     };
-    int opt, c;
-    int64_t v;
-
-    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        if ((c = oc_opts_common(o, opt, optarg)) != 0) {
-            if (c < 0)
-                return OC_EXIT_USAGE;
-            continue;
-        }
-        if (opt == 'h') {
-            fputs(usage_text, stdout);
-            return OC_EXIT_OK;
-        }
-        if (opt == 'n') {
-            e->dry_run = true;
-            continue;
-        }
-        if (opt == '?' || oc_parse_i64(optarg, 1, opt == 'p' ? 10000 : 32, &v) < 0)
-            return opt == '?' ? oc_usage("unknown option")
-                              : oc_usage("%s needs a positive number", argv[optind - 1]);
-        *(opt == 'p' ? &e->partitions : opt == 'r' ? &e->rf : &e->min_isr) = (int)v;
-    }
-    if (optind < argc)
-        return oc_usage("unexpected argument \"%s\"", argv[optind]);
-    return -1;
+    return oc_getopt(argc, argv, "h", longopts, usage_text, on_opt, e, o);
 }
 
 static void add_item(ensure *e, size_t i, const char *name, int partitions, bool is_dlt,

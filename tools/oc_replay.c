@@ -91,9 +91,24 @@ static int check_args(const replay_args *a)
         return oc_usage("--from and --to need --partition");
     if (a->from >= 0 && a->to >= 0 && a->from > a->to)
         return oc_usage("--from must not be above --to");
-    if (a->topic && (strlen(a->topic) <= strlen(OC_DLT_SUFFIX) ||
-                     strcmp(a->topic + strlen(a->topic) - strlen(OC_DLT_SUFFIX), OC_DLT_SUFFIX)))
+    if (a->topic && !oc_is_dlt_topic(a->topic))
         return oc_usage("--topic must name a dead-letter topic (<topic>%s)", OC_DLT_SUFFIX);
+    return -1;
+}
+
+static int on_opt(void *ctx, int opt, const char *arg, const char *name)
+{
+    replay_args *a = ctx;
+
+    if (opt == 't' || opt == 'k')
+        *(opt == 't' ? &a->topic : &a->key) = arg;
+    else if (opt == 'a' || opt == 'n')
+        *(opt == 'a' ? &a->all : &a->dry_run) = true;
+    else if (oc_parse_i64(arg, 0, opt == 'p' ? INT32_MAX : INT64_MAX - 1,
+                          opt == 'p'   ? &a->partition
+                          : opt == 'F' ? &a->from
+                                       : &a->to) < 0)
+        return oc_usage("%s needs a number >= 0", name);
     return -1;
 }
 
@@ -110,33 +125,8 @@ static int parse_args(replay_args *a, oc_opts *o, int argc, char **argv)
         OC_COMMON_LONGOPTS,
         {NULL, 0, NULL, 0},
     };
-    int opt, c;
-
-    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        if ((c = oc_opts_common(o, opt, optarg)) != 0) {
-            if (c < 0)
-                return OC_EXIT_USAGE;
-            continue;
-        }
-        if (opt == 'h') {
-            fputs(usage_text, stdout);
-            return OC_EXIT_OK;
-        }
-        if (opt == 't' || opt == 'k')
-            *(opt == 't' ? &a->topic : &a->key) = optarg;
-        else if (opt == 'a' || opt == 'n')
-            *(opt == 'a' ? &a->all : &a->dry_run) = true;
-        else if (opt == '?')
-            return oc_usage("unknown option");
-        else if (oc_parse_i64(optarg, 0, opt == 'p' ? INT32_MAX : INT64_MAX - 1,
-                              opt == 'p'   ? &a->partition
-                              : opt == 'F' ? &a->from
-                                           : &a->to) < 0)
-            return oc_usage("%s needs a number >= 0", argv[optind - 1]);
-    }
-    if (optind < argc)
-        return oc_usage("unexpected argument \"%s\"", argv[optind]);
-    return check_args(a);
+    int r = oc_getopt(argc, argv, "h", longopts, usage_text, on_opt, a, o);
+    return r >= 0 ? r : check_args(a);
 }
 
 /* The original headers minus the dead-letter ones, plus the replay marker. */

@@ -40,6 +40,20 @@ typedef struct {
     size_t shown;
 } tail_args;
 
+static int on_opt(void *ctx, int opt, const char *arg, const char *name)
+{
+    tail_args *a = ctx;
+    (void)name;
+
+    if (opt == 'f' || opt == 'j')
+        *(opt == 'f' ? &a->follow : &a->json) = true;
+    else if (opt == 't')
+        a->topic = arg;
+    else if (oc_parse_i64(arg, 1, INT64_MAX, &a->max) < 0)
+        return oc_usage("--max needs a positive number");
+    return -1;
+}
+
 static int parse_args(tail_args *a, oc_opts *o, int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -50,39 +64,11 @@ static int parse_args(tail_args *a, oc_opts *o, int argc, char **argv)
         OC_COMMON_LONGOPTS,
         {NULL, 0, NULL, 0},
     };
-    int opt, c;
+    int r = oc_getopt(argc, argv, "fh", longopts, usage_text, on_opt, a, o);
 
-    while ((opt = getopt_long(argc, argv, "fh", longopts, NULL)) != -1) {
-        if ((c = oc_opts_common(o, opt, optarg)) != 0) {
-            if (c < 0)
-                return OC_EXIT_USAGE;
-            continue;
-        }
-        switch (opt) {
-        case 'f':
-            a->follow = true;
-            break;
-        case 'j':
-            a->json = true;
-            break;
-        case 't':
-            a->topic = optarg;
-            break;
-        case 'm':
-            if (oc_parse_i64(optarg, 1, INT64_MAX, &a->max) < 0)
-                return oc_usage("--max needs a positive number");
-            break;
-        case 'h':
-            fputs(usage_text, stdout);
-            return OC_EXIT_OK;
-        default:
-            return oc_usage("unknown option");
-        }
-    }
-    if (optind < argc)
-        return oc_usage("unexpected argument \"%s\"", argv[optind]);
-    if (a->topic && (strlen(a->topic) <= strlen(OC_DLT_SUFFIX) ||
-                     strcmp(a->topic + strlen(a->topic) - strlen(OC_DLT_SUFFIX), OC_DLT_SUFFIX)))
+    if (r >= 0)
+        return r;
+    if (a->topic && !oc_is_dlt_topic(a->topic))
         return oc_usage("--topic must name a dead-letter topic (<topic>%s)", OC_DLT_SUFFIX);
     return -1;
 }
