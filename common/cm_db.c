@@ -104,7 +104,18 @@ const char *cm_db_error(PGconn *conn)
 
 int cm_db_connect(const char *url, PGconn **ret, char *err, size_t errlen)
 {
-    PGconn *conn = PQconnectdb(url);
+    /* Defaults first, the operator's URL after: what the URL sets wins. A
+     * server that vanishes without a word (a partition, a dead host) is
+     * noticed in seconds rather than after the kernel's two hours. */
+    static const char *const keys[] = {"connect_timeout",
+                                       "keepalives_idle",
+                                       "keepalives_interval",
+                                       "keepalives_count",
+                                       "application_name",
+                                       "dbname",
+                                       NULL};
+    const char *values[] = {"5", "10", "5", "3", cm_log_ident(), url, NULL};
+    PGconn *conn = PQconnectdbParams(keys, values, 1);
 
     if (!conn || PQstatus(conn) != CONNECTION_OK) {
         snprintf(err, errlen, "%s", cm_db_error(conn));

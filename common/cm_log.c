@@ -39,6 +39,11 @@ int cm_log_level_parse(const char *s)
     return -1;
 }
 
+const char *cm_log_ident(void)
+{
+    return log_ident;
+}
+
 int cm_log_enabled(int priority)
 {
     return priority <= log_max;

@@ -17,6 +17,8 @@ void cm_log_init(const char *ident, int max_priority);
 /* Parses "debug", "info", "warning", "error"; returns the priority or -1. */
 int cm_log_level_parse(const char *s);
 int cm_log_enabled(int priority);
+/* The daemon name given to cm_log_init. */
+const char *cm_log_ident(void);
 
 /* Writes one line: the message, then the caller's key=value fields. */
 void cm_log(int priority, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

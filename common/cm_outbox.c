@@ -17,6 +17,7 @@
 #include <time.h>
 
 #define RELAY_LOCK_KEY "7260002"
+#define RELAY_STOP_GRACE_MS 5000
 
 const char cm_outbox_migration[] =
     "CREATE TABLE outbox ("
@@ -382,13 +383,20 @@ static int relay_pass(cm_relay *r)
         rd_kafka_test_fatal_error(r->producer, RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
                                   "injected by CM_FAULT_PRODUCER_FATAL_AFTER");
     }
-    /* Every delivery report arrives within message.timeout.ms. */
-    do {
+    /* Every delivery report arrives within message.timeout.ms. When the
+     * daemon is stopping, rows still unacknowledged after a grace period are
+     * purged (reported as failed, so they stay in the outbox for the next
+     * start) to keep the drain inside systemd's stop timeout. */
+    for (int waited = 0;; waited += 20) {
         rd_kafka_poll(r->producer, 20);
         pending = 0;
         for (int i = 0; i < n; i++)
             pending += slots[i].state == 0;
-    } while (pending > 0);
+        if (pending == 0)
+            break;
+        if (atomic_load(&r->stop) && waited == RELAY_STOP_GRACE_MS)
+            rd_kafka_purge(r->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    }
     rc = delete_acked(r, res, slots, n, &failed);
     r->acked += n - failed;
     log_debug("outbox relay published count=%d failed=%d", n - failed, failed);
