@@ -39,36 +39,45 @@ const size_t os_nmigrations = sizeof(os_migrations) / sizeof(os_migrations[0]);
 
 /* ---- replies ---- */
 
-static os_outcome outcome_of(PGresult *res, int col)
-{
-    if (PQgetisnull(res, 0, col))
-        return OS_OUTCOME_UNKNOWN;
-    return strcmp(PQgetvalue(res, 0, col), "t") == 0 ? OS_OUTCOME_YES : OS_OUTCOME_NO;
-}
+/* A reply costs one round trip: os_settle_table() gives, for this reply, the
+ * transition from each of the nine possible prior states, and one statement
+ * locks the order row, looks its current state up in that table and applies
+ * the transition. The state machine stays the one authority on transitions. */
+#define PRIOR_STATE_INDEX                                                                          \
+    "1 + 3 * (CASE WHEN payment_approved IS NULL THEN 0 WHEN payment_approved THEN 1 ELSE 2 END)"  \
+    " + (CASE WHEN inventory_reserved IS NULL THEN 0 WHEN inventory_reserved THEN 1 ELSE 2 END)"
+#define APPLY_REPLY_SQL(side, outcome)                                                             \
+    "WITH o AS ("                                                                                  \
+    "  SELECT order_id, status, substr($2, " PRIOR_STATE_INDEX ", 1) AS next"                      \
+    "  FROM orders WHERE order_id = $1 FOR UPDATE),"                                               \
+    " t AS (SELECT clock_timestamp() AS now),"                                                     \
+    " u AS ("                                                                                      \
+    "  UPDATE orders SET"                                                                          \
+    "   status = CASE o.next WHEN 'C' THEN 'CONFIRMED' WHEN 'R' THEN 'REJECTED'"                   \
+    "    ELSE 'PENDING' END,"                                                                      \
+    "   " outcome " = $3::boolean, " side "_reason = $4, " side "_at = t.now,"                     \
+    "   updated_at = t.now,"                                                                       \
+    "   settled_at = coalesce(orders.settled_at, CASE WHEN o.next <> 'P' THEN t.now END)"          \
+    "  FROM o, t WHERE orders.order_id = o.order_id AND o.next <> '-'"                             \
+    "  RETURNING orders.status)"                                                                   \
+    " SELECT o.status, (SELECT status FROM u) FROM o"
+
+/* One clock reading per update, so that the order's times agree; a settled
+ * order keeps its settled_at. */
+static const char payment_sql[] = APPLY_REPLY_SQL("payment", "payment_approved");
+static const char inventory_sql[] = APPLY_REPLY_SQL("inventory", "inventory_reserved");
 
 /* Applies one side's reply to the order, under its row lock. */
 static int apply_reply(cm_daemon *d, PGconn *tx, const cm_record *rec, const char *order_id,
                        os_side side, bool yes, const char *why, char *reason, size_t reasonlen)
 {
-    static const char lock_sql[] = "SELECT status, payment_approved, inventory_reserved FROM orders"
-                                   " WHERE order_id = $1 FOR UPDATE";
-    /* One clock reading per update, so that the order's times agree. */
-    static const char payment_sql[] =
-        "UPDATE orders SET status = $2, payment_approved = $3::boolean, payment_reason = $4,"
-        " payment_at = t.now, updated_at = t.now,"
-        " settled_at = coalesce(settled_at, CASE WHEN $2 <> 'PENDING' THEN t.now END)"
-        " FROM (SELECT clock_timestamp() AS now) t WHERE order_id = $1";
-    static const char inventory_sql[] =
-        "UPDATE orders SET status = $2, inventory_reserved = $3::boolean, inventory_reason = $4,"
-        " inventory_at = t.now, updated_at = t.now,"
-        " settled_at = coalesce(settled_at, CASE WHEN $2 <> 'PENDING' THEN t.now END)"
-        " FROM (SELECT clock_timestamp() AS now) t WHERE order_id = $1";
-    const char *p[4] = {order_id};
-    os_order_state st;
-    os_status before;
+    char table[10];
+    const char *p[4] = {order_id, table, yes ? "true" : "false", why};
     PGresult *res;
-    int r = cm_db_query(tx, &res, lock_sql, 1, p);
+    int r;
 
+    os_settle_table(side, yes, table);
+    r = cm_db_query(tx, &res, side == OS_SIDE_PAYMENT ? payment_sql : inventory_sql, 4, p);
     if (r < 0)
         return r;
     if (PQntuples(res) == 0) {
@@ -76,29 +85,19 @@ static int apply_reply(cm_daemon *d, PGconn *tx, const cm_record *rec, const cha
         snprintf(reason, reasonlen, "unknown order %s", order_id);
         return -ENOENT; /* tied to the record: retried, then dead-lettered */
     }
-    st.status = (os_status)os_status_parse(PQgetvalue(res, 0, 0));
-    st.payment = outcome_of(res, 1);
-    st.inventory = outcome_of(res, 2);
-    PQclear(res);
-    before = st.status;
-    if (!os_settle_apply(&st, side, yes)) {
+    if (PQgetisnull(res, 0, 1)) {
         log_info("duplicate reply ignored order_id=%s side=%s " CM_REC_FMT, order_id,
                  side == OS_SIDE_PAYMENT ? "payment" : "inventory", CM_REC_ARGS(rec));
-        return 0;
-    }
-    /* A settled order keeps its settled_at: only the first settling sets it. */
-    p[1] = os_status_name(st.status);
-    p[2] = yes ? "true" : "false";
-    p[3] = why;
-    r = cm_db_query(tx, NULL, side == OS_SIDE_PAYMENT ? payment_sql : inventory_sql, 4, p);
-    if (r == 0 && before == OS_PENDING && st.status != OS_PENDING) {
+    } else if (strcmp(PQgetvalue(res, 0, 0), "PENDING") == 0 &&
+               strcmp(PQgetvalue(res, 0, 1), "PENDING") != 0) {
+        bool confirmed = strcmp(PQgetvalue(res, 0, 1), "CONFIRMED") == 0;
         cm_metrics_add(cm_daemon_metrics(d), "orders_settled_total",
-                       st.status == OS_CONFIRMED ? "status=\"CONFIRMED\"" : "status=\"REJECTED\"",
-                       1);
-        log_info("order settled order_id=%s status=%s " CM_REC_FMT, order_id,
-                 os_status_name(st.status), CM_REC_ARGS(rec));
+                       confirmed ? "status=\"CONFIRMED\"" : "status=\"REJECTED\"", 1);
+        log_info("order settled order_id=%s status=%s " CM_REC_FMT, order_id, PQgetvalue(res, 0, 1),
+                 CM_REC_ARGS(rec));
     }
-    return r;
+    PQclear(res);
+    return 0;
 }
 
 static int on_payment(void *ctx, PGconn *tx, const cm_record *rec, char *reason, size_t reasonlen)

@@ -59,3 +59,21 @@ int os_status_parse(const char *s)
             return (int)i;
     return -1;
 }
+
+void os_settle_table(os_side side, bool yes, char out[10])
+{
+    static const os_outcome outcomes[3] = {OS_OUTCOME_UNKNOWN, OS_OUTCOME_YES, OS_OUTCOME_NO};
+
+    for (int p = 0; p < 3; p++) {
+        for (int i = 0; i < 3; i++) {
+            os_order_state st = {OS_PENDING, OS_OUTCOME_UNKNOWN, OS_OUTCOME_UNKNOWN};
+            /* Reach the prior state through the machine itself. */
+            if (outcomes[p] != OS_OUTCOME_UNKNOWN)
+                os_settle_apply(&st, OS_SIDE_PAYMENT, outcomes[p] == OS_OUTCOME_YES);
+            if (outcomes[i] != OS_OUTCOME_UNKNOWN)
+                os_settle_apply(&st, OS_SIDE_INVENTORY, outcomes[i] == OS_OUTCOME_YES);
+            out[p * 3 + i] = os_settle_apply(&st, side, yes) ? os_status_name(st.status)[0] : '-';
+        }
+    }
+    out[9] = '\0';
+}

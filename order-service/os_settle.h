@@ -39,6 +39,14 @@ typedef enum {
  * any NO -> REJECTED, both YES -> CONFIRMED, else PENDING. */
 bool os_settle_apply(os_order_state *state, os_side side, bool yes);
 
+/* The transitions of one reply (side said yes/no) from every prior state, as
+ * a 9-character table: entry 3 * p + i is for payment outcome p and inventory
+ * outcome i (0 unknown, 1 yes, 2 no); it is '-' where the reply changes
+ * nothing (a duplicate), else the first letter of the new status (P, C, R).
+ * Lets a database statement apply the transition without a second round
+ * trip. out receives 9 characters and a NUL. */
+void os_settle_table(os_side side, bool yes, char out[10]);
+
 /* "PENDING", "CONFIRMED", "REJECTED"; parse returns -1 for anything else. */
 const char *os_status_name(os_status s);
 int os_status_parse(const char *s);

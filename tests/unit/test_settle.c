@@ -183,6 +183,47 @@ static void test_status_names(void **state)
     assert_int_equal(os_status_parse(NULL), -1);
 }
 
+/* The transition table, against the rule computed here from scratch: a side
+ * that already answered ignores the reply; otherwise any "no" rejects, two
+ * "yes" confirm, and one answer leaves the order pending. */
+static void test_transition_table(void **state)
+{
+    (void)state;
+    for (int side = OS_SIDE_PAYMENT; side <= OS_SIDE_INVENTORY; side++) {
+        for (int yes = 0; yes <= 1; yes++) {
+            char table[10];
+            os_settle_table((os_side)side, yes, table);
+            assert_int_equal(strlen(table), 9);
+            for (int p = 0; p < 3; p++) {
+                for (int i = 0; i < 3; i++) {
+                    int mine = side == OS_SIDE_PAYMENT ? p : i;
+                    int np = side == OS_SIDE_PAYMENT ? (yes ? 1 : 2) : p;
+                    int ni = side == OS_SIDE_INVENTORY ? (yes ? 1 : 2) : i;
+                    char want = mine != 0              ? '-'
+                                : (np == 2 || ni == 2) ? 'R'
+                                : (np == 1 && ni == 1) ? 'C'
+                                                       : 'P';
+                    assert_int_equal(table[p * 3 + i], want);
+                }
+            }
+        }
+    }
+}
+
+static void test_transition_table_literals(void **state)
+{
+    char t[10];
+    (void)state;
+    os_settle_table(OS_SIDE_PAYMENT, true, t);
+    assert_string_equal(t, "PCR------");
+    os_settle_table(OS_SIDE_PAYMENT, false, t);
+    assert_string_equal(t, "RRR------");
+    os_settle_table(OS_SIDE_INVENTORY, true, t);
+    assert_string_equal(t, "P--C--R--");
+    os_settle_table(OS_SIDE_INVENTORY, false, t);
+    assert_string_equal(t, "R--R--R--");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -190,6 +231,8 @@ int main(void)
         cmocka_unit_test(test_named_outcomes),
         cmocka_unit_test(test_unknown_side_ignored),
         cmocka_unit_test(test_status_names),
+        cmocka_unit_test(test_transition_table),
+        cmocka_unit_test(test_transition_table_literals),
     };
     return cmocka_run_group_tests_name("settle", tests, NULL, NULL);
 }
