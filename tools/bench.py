@@ -9,7 +9,7 @@ each) at an optional target rate, then polls GET /orders/{id} until every order
 is settled. Latency from POST to settled is the server's settledAt minus the
 client's send time (both wall clock on this machine), so polling delay does not
 inflate it. Prints throughput, latency percentiles, the outcome counts and
-each daemon's resident memory.
+each daemon's resident memory and CPU time per settled order.
 
 This is a tool, not a test: it never fails on speed. Exit status: 0 when every
 order was posted and settled before --timeout, 1 otherwise, 2 on bad usage.
@@ -103,6 +103,16 @@ def percentile(sorted_values, p):
         return None
     k = max(1, math.ceil(p / 100.0 * len(sorted_values)))
     return sorted_values[min(k, len(sorted_values)) - 1]
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds a process has used so far, or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def proc_status(pid):
@@ -304,7 +314,7 @@ class Bench:
                 time.sleep(max(0.0, 0.2 - (time.monotonic() - started)))
         return pending
 
-    def report(self, unsettled, daemons):
+    def report(self, unsettled, daemons, cpu_before):
         posted = [p for p in self.posted if p is not None]
         sends = {oid: sent for oid, sent, _ in posted}
         post_lat = sorted(lat for _, _, lat in posted)
@@ -323,9 +333,13 @@ class Bench:
         mem = []
         for name, pid in daemons:
             st = proc_status(pid)
+            cpu0, cpu1 = cpu_before.get(pid), cpu_seconds(pid)
+            cpu = round(cpu1 - cpu0, 3) if cpu0 is not None and cpu1 is not None else None
             mem.append({"daemon": name, "pid": pid,
                         "rss_kb": st and st["rss_kb"], "hwm_kb": st and st["hwm_kb"],
-                        "anon_kb": st and st["anon_kb"]})
+                        "anon_kb": st and st["anon_kb"], "cpu_s": cpu,
+                        "cpu_ms_per_order": (round(cpu * 1000 / len(settled_at), 3)
+                                             if cpu is not None and settled_at else None)})
         return {
             "orders": self.args.orders,
             "posted": len(posted),
@@ -372,6 +386,12 @@ def print_human(r):
         anon = "-" if m.get("anon_kb") is None else f"{m['anon_kb'] / 1024:.1f} MiB"
         print(f"memory            {m['daemon']:<18} pid {m['pid']:<8} VmRSS {rss:<10} "
               f"VmHWM {hwm:<10} RssAnon {anon}")
+    for m in r["memory"]:
+        if m.get("cpu_s") is not None:
+            print(f"cpu               {m['daemon']:<18} {m['cpu_s']:.2f} s, "
+                  f"{m['cpu_ms_per_order']} ms per settled order")
+    if any(m.get("cpu_s") is not None for m in r["memory"]):
+        print("                  (order-service's CPU includes answering this tool's GET polling)")
     for e in r["first_post_errors"]:
         print(f"post error        {e}")
 
@@ -422,9 +442,11 @@ def main(argv=None):
     if not args.json:
         print(f"bench: run {b.run_id}: posting {args.orders} orders to {args.url} ...",
               file=sys.stderr)
+    daemons = find_daemons(args)
+    cpu_before = {pid: cpu_seconds(pid) for _, pid in daemons}
     b.post_all()
     unsettled = b.poll_all()
-    report = b.report(unsettled, find_daemons(args))
+    report = b.report(unsettled, daemons, cpu_before)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
