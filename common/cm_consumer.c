@@ -93,12 +93,12 @@ static int precheck(const loop *l, const slot *s, char *reason, size_t reasonlen
     }
     if (rd_kafka_message_headers(s->msg, &h) == 0 &&
         rd_kafka_header_get_last(h, EV_HDR_EVENT_VERSION, &v, &len) == 0) {
-        char buf[16];
+        char buf[16], *end;
         if (!v || len == 0 || len >= sizeof(buf))
             goto bad;
         memcpy(buf, v, len);
         buf[len] = '\0';
-        if (strcmp(buf, "1") != 0) /* EV_VERSION */
+        if (strtol(buf, &end, 10) != EV_VERSION || *end != '\0')
             goto bad;
     }
     return 0;

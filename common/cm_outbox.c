@@ -71,22 +71,6 @@ int cm_outbox_headers(ev_type type, const char *parent_traceparent, char **ret_j
     return 0;
 }
 
-int cm_outbox_add(PGconn *conn, ev_type type, const char *key, const char *payload,
-                  const char *parent_traceparent)
-{
-    static const char sql[] =
-        "INSERT INTO outbox(topic, msg_key, payload, headers) VALUES ($1, $2, $3, $4::jsonb)";
-    char *headers = NULL;
-    int r = cm_outbox_headers(type, parent_traceparent, &headers, NULL);
-
-    if (r < 0)
-        return r;
-    const char *p[4] = {ev_type_topic(type), key, payload, headers};
-    r = cm_db_query(conn, NULL, sql, 4, p);
-    free(headers);
-    return r;
-}
-
 static int encode_outcome(ev_type type, const char *order_id, bool yes, const char *reason,
                           char **ret_json)
 {
@@ -103,18 +87,6 @@ static int encode_outcome(ev_type type, const char *order_id, bool yes, const ch
         return ev_inventory_reserved_encode(&e, ret_json);
     }
     return -EINVAL;
-}
-
-int cm_outbox_add_outcome(PGconn *conn, ev_type type, const char *order_id, bool yes,
-                          const char *reason, const char *parent_traceparent)
-{
-    char *json = NULL;
-    int r = encode_outcome(type, order_id, yes, reason, &json);
-
-    if (r == 0)
-        r = cm_outbox_add(conn, type, order_id, json, parent_traceparent);
-    free(json);
-    return r;
 }
 
 int cm_outbox_apply_and_reply(PGconn *tx, ev_type reply_type, const char *claim_sql,

@@ -2,8 +2,11 @@
  * cm_outbox.h - the transactional outbox and its relay.
  *
  * A service writes its state change and the event that announces it in one
- * PostgreSQL transaction: cm_outbox_add() inserts the event into table outbox
- * on the caller's connection, inside the caller's transaction. A trigger
+ * PostgreSQL transaction: its own statement inserts the event into table
+ * outbox (topic, msg_key, payload, headers from cm_outbox_headers()) on the
+ * caller's connection, inside the caller's transaction; the statement that
+ * changes the state does it, so no extra round trip is spent (see
+ * cm_outbox_apply_and_reply() and order-service's POST /orders). A trigger
  * NOTIFYs channel "outbox" on commit, which wakes the relay.
  *
  * The relay is one thread with its own connection and an idempotent producer
@@ -32,18 +35,6 @@ extern const char cm_outbox_migration[];
  * it receives the trace id (32 hex digits + NUL). Returns 0 or -ENOMEM. */
 int cm_outbox_headers(ev_type type, const char *parent_traceparent, char **ret_json,
                       char *ret_trace_id);
-
-/* Inserts one event (payload is its JSON) for topic ev_type_topic(type) with
- * key into the outbox, on conn inside the caller's transaction. Returns 0 or
- * a cm_db code. */
-int cm_outbox_add(PGconn *conn, ev_type type, const char *key, const char *payload,
-                  const char *parent_traceparent);
-
-/* Encodes and adds a reply event of the {orderId, <bool>, reason} shape:
- * EV_PAYMENT_COMPLETED (approved) or EV_INVENTORY_RESERVED (reserved).
- * Returns 0, -EINVAL for another type or bad fields, or a cm_db code. */
-int cm_outbox_add_outcome(PGconn *conn, ev_type type, const char *order_id, bool yes,
-                          const char *reason, const char *parent_traceparent);
 
 /* The handler shape of payment-service and inventory-service, in one round
  * trip: claim_sql (params $1..$3) claims the order; apply_sql (the same $1..$3,

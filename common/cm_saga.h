@@ -16,21 +16,6 @@
 
 #include <libpq-fe.h>
 
-typedef enum {
-    CM_SAGA_NOTHING = 0,    /* already compensated, or nothing was taken */
-    CM_SAGA_REMEMBERED = 1, /* the order had not arrived: tombstone written */
-    CM_SAGA_UNDONE = 2,     /* the effect was undone (refund, release) */
-} cm_saga_result;
-
-/* Runs remember_sql (an INSERT of the tombstone ... ON CONFLICT DO NOTHING)
- * and then undo_sql (which must return a row when it undid something), in
- * one round trip. If the tombstone went in, the undo finds nothing; if not,
- * the order's row exists and is committed (the insert waited for any
- * concurrent writer) and the undo sees it. Both take the same parameters.
- * Returns a cm_saga_result or a cm_db error code. */
-int cm_saga_compensate(PGconn *tx, const char *remember_sql, const char *undo_sql, int nparams,
-                       const char *const *params);
-
 /* A service's compensation, declared: which outcome event it reacts to, its
  * two statements (parameters $1 orderId, $2 the other side's reason), and
  * how results are counted and logged. */
@@ -47,6 +32,11 @@ typedef struct {
 
 /* The consumer handler body: decodes rec as def->type (poison codes as the
  * decoders return them), ignores a positive outcome, and compensates a
- * negative one. Returns 0 or a negative code for the error handler. */
+ * negative one: remember_sql (an INSERT of the tombstone ... ON CONFLICT DO
+ * NOTHING) and undo_sql (which returns a row when it undid something) are
+ * sent in one round trip. If the tombstone went in, the undo finds nothing;
+ * if not, the order's row exists and is committed (the insert waited for any
+ * concurrent writer) and the undo sees it. Returns 0 or a negative code for
+ * the error handler. */
 int cm_saga_handle(const cm_saga_def *def, cm_metrics *metrics, PGconn *tx, const cm_record *rec,
                    char *reason, size_t reasonlen);
