@@ -238,6 +238,15 @@ launch_node() { # node: start the JVM in its own session, record its pid
         -Dkafka.logs.dir="$nd" -cp "$LIBS/*" kafka.Kafka "$nd/server.properties" \
         </dev/null >"$nd/console.log" 2>&1 &
     disown || true
+    # Until the child has written its pid file it is still a copy of this
+    # script (no node marker in its command line), and wait_nodes would take
+    # it for a node that exited. Wait for the file (a few ms) first.
+    local i
+    for ((i = 0; i < 200; i++)); do
+        [[ -s "$nd/pid" ]] && return 0
+        sleep 0.025
+    done
+    die "node $n: its launcher did not start within 5 s"
 }
 
 node_answers() { # node: its own metadata lists itself as an alive broker
