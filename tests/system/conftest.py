@@ -16,6 +16,9 @@ Environment:
   TEST_BOOTSTRAP    use this Kafka instead of starting one (host:port,...)
   TEST_KAFKA_NODES  nodes of the test cluster (default 1; 3 for broker faults:
                     then topics get replication factor 3, min.insync.replicas 2)
+  TEST_PORT_OFFSET  added to every port the tests listen on (daemons, broker),
+                    and part of the test databases' prefix, so that two test
+                    runs (two work trees) can share one host (default 0)
 """
 
 import atexit
@@ -42,19 +45,20 @@ ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = ROOT / ".run"
 LOG_DIR = RUN_DIR / "test-logs"
 KAFKA_DIR = RUN_DIR / "test-kafka"
-KAFKA_PORT = 19092
+PORT_OFFSET = int(os.environ.get("TEST_PORT_OFFSET", "0"))
+KAFKA_PORT = 19092 + PORT_OFFSET
 KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
 TOPICS_SH = ROOT / "deploy" / "kafka" / "topics.sh"
 PG_SH = ROOT / "deploy" / "postgres" / "pg.sh"
-DB_PREFIX = "test_"
+DB_PREFIX = f"test{PORT_OFFSET}_" if PORT_OFFSET else "test_"
 PARTITIONS = 6
 KAFKA_NODES = int(os.environ.get("TEST_KAFKA_NODES", "1"))
 
 # name -> (HTTP port, database suffix)
 SERVICES = {
-    "order-service": (18080, "orders"),
-    "payment-service": (18081, "payments"),
-    "inventory-service": (18082, "inventory"),
+    "order-service": (18080 + PORT_OFFSET, "orders"),
+    "payment-service": (18081 + PORT_OFFSET, "payments"),
+    "inventory-service": (18082 + PORT_OFFSET, "inventory"),
 }
 TOPICS = ["orders.created", "payments.completed", "inventory.reserved"]
 TYPE_ID_PREFIX = "com.devcraftly.orders.events."

@@ -30,7 +30,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
 KAFKA_DIR = ROOT / ".run" / "test-orderctl-kafka"
-KAFKA_PORT = 19392
+KAFKA_PORT = 19392 + int(os.environ.get("TEST_PORT_OFFSET", "0"))
 BOOTSTRAP = f"127.0.0.1:{KAFKA_PORT}"
 BASE_TOPICS = ["orders.created", "payments.completed", "inventory.reserved"]
 LEDGER = "orders.dlt-replays"
