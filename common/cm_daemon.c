@@ -46,6 +46,8 @@ static const cm_cfg_item base_items[] = {
      "most records applied in one database transaction"},
     {"OUTBOX_BATCH", CM_CFG_INT, "500", 1, 10000, BASE(outbox_batch), false,
      "most outbox rows published per relay pass"},
+    {"WRITE_BATCH", CM_CFG_INT, "256", 1, 10000, BASE(write_batch), false,
+     "most HTTP writes committed in one transaction (group commit)"},
     {"RETRY_MAX", CM_CFG_INT, "3", 0, 100, BASE(retry_max), false,
      "retries of a failing record before it is dead-lettered"},
     {"RETRY_BACKOFF", CM_CFG_DURATION, "2s", 0, 60000, BASE(retry_backoff_ms), false,
@@ -142,6 +144,11 @@ static const cm_metric_def common_metrics[] = {
     {"orders_ready", CM_METRIC_GAUGE, "1 when the daemon is ready (as /readyz), else 0."},
     {"orders_dependency_up", CM_METRIC_GAUGE, "1 when a dependency is usable, else 0."},
 };
+
+cm_batch *cm_daemon_batch(cm_daemon *d)
+{
+    return d->batch;
+}
 
 cm_metrics *cm_daemon_metrics(cm_daemon *d)
 {
@@ -263,6 +270,9 @@ static void stop_http(void *arg)
     cm_daemon *d = arg;
     cm_notify_stopping(&d->notify);
     log_info("stopping: http server");
+    /* Requests waiting for a group commit are answered first: the server
+     * may stop only when none is suspended. */
+    cm_batch_stop(d->batch);
     cm_http_stop(d->http);
     d->http = NULL;
     log_info("stopping: kafka consumer");
@@ -277,15 +287,17 @@ static int run(cm_daemon *d)
 
     if (!routes)
         return -ENOMEM;
-    routes[0] = (cm_http_route){"GET", "/healthz", health_route};
-    routes[1] = (cm_http_route){"GET", "/readyz", ready_route};
-    routes[2] = (cm_http_route){"GET", "/metrics", metrics_route};
+    routes[0] = (cm_http_route){"GET", "/healthz", health_route, NULL};
+    routes[1] = (cm_http_route){"GET", "/readyz", ready_route, NULL};
+    routes[2] = (cm_http_route){"GET", "/metrics", metrics_route, NULL};
     memcpy(routes + 3, d->def->routes, d->def->nroutes * sizeof(*routes));
 
     r = cm_dbpool_new(d->base.database_url, (size_t)d->base.db_pool_size, &d->pool);
     if (r == 0)
         r = cm_relay_start(d->base.database_url, d->def->name, (int)d->base.outbox_batch,
                            &d->health, &relay);
+    if (r == 0 && d->def->batch_flush)
+        r = cm_batch_start((int)d->base.write_batch, d->def->batch_flush, d, &d->batch);
     if (r == 0) {
         r = cm_http_start(d->base.http_addr, (int)d->base.http_port, (int)d->base.http_threads,
                           (size_t)d->base.http_body_max, routes, nroutes, d, d->health.metrics,
@@ -316,8 +328,11 @@ static int run(cm_daemon *d)
                  d->base.consumer_group);
         r = cm_consumer_run(&cc, &stop_requested);
     }
+    cm_batch_stop(d->batch);
     cm_http_stop(d->http);
     d->http = NULL;
+    cm_batch_free(d->batch);
+    d->batch = NULL;
     log_info("stopping: outbox relay");
     cm_relay_stop(relay);
     log_info("stopping: database");

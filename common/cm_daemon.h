@@ -16,6 +16,7 @@
  */
 #pragma once
 
+#include "cm_batch.h"
 #include "cm_config.h"
 #include "cm_consumer.h"
 #include "cm_db.h"
@@ -36,6 +37,7 @@ typedef struct {
     const char *consumer_group;
     long long consumer_batch;
     long long outbox_batch;
+    long long write_batch;
     long long retry_max;
     long long retry_backoff_ms;
 } cm_base_config;
@@ -62,6 +64,9 @@ typedef struct {
     void *cfg;                    /* where they are loaded */
     const cm_metric_def *metrics; /* the service's own metrics, or NULL */
     size_t nmetrics;
+    /* Group commit for HTTP handlers (see cm_daemon_batch()), or NULL. Called
+     * with the cm_daemon as ctx. */
+    cm_batch_flush_fn batch_flush;
 } cm_daemon_def;
 
 typedef struct {
@@ -70,8 +75,12 @@ typedef struct {
     cm_health health;
     cm_dbpool *pool; /* for HTTP handlers */
     cm_http *http;
+    cm_batch *batch; /* when def->batch_flush is set */
     cm_notify notify;
 } cm_daemon;
+
+/* The daemon's group-commit queue (cm_batch_submit()), or NULL. */
+cm_batch *cm_daemon_batch(cm_daemon *d);
 
 /* Takes a pooled database connection for an HTTP handler. If the database is
  * unreachable, fills resp with a 503 problem and returns NULL. */

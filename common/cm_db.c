@@ -86,6 +86,34 @@ static int stmt_name(PGconn *conn, const char *sql, int nparams, char name[16])
     return 0;
 }
 
+int cm_db_array(const char *const *vals, size_t n, char **ret)
+{
+    size_t cap = 3, len = 0;
+    char *out;
+
+    for (size_t i = 0; i < n; i++)
+        cap += 2 * strlen(vals[i]) + 3;
+    out = malloc(cap);
+    if (!out)
+        return -ENOMEM;
+    out[len++] = '{';
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0)
+            out[len++] = ',';
+        out[len++] = '"';
+        for (const char *c = vals[i]; *c; c++) {
+            if (*c == '"' || *c == '\\')
+                out[len++] = '\\';
+            out[len++] = *c;
+        }
+        out[len++] = '"';
+    }
+    out[len++] = '}';
+    out[len] = '\0';
+    *ret = out;
+    return 0;
+}
+
 const char *cm_db_error(PGconn *conn)
 {
     static __thread char buf[512];

@@ -51,6 +51,12 @@ typedef struct {
  * hands out nothing. */
 int cm_db_pipeline(PGconn *conn, const cm_db_stmt *stmts, int n, PGresult **ret);
 
+/* The text form of a PostgreSQL array of the n strings vals ("{"a","b"}",
+ * each element quoted, '"' and '\\' escaped), for one parameter that carries
+ * a whole batch (unnest($1::text[])). Returns 0 with *ret (caller frees) or
+ * -ENOMEM. */
+int cm_db_array(const char *const *vals, size_t n, char **ret);
+
 /* Convenience: the last error message of conn, one line, never NULL. */
 const char *cm_db_error(PGconn *conn);
 

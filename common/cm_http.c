@@ -9,6 +9,7 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,12 +27,17 @@ struct cm_http {
     cm_metrics *metrics;
 };
 
-/* Per-request state, from the first callback to request completion. */
-typedef struct {
+/* Per-request state, from the first callback to request completion; also
+ * the cm_http_pending of an asynchronous handler. */
+typedef struct cm_http_pending {
     char *body;
     size_t len;
     bool too_large;
     struct timespec start;
+    struct MHD_Connection *conn;
+    const char *route;    /* pattern of the route that kept the request */
+    atomic_bool answered; /* resp below holds the answer */
+    cm_http_resp resp;
 } reqstate;
 
 const char *cm_http_header(const cm_http_req *req, const char *name)
@@ -164,6 +170,21 @@ static bool is_json_ctype(const char *ct)
            (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
 }
 
+/* Runs an asynchronous handler; returns true if it kept the request. The
+ * connection is suspended before the handler runs, so that a completion
+ * from another thread always finds it suspended. */
+static bool run_async(cm_http *h, struct MHD_Connection *c, reqstate *st, const cm_http_route *rt,
+                      const cm_http_req *req, cm_http_resp *resp)
+{
+    st->conn = c;
+    st->route = rt->pattern;
+    MHD_suspend_connection(c);
+    if (rt->handle_async(h->ctx, req, resp, st) == 1)
+        return true;
+    MHD_resume_connection(c);
+    return false;
+}
+
 static enum MHD_Result dispatch(cm_http *h, struct MHD_Connection *c, const char *url,
                                 const char *method, reqstate *st)
 {
@@ -189,6 +210,9 @@ static enum MHD_Result dispatch(cm_http *h, struct MHD_Connection *c, const char
                                                                              "Content-Type"))) {
             cm_http_problem(&resp, 415, "Unsupported Media Type",
                             "request body must be application/json");
+        } else if (rt->handle_async) {
+            if (run_async(h, c, st, rt, &req, &resp))
+                return MHD_YES;
         } else {
             rt->handle(h->ctx, &req, &resp);
         }
@@ -229,6 +253,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         }
         return MHD_YES;
     }
+    if (atomic_load(&st->answered)) {
+        /* Resumed after cm_http_complete(). */
+        cm_http_resp resp = st->resp;
+        st->resp = (cm_http_resp){0};
+        return finish(h, c, st, st->route, method, &resp, NULL);
+    }
     if (*upload_size > 0) {
         if (!st->too_large && st->len + *upload_size <= h->body_max) {
             char *nb = realloc(st->body, st->len + *upload_size + 1);
@@ -247,6 +277,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return dispatch(h, c, url, method, st);
 }
 
+void cm_http_complete(cm_http_pending *pending, cm_http_resp *resp)
+{
+    pending->resp = *resp;
+    *resp = (cm_http_resp){0};
+    atomic_store(&pending->answered, true);
+    MHD_resume_connection(pending->conn);
+}
+
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -255,6 +293,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     (void)c;
     (void)toe;
     if (st) {
+        json_decref(st->resp.body);
+        free(st->resp.text);
         free(st->body);
         free(st);
     }
@@ -276,7 +316,8 @@ int cm_http_start(const char *addr, int port, int threads, size_t body_max,
     struct addrinfo hints = {.ai_flags = AI_NUMERICHOST | AI_PASSIVE, .ai_socktype = SOCK_STREAM};
     struct addrinfo *ai = NULL;
     char portstr[8];
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | MHD_USE_EPOLL;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | MHD_USE_EPOLL |
+                     MHD_ALLOW_SUSPEND_RESUME;
     cm_http *h;
 
     snprintf(portstr, sizeof(portstr), "%d", port);

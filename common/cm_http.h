@@ -8,6 +8,12 @@
  * gets 404. Requests with a body must be application/json (else 415) and at
  * most body_max bytes (else 413). Handlers run on libmicrohttpd's worker
  * threads and must be thread-safe.
+ *
+ * A route may instead have an asynchronous handler: it either answers at
+ * once (returns 0 with resp filled) or keeps the request open (returns 1)
+ * and answers later, from any thread, with cm_http_complete(). The
+ * connection is suspended meanwhile, so a worker thread is not held by a
+ * request that waits (e.g. for a group commit).
  */
 #pragma once
 
@@ -35,10 +41,22 @@ typedef struct {
 
 typedef void (*cm_http_fn)(void *ctx, const cm_http_req *req, cm_http_resp *resp);
 
+/* A request kept open by an asynchronous handler; owned by libmicrohttpd's
+ * side until cm_http_complete() hands it back. */
+typedef struct cm_http_pending cm_http_pending;
+
+/* Returns 0 when resp holds the answer, or 1 when pending was kept and will
+ * be completed with cm_http_complete() exactly once. req is valid during the
+ * call only, req->body until the completion. pending is NULL when the
+ * request cannot be kept (no JSON body): the handler must answer at once. */
+typedef int (*cm_http_async_fn)(void *ctx, const cm_http_req *req, cm_http_resp *resp,
+                                cm_http_pending *pending);
+
 typedef struct {
     const char *method;
     const char *pattern; /* "/orders" or "/orders/{}" */
     cm_http_fn handle;
+    cm_http_async_fn handle_async; /* used instead of handle when set */
 } cm_http_route;
 
 typedef struct cm_http cm_http;
@@ -52,6 +70,11 @@ int cm_http_start(const char *addr, int port, int threads, size_t body_max,
                   cm_http **ret);
 /* Stops accepting and finishes requests in progress. NULL is fine. */
 void cm_http_stop(cm_http *http);
+
+/* Answers a request kept by an asynchronous handler; resp's contents are
+ * taken over. Callable from any thread; the server must still be running
+ * (cm_http_stop() only after every pending request was completed). */
+void cm_http_complete(cm_http_pending *pending, cm_http_resp *resp);
 
 /* A request header's value, or NULL. */
 const char *cm_http_header(const cm_http_req *req, const char *name);

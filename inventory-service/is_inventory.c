@@ -198,9 +198,9 @@ static void get_reservation(void *ctx, const cm_http_req *req, cm_http_resp *res
 }
 
 const cm_http_route is_routes[] = {
-    {"PUT", "/stock/{}", put_stock},
-    {"GET", "/stock/{}", get_stock},
-    {"GET", "/reservations/{}", get_reservation},
+    {"PUT", "/stock/{}", put_stock, NULL},
+    {"GET", "/stock/{}", get_stock, NULL},
+    {"GET", "/reservations/{}", get_reservation, NULL},
 };
 const size_t is_nroutes = sizeof(is_routes) / sizeof(is_routes[0]);
 

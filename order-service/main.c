@@ -20,6 +20,7 @@ int main(int argc, char **argv)
         .nroutes = os_nroutes,
         .metrics = os_metrics,
         .nmetrics = os_nmetrics,
+        .batch_flush = os_flush_orders,
     };
     return cm_daemon_main(&def, argc, argv);
 }

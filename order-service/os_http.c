@@ -4,6 +4,7 @@
  */
 #include "os_order.h"
 
+#include "cm_db.h"
 #include "cm_log.h"
 #include "cm_outbox.h"
 #include "ev_event.h"
@@ -142,48 +143,166 @@ static int store_order(PGconn *conn, const ev_order_created *o, const char *json
     return r;
 }
 
-static void post_order(void *ctx, const cm_http_req *req, cm_http_resp *resp)
+/* Orders of one group commit, in one statement: one transaction, one
+ * commit, one NOTIFY for the whole batch. The arrays carry the orders in
+ * request order; the outbox rows keep that order. */
+static const char insert_batch_sql[] =
+    "WITH r AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[],"
+    "  $5::bigint[], $7::text[], $8::text[]) WITH ORDINALITY"
+    "  AS r(order_id, customer_id, sku, quantity, amount_cents, payload, headers, ord)),"
+    " o AS ("
+    "  INSERT INTO orders(order_id, customer_id, sku, quantity, amount_cents, status)"
+    "  SELECT order_id, customer_id, sku, quantity, amount_cents, 'PENDING' FROM r)"
+    " INSERT INTO outbox(topic, msg_key, payload, headers)"
+    " SELECT $6, order_id, payload, headers::jsonb FROM r ORDER BY ord";
+
+/* An order on its way through the group commit. */
+typedef struct {
+    cm_http_pending *pending;
+    ev_order_created o;
+    char *json, *headers;
+    char trace_id[33];
+} os_write;
+
+static void accepted(cm_daemon *d, const os_write *w, cm_http_resp *resp)
+{
+    const ev_order_created *o = &w->o;
+
+    cm_metrics_add(cm_daemon_metrics(d), "orders_placed_total", "", 1);
+    log_info("order accepted order_id=%s customer_id=%s sku=%s quantity=%d amount_cents=%" PRId64
+             " trace_id=%s",
+             o->order_id, o->customer_id, o->sku, (int)o->quantity, o->amount_cents, w->trace_id);
+    resp->status = 202;
+    snprintf(resp->location, sizeof(resp->location), "/orders/%s", o->order_id);
+    resp->body = json_pack("{s:s, s:s}", "orderId", o->order_id, "status", "PENDING");
+}
+
+/* Stores one order on its own (with or without Idempotency-Key) and answers. */
+static void store_one(cm_daemon *d, PGconn *conn, const os_write *w, const char *key,
+                      cm_http_resp *resp)
+{
+    int r = store_order(conn, &w->o, w->json, w->headers, key, resp);
+
+    if (r < 0)
+        cm_daemon_db_problem(resp, r);
+    else if (r > 0)
+        accepted(d, w, resp);
+}
+
+static int store_batch(PGconn *conn, os_write **ws, int n)
+{
+    const char **cols[7] = {0};
+    char(*nums)[2][24] = calloc((size_t)n, sizeof(*nums));
+    char *arr[7] = {0};
+    int r = nums ? 0 : -ENOMEM;
+
+    for (int c = 0; c < 7 && r == 0; c++)
+        if (!(cols[c] = calloc((size_t)n, sizeof(char *))))
+            r = -ENOMEM;
+    for (int i = 0; i < n && r == 0; i++) {
+        const ev_order_created *o = &ws[i]->o;
+        snprintf(nums[i][0], sizeof(nums[i][0]), "%d", (int)o->quantity);
+        snprintf(nums[i][1], sizeof(nums[i][1]), "%" PRId64, o->amount_cents);
+        cols[0][i] = o->order_id;
+        cols[1][i] = o->customer_id;
+        cols[2][i] = o->sku;
+        cols[3][i] = nums[i][0];
+        cols[4][i] = nums[i][1];
+        cols[5][i] = ws[i]->json;
+        cols[6][i] = ws[i]->headers;
+    }
+    for (int c = 0; c < 7 && r == 0; c++)
+        r = cm_db_array(cols[c], (size_t)n, &arr[c]);
+    if (r == 0) {
+        const char *p[8] = {arr[0], arr[1], arr[2], arr[3], arr[4], EV_TOPIC_ORDERS_CREATED,
+                            arr[5], arr[6]};
+        r = cm_db_query(conn, NULL, insert_batch_sql, 8, p);
+    }
+    for (int c = 0; c < 7; c++) {
+        free(arr[c]);
+        free((void *)cols[c]);
+    }
+    free(nums);
+    return r;
+}
+
+/* The group commit (cm_batch flush, on the batch thread): all orders in one
+ * statement; if that statement fails for a reason other than an outage,
+ * each order is tried alone, so that one bad order fails only itself. */
+void os_flush_orders(void *ctx, void **items, int n)
+{
+    os_write **ws = (os_write **)items;
+    cm_http_resp resp = {0};
+    PGconn *conn;
+    int r;
+
+    if (!(conn = cm_daemon_db(ctx, &resp))) {
+        r = -ECONNRESET;
+    } else {
+        r = store_batch(conn, ws, n);
+        if (r < 0)
+            log_debug("batch of %d orders failed code=%d; storing one by one", n, r);
+    }
+    for (int i = 0; i < n; i++) {
+        resp = (cm_http_resp){0};
+        if (r == 0)
+            accepted(ctx, ws[i], &resp);
+        else if (conn && r != -ECONNRESET)
+            store_one(ctx, conn, ws[i], NULL, &resp);
+        else
+            cm_daemon_db_problem(&resp, -ECONNRESET);
+        cm_http_complete(ws[i]->pending, &resp);
+        free(ws[i]->json);
+        free(ws[i]->headers);
+        free(ws[i]);
+    }
+    if (conn)
+        cm_daemon_db_release(ctx, conn);
+}
+
+/* POST /orders. An order without Idempotency-Key joins the group commit and
+ * is answered when its batch has committed; a keyed one is stored on its
+ * own (its key must be claimed in the same statement). */
+static int post_order(void *ctx, const cm_http_req *req, cm_http_resp *resp,
+                      cm_http_pending *pending)
 {
     const char *key = cm_http_header(req, "Idempotency-Key");
-    ev_order_created o = {0};
-    char *json = NULL, *headers = NULL, trace_id[33];
+    os_write *w;
     PGconn *conn;
     int r;
 
     if (key && !key_valid(key)) {
         cm_http_problem(resp, 400, "Bad Request",
                         "Idempotency-Key must be 1 to 255 printable ASCII characters");
-        return;
+        return 0;
     }
-    if (parse_order(req, &o, resp) < 0)
-        return;
-    ev_uuid(o.order_id);
-    r = ev_order_created_encode(&o, &json);
+    if (!(w = calloc(1, sizeof(*w)))) {
+        cm_http_problem(resp, 500, "Internal Server Error", "out of memory");
+        return 0;
+    }
+    if (parse_order(req, &w->o, resp) < 0)
+        goto out;
+    ev_uuid(w->o.order_id);
+    r = ev_order_created_encode(&w->o, &w->json);
     if (r == 0)
-        r = cm_outbox_headers(EV_ORDER_CREATED, cm_http_header(req, "traceparent"), &headers,
-                              trace_id);
+        r = cm_outbox_headers(EV_ORDER_CREATED, cm_http_header(req, "traceparent"), &w->headers,
+                              w->trace_id);
     if (r < 0) {
         cm_http_problem(resp, 400, "Bad Request", "the order is not valid");
         goto out;
     }
-    if (!(conn = cm_daemon_db(ctx, resp)))
-        goto out;
-    r = store_order(conn, &o, json, headers, key, resp);
-    cm_daemon_db_release(ctx, conn);
-    if (r < 0)
-        cm_daemon_db_problem(resp, r);
-    if (r <= 0)
-        goto out;
-    cm_metrics_add(cm_daemon_metrics(ctx), "orders_placed_total", "", 1);
-    log_info("order accepted order_id=%s customer_id=%s sku=%s quantity=%d amount_cents=%" PRId64
-             " trace_id=%s",
-             o.order_id, o.customer_id, o.sku, (int)o.quantity, o.amount_cents, trace_id);
-    resp->status = 202;
-    snprintf(resp->location, sizeof(resp->location), "/orders/%s", o.order_id);
-    resp->body = json_pack("{s:s, s:s}", "orderId", o.order_id, "status", "PENDING");
+    w->pending = pending;
+    if (!key && pending && cm_daemon_batch(ctx) && cm_batch_submit(cm_daemon_batch(ctx), w) == 0)
+        return 1;
+    if ((conn = cm_daemon_db(ctx, resp))) {
+        store_one(ctx, conn, w, key, resp);
+        cm_daemon_db_release(ctx, conn);
+    }
 out:
-    free(json);
-    free(headers);
+    free(w->json);
+    free(w->headers);
+    free(w);
+    return 0;
 }
 
 static json_t *outcome_json(PGresult *res, int col, const char *yes_key)
@@ -225,7 +344,7 @@ static void get_order(void *ctx, const cm_http_req *req, cm_http_resp *resp)
 }
 
 const cm_http_route os_routes[] = {
-    {"POST", "/orders", post_order},
-    {"GET", "/orders/{}", get_order},
+    {"POST", "/orders", NULL, post_order},
+    {"GET", "/orders/{}", get_order, NULL},
 };
 const size_t os_nroutes = sizeof(os_routes) / sizeof(os_routes[0]);

@@ -18,5 +18,7 @@ extern const cm_subscription os_subscriptions[];
 extern const size_t os_nsubscriptions;
 extern const cm_http_route os_routes[];
 extern const size_t os_nroutes;
+/* The group commit of POST /orders (cm_daemon_def.batch_flush). */
+void os_flush_orders(void *ctx, void **items, int n);
 extern const cm_metric_def os_metrics[];
 extern const size_t os_nmetrics;

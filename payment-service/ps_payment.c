@@ -205,9 +205,9 @@ static void get_payment(void *ctx, const cm_http_req *req, cm_http_resp *resp)
 }
 
 const cm_http_route ps_routes[] = {
-    {"PUT", "/accounts/{}", put_account},
-    {"GET", "/accounts/{}", get_account},
-    {"GET", "/payments/{}", get_payment},
+    {"PUT", "/accounts/{}", put_account, NULL},
+    {"GET", "/accounts/{}", get_account, NULL},
+    {"GET", "/payments/{}", get_payment, NULL},
 };
 const size_t ps_nroutes = sizeof(ps_routes) / sizeof(ps_routes[0]);
 
