@@ -16,12 +16,17 @@
 #include <time.h>
 
 #define TRACEPARENT_MAX 64
+/* Records per pipeline: bounds what each side buffers before the other
+ * reads (a pipeline of unbounded size could fill both sockets). */
+#define PIPELINE_RECORDS 64
 
 typedef struct {
     rd_kafka_message_t *msg;
     char traceparent[TRACEPARENT_MAX];
     char trace_id[33];
     bool has_traceparent;
+    cm_plan plan;
+    PGresult *res[CM_PLAN_MAX];
 } slot;
 
 typedef struct {
@@ -108,17 +113,104 @@ bad:
     return -EPROTONOSUPPORT;
 }
 
-static int apply(loop *l, const slot *s, char *reason, size_t reasonlen)
+static cm_record record_of(const slot *s)
 {
-    cm_record rec = {s->msg, s->has_traceparent ? s->traceparent : NULL, s->trace_id};
+    return (cm_record){s->msg, s->has_traceparent ? s->traceparent : NULL, s->trace_id};
+}
+
+static void slot_release(slot *s)
+{
+    for (int i = 0; i < CM_PLAN_MAX; i++) {
+        PQclear(s->res[i]);
+        s->res[i] = NULL;
+    }
+    if (s->plan.release)
+        s->plan.release(s->plan.state);
+    s->plan = (cm_plan){0};
+}
+
+static int plan_slot(loop *l, slot *s, char *reason, size_t reasonlen)
+{
+    cm_record rec = record_of(s);
     int r = precheck(l, s, reason, reasonlen);
 
     if (r < 0)
         return r;
     reason[0] = '\0';
-    r = find_sub(l, s->msg)->handle(l->cfg->ctx, l->conn, &rec, reason, reasonlen);
+    s->plan = (cm_plan){0};
+    r = find_sub(l, s->msg)->plan(l->cfg->ctx, &rec, &s->plan, reason, reasonlen);
+    if (r < 0 && !reason[0])
+        snprintf(reason, reasonlen, "%s", strerror(-r));
+    return r;
+}
+
+/* Sends the planned statements of slots[0..n-1] (after BEGIN if begin) in
+ * one pipeline and hands each slot its results. */
+static int run_pipeline(loop *l, slot *slots, int n, bool begin)
+{
+    int total = begin, k = 0, r;
+    cm_db_stmt *stmts;
+    PGresult **res;
+
+    for (int i = 0; i < n; i++)
+        total += slots[i].plan.n;
+    stmts = calloc((size_t)total + 1, sizeof(*stmts));
+    res = calloc((size_t)total + 1, sizeof(*res));
+    if (!stmts || !res) {
+        free(stmts);
+        free(res);
+        return -ENOMEM;
+    }
+    if (begin)
+        stmts[k++] = (cm_db_stmt){"BEGIN", 0, NULL};
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < slots[i].plan.n; j++)
+            stmts[k++] = slots[i].plan.stmts[j];
+    r = cm_db_pipeline(l->conn, stmts, total, res);
+    if (r == 0) {
+        k = 0;
+        if (begin)
+            PQclear(res[k++]);
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < slots[i].plan.n; j++)
+                slots[i].res[j] = res[k++];
+    }
+    free(stmts);
+    free(res);
+    return r;
+}
+
+static int done_slot(loop *l, slot *s, char *reason, size_t reasonlen)
+{
+    cm_record rec = record_of(s);
+    int r;
+
+    reason[0] = '\0';
+    r = find_sub(l, s->msg)->done(l->cfg->ctx, &rec, &s->plan, s->res, reason, reasonlen);
     if (r < 0 && !reason[0])
         snprintf(reason, reasonlen, "%s", r == -ECONNRESET ? cm_db_error(l->conn) : strerror(-r));
+    return r;
+}
+
+/* Applies slots[0..n-1] in a new transaction (BEGIN goes with the first
+ * pipeline), leaving it open: every record is planned, the statements run
+ * in pipelines of PIPELINE_RECORDS records, then every record reads its
+ * results. Returns 0 or the code of the first failure. */
+static int apply(loop *l, slot *slots, int n, char *reason, size_t reasonlen)
+{
+    int r = 0;
+
+    for (int i = 0; i < n && r == 0; i++)
+        r = plan_slot(l, &slots[i], reason, reasonlen);
+    for (int i = 0; i < n && r == 0; i += PIPELINE_RECORDS) {
+        r = run_pipeline(l, slots + i, n - i < PIPELINE_RECORDS ? n - i : PIPELINE_RECORDS, i == 0);
+        if (r < 0)
+            snprintf(reason, reasonlen, "%s", cm_db_error(l->conn));
+    }
+    for (int i = 0; i < n && r == 0; i++)
+        r = done_slot(l, &slots[i], reason, reasonlen);
+    for (int i = 0; i < n; i++)
+        slot_release(&slots[i]);
     return r;
 }
 
@@ -200,7 +292,7 @@ static void dead_letter(loop *l, const slot *s, bool poison, const char *reason)
 }
 
 /* One record in its own transaction, with the error handler's policy. */
-static void process_single(loop *l, const slot *s)
+static void process_single(loop *l, slot *s)
 {
     char reason[256];
     long long backoff = 100;
@@ -208,13 +300,11 @@ static void process_single(loop *l, const slot *s)
 
     while (!*l->stop) {
         int r = ensure_db(l);
-        if (r == 0)
-            r = cm_db_exec(l->conn, "BEGIN");
         if (r == 0) {
-            r = apply(l, s, reason, sizeof(reason));
+            r = apply(l, s, 1, reason, sizeof(reason));
             if (r == 0)
                 r = cm_db_exec(l->conn, "COMMIT");
-            else
+            else if (PQstatus(l->conn) == CONNECTION_OK)
                 cm_db_exec(l->conn, "ROLLBACK");
         } else {
             snprintf(reason, sizeof(reason), "%s", cm_db_error(l->conn));
@@ -253,9 +343,7 @@ static int process_batch_tx(loop *l)
     int r = ensure_db(l);
 
     if (r == 0)
-        r = cm_db_exec(l->conn, "BEGIN");
-    for (int i = 0; r == 0 && i < l->n; i++)
-        r = apply(l, &l->batch[i], reason, sizeof(reason));
+        r = apply(l, l->batch, l->n, reason, sizeof(reason));
     if (r == 0)
         r = cm_db_exec(l->conn, "COMMIT");
     else if (l->conn && PQstatus(l->conn) == CONNECTION_OK)

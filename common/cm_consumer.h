@@ -1,10 +1,13 @@
 /*
  * cm_consumer.h - the one consumer loop every daemon runs.
  *
- * It polls a batch of records, applies them in one database transaction
- * (handlers run on the loop's connection, inside that transaction), commits,
- * and only then stores the offsets, so a crash between apply and commit
- * redelivers rather than loses. Handlers dedupe by (orderId, event type) in
+ * It polls a batch of records, applies them in one database transaction,
+ * commits, and only then stores the offsets, so a crash between apply and
+ * commit redelivers rather than loses. A handler works in two steps: plan()
+ * decodes a record and names the statements that apply it; the loop sends
+ * the statements of the whole batch in one pipeline (one round trip for
+ * many records, in record order, inside the transaction); done() then reads
+ * that record's results, before the commit. Handlers dedupe by (orderId, event type) in
  * the same transaction, which makes redelivery harmless.
  *
  * The error handler classifies each failure by the handler's return code:
@@ -22,6 +25,7 @@
  */
 #pragma once
 
+#include "cm_db.h"
 #include "cm_health.h"
 
 #include <libpq-fe.h>
@@ -41,14 +45,31 @@ typedef struct {
     rd_kafka_topic_name((rec)->msg->rkt), (int)(rec)->msg->partition,                              \
         (long long)(rec)->msg->offset, (rec)->trace_id
 
-/* Applies rec inside the open transaction on tx. On failure writes a short
- * reason (used in logs and the DLT exception message). */
-typedef int (*cm_handler_fn)(void *ctx, PGconn *tx, const cm_record *rec, char *reason,
-                             size_t reasonlen);
+#define CM_PLAN_MAX 2
+
+/* The statements that apply one record (n may be 0: nothing to do), and the
+ * handler's state between plan() and done(): the statements' parameters
+ * point into it. The loop calls release(state) when the record is done. */
+typedef struct {
+    cm_db_stmt stmts[CM_PLAN_MAX];
+    int n;
+    void *state;
+    void (*release)(void *state);
+} cm_plan;
+
+/* Decodes rec and fills plan. On failure writes a short reason (used in logs
+ * and the DLT exception message) and returns a code (see above). */
+typedef int (*cm_plan_fn)(void *ctx, const cm_record *rec, cm_plan *plan, char *reason,
+                          size_t reasonlen);
+/* Reads the results of plan's statements (res[0..plan->n-1]; they ran and
+ * succeeded, the transaction is still open). Returns 0 or a code as above. */
+typedef int (*cm_done_fn)(void *ctx, const cm_record *rec, const cm_plan *plan,
+                          PGresult *const *res, char *reason, size_t reasonlen);
 
 typedef struct {
     const char *topic;
-    cm_handler_fn handle;
+    cm_plan_fn plan;
+    cm_done_fn done;
 } cm_subscription;
 
 typedef struct {

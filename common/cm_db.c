@@ -226,14 +226,12 @@ static int pipeline_collect(PGconn *conn, int n, PGresult **res)
     return r;
 }
 
-int cm_db_pipeline(PGconn *conn, const cm_db_stmt *stmts, int n, PGresult **ret)
+static int pipeline_run(PGconn *conn, const cm_db_stmt *stmts, int n, PGresult **res,
+                        char (*names)[16])
 {
-    PGresult *res[16] = {0}, *sync;
-    char names[16][16];
+    PGresult *sync;
     int r = 0;
 
-    if (n > 16)
-        return -E2BIG;
     for (int i = 0; i < n && r == 0; i++)
         r = stmt_name(conn, stmts[i].sql, stmts[i].nparams, names[i]);
     if (r < 0)
@@ -257,6 +255,25 @@ int cm_db_pipeline(PGconn *conn, const cm_db_stmt *stmts, int n, PGresult **ret)
     PQclear(sync);
     if (!PQexitPipelineMode(conn) && r == 0)
         r = -ECONNRESET;
+    return r;
+}
+
+int cm_db_pipeline(PGconn *conn, const cm_db_stmt *stmts, int n, PGresult **ret)
+{
+    PGresult *res_small[16] = {0}, **res = res_small;
+    char names_small[16][16], (*names)[16] = names_small;
+    int r;
+
+    if (n > 16) {
+        res = calloc((size_t)n, sizeof(*res));
+        names = calloc((size_t)n, sizeof(*names));
+        if (!res || !names) {
+            free(res);
+            free(names);
+            return -ENOMEM;
+        }
+    }
+    r = pipeline_run(conn, stmts, n, res, names);
     if (r < 0)
         log_debug("pipeline failed code=%d error=\"%s\"", r, cm_db_error(conn));
     for (int i = 0; i < n; i++) {
@@ -264,6 +281,10 @@ int cm_db_pipeline(PGconn *conn, const cm_db_stmt *stmts, int n, PGresult **ret)
             ret[i] = res[i];
         else
             PQclear(res[i]);
+    }
+    if (n > 16) {
+        free(res);
+        free(names);
     }
     return r;
 }

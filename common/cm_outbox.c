@@ -89,37 +89,43 @@ static int encode_outcome(ev_type type, const char *order_id, bool yes, const ch
     return -EINVAL;
 }
 
-int cm_outbox_apply_and_reply(PGconn *tx, ev_type reply_type, const char *claim_sql,
-                              const char *apply_sql, const char *const params[3],
-                              const char *const verdicts[4], const char *parent_traceparent,
-                              char *ret_verdict, size_t verdict_len)
+int cm_outbox_reply_plan(cm_outbox_reply *reply, cm_plan *plan, ev_type reply_type,
+                         const char *claim_sql, const char *apply_sql, const char *const params[3],
+                         const char *const verdicts[4], const char *parent_traceparent)
 {
-    char *payloads[4] = {0}, *headers = NULL;
-    PGresult *res[2];
-    int r = cm_outbox_headers(reply_type, parent_traceparent, &headers, NULL);
+    int r = cm_outbox_headers(reply_type, parent_traceparent, &reply->headers, NULL);
 
     /* The reply for every possible verdict is encoded here, by the codec;
      * the statement only picks one. */
     for (int i = 0; i < 4 && r == 0; i++)
-        r = encode_outcome(reply_type, params[0], i == 0, verdicts[i], &payloads[i]);
-    if (r == 0) {
-        const char *p[9] = {params[0],   params[1],   params[2],   ev_type_topic(reply_type),
-                            payloads[0], payloads[1], payloads[2], payloads[3],
-                            headers};
-        const cm_db_stmt stmts[2] = {{claim_sql, 3, params}, {apply_sql, 9, p}};
-        r = cm_db_pipeline(tx, stmts, 2, res);
-    }
-    if (r == 0) {
-        r = PQntuples(res[1]) > 0;
-        if (r)
-            snprintf(ret_verdict, verdict_len, "%s", PQgetvalue(res[1], 0, 0));
-        PQclear(res[0]);
-        PQclear(res[1]);
-    }
+        r = encode_outcome(reply_type, params[0], i == 0, verdicts[i], &reply->payloads[i]);
+    if (r < 0)
+        return r;
+    for (int i = 0; i < 3; i++)
+        reply->claim_params[i] = reply->apply_params[i] = params[i];
+    reply->apply_params[3] = ev_type_topic(reply_type);
     for (int i = 0; i < 4; i++)
-        free(payloads[i]);
-    free(headers);
-    return r;
+        reply->apply_params[4 + i] = reply->payloads[i];
+    reply->apply_params[8] = reply->headers;
+    plan->stmts[0] = (cm_db_stmt){claim_sql, 3, reply->claim_params};
+    plan->stmts[1] = (cm_db_stmt){apply_sql, 9, reply->apply_params};
+    plan->n = 2;
+    return 0;
+}
+
+int cm_outbox_reply_done(PGresult *const *res, char *ret_verdict, size_t verdict_len)
+{
+    if (PQntuples(res[1]) == 0)
+        return 0;
+    snprintf(ret_verdict, verdict_len, "%s", PQgetvalue(res[1], 0, 0));
+    return 1;
+}
+
+void cm_outbox_reply_free(cm_outbox_reply *reply)
+{
+    for (int i = 0; i < 4; i++)
+        free(reply->payloads[i]);
+    free(reply->headers);
 }
 
 /* ---- relay ---- */

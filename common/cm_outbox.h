@@ -20,6 +20,7 @@
  */
 #pragma once
 
+#include "cm_consumer.h"
 #include "cm_health.h"
 #include "ev_event.h"
 
@@ -36,17 +37,29 @@ extern const char cm_outbox_migration[];
 int cm_outbox_headers(ev_type type, const char *parent_traceparent, char **ret_json,
                       char *ret_trace_id);
 
-/* The handler shape of payment-service and inventory-service, in one round
- * trip: claim_sql (params $1..$3) claims the order; apply_sql (the same $1..$3,
- * then $4 the reply topic, $5..$8 the reply payloads for verdicts[0..3], $9
- * the reply headers) applies it, writes the reply chosen by its verdict into
- * the outbox and returns the verdict, or returns no row for a duplicate.
- * verdicts[0] is the positive one. Returns 1 with the verdict copied into
- * ret_verdict, 0 for a duplicate, or a cm_db code. */
-int cm_outbox_apply_and_reply(PGconn *tx, ev_type reply_type, const char *claim_sql,
-                              const char *apply_sql, const char *const params[3],
-                              const char *const verdicts[4], const char *parent_traceparent,
-                              char *ret_verdict, size_t verdict_len);
+/* The handler shape of payment-service and inventory-service, as a
+ * consumer plan (see cm_consumer.h): claim_sql (params $1..$3) claims the
+ * order; apply_sql (the same $1..$3, then $4 the reply topic, $5..$8 the
+ * reply payloads for verdicts[0..3], $9 the reply headers) applies it, writes
+ * the reply chosen by its verdict into the outbox and returns the verdict,
+ * or returns no row for a duplicate. verdicts[0] is the positive one.
+ * reply holds the encoded replies and the parameter arrays; it and params
+ * must live until the plan is done. Returns 0 or -ENOMEM. */
+typedef struct {
+    const char *claim_params[3];
+    const char *apply_params[9];
+    char *payloads[4];
+    char *headers;
+} cm_outbox_reply;
+
+int cm_outbox_reply_plan(cm_outbox_reply *reply, cm_plan *plan, ev_type reply_type,
+                         const char *claim_sql, const char *apply_sql, const char *const params[3],
+                         const char *const verdicts[4], const char *parent_traceparent);
+/* After the plan ran: returns 1 with the verdict copied into ret_verdict, or
+ * 0 for a duplicate. */
+int cm_outbox_reply_done(PGresult *const *res, char *ret_verdict, size_t verdict_len);
+/* Frees what cm_outbox_reply_plan() allocated (not reply itself). */
+void cm_outbox_reply_free(cm_outbox_reply *reply);
 
 typedef struct cm_relay cm_relay;
 

@@ -6,31 +6,16 @@
 #include "cm_db.h"
 #include "cm_log.h"
 
+#include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
-typedef enum {
-    SAGA_NOTHING,    /* already compensated, or nothing was taken */
-    SAGA_REMEMBERED, /* the order had not arrived: tombstone written */
-    SAGA_UNDONE,     /* the effect was undone (refund, release) */
-} saga_result;
-
-static int compensate(PGconn *tx, const char *remember_sql, const char *undo_sql,
-                      const char *const params[2])
-{
-    const cm_db_stmt stmts[2] = {{remember_sql, 2, params}, {undo_sql, 2, params}};
-    PGresult *res[2];
-    int r = cm_db_pipeline(tx, stmts, 2, res);
-
-    if (r < 0)
-        return r;
-    if (strcmp(PQcmdTuples(res[0]), "1") == 0)
-        r = SAGA_REMEMBERED;
-    else
-        r = PQntuples(res[1]) > 0 ? SAGA_UNDONE : SAGA_NOTHING;
-    PQclear(res[0]);
-    PQclear(res[1]);
-    return r;
-}
+/* What a planned compensation needs until it is done. */
+typedef struct {
+    char order_id[EV_ID_MAX + 1];
+    char why[EV_REASON_MAX + 1];
+    const char *params[2];
+} saga_state;
 
 /* Decodes an outcome event ({orderId, <bool>, reason}) of either type. */
 static int decode_outcome(ev_type type, const cm_record *rec, char *order_id, bool *yes, char *why,
@@ -58,25 +43,44 @@ static int decode_outcome(ev_type type, const cm_record *rec, char *order_id, bo
     return 0;
 }
 
-int cm_saga_handle(const cm_saga_def *def, cm_metrics *metrics, PGconn *tx, const cm_record *rec,
-                   char *reason, size_t reasonlen)
+int cm_saga_plan(const cm_saga_def *def, const cm_record *rec, cm_plan *plan, char *reason,
+                 size_t reasonlen)
 {
-    char order_id[EV_ID_MAX + 1], why[EV_REASON_MAX + 1];
+    saga_state *st = calloc(1, sizeof(*st));
     bool yes;
-    int r = decode_outcome(def->type, rec, order_id, &yes, why, reason, reasonlen);
+    int r;
 
+    if (!st)
+        return -ENOMEM;
+    plan->state = st;
+    plan->release = free;
+    r = decode_outcome(def->type, rec, st->order_id, &yes, st->why, reason, reasonlen);
     if (r < 0 || yes)
         return r; /* poison, or a positive outcome: nothing to compensate */
-    const char *const p[2] = {order_id, why};
-    r = compensate(tx, def->remember_sql, def->undo_sql, p);
-    if (r == SAGA_UNDONE) {
-        cm_metrics_add(metrics, def->metric, def->undone_labels, 1);
-        log_info("%s order_id=%s reason=%s " CM_REC_FMT, def->undone_log, order_id, why,
-                 CM_REC_ARGS(rec));
-    } else if (r == SAGA_REMEMBERED) {
+    st->params[0] = st->order_id;
+    st->params[1] = st->why;
+    plan->stmts[0] = (cm_db_stmt){def->remember_sql, 2, st->params};
+    plan->stmts[1] = (cm_db_stmt){def->undo_sql, 2, st->params};
+    plan->n = 2;
+    return 0;
+}
+
+int cm_saga_done(const cm_saga_def *def, cm_metrics *metrics, const cm_record *rec,
+                 const cm_plan *plan, PGresult *const *res)
+{
+    const saga_state *st = plan->state;
+
+    if (plan->n == 0)
+        return 0;
+    if (strcmp(PQcmdTuples(res[0]), "1") == 0) {
+        /* The order had not arrived: the tombstone was written. */
         cm_metrics_add(metrics, def->metric, def->remembered_labels, 1);
-        log_info("%s order_id=%s reason=%s " CM_REC_FMT, def->remembered_log, order_id, why,
+        log_info("%s order_id=%s reason=%s " CM_REC_FMT, def->remembered_log, st->order_id, st->why,
+                 CM_REC_ARGS(rec));
+    } else if (PQntuples(res[1]) > 0) {
+        cm_metrics_add(metrics, def->metric, def->undone_labels, 1);
+        log_info("%s order_id=%s reason=%s " CM_REC_FMT, def->undone_log, st->order_id, st->why,
                  CM_REC_ARGS(rec));
     }
-    return r < 0 ? r : 0;
+    return 0; /* else already compensated, or nothing was taken */
 }

@@ -30,13 +30,16 @@ typedef struct {
     const char *remembered_log;
 } cm_saga_def;
 
-/* The consumer handler body: decodes rec as def->type (poison codes as the
- * decoders return them), ignores a positive outcome, and compensates a
- * negative one: remember_sql (an INSERT of the tombstone ... ON CONFLICT DO
- * NOTHING) and undo_sql (which returns a row when it undid something) are
- * sent in one round trip. If the tombstone went in, the undo finds nothing;
- * if not, the order's row exists and is committed (the insert waited for any
- * concurrent writer) and the undo sees it. Returns 0 or a negative code for
- * the error handler. */
-int cm_saga_handle(const cm_saga_def *def, cm_metrics *metrics, PGconn *tx, const cm_record *rec,
-                   char *reason, size_t reasonlen);
+/* The consumer handler's two steps. cm_saga_plan() decodes rec as
+ * def->type (poison codes as the decoders return them); a positive outcome
+ * needs nothing (an empty plan); a negative one is compensated:
+ * remember_sql (an INSERT of the tombstone ... ON CONFLICT DO NOTHING) and
+ * undo_sql (which returns a row when it undid something), in the batch's
+ * pipeline. If the tombstone went in, the undo finds nothing; if not, the
+ * order's row exists and is committed (the insert waited for any concurrent
+ * writer) and the undo sees it. cm_saga_done() counts and logs what
+ * happened. Both return 0 or a negative code for the error handler. */
+int cm_saga_plan(const cm_saga_def *def, const cm_record *rec, cm_plan *plan, char *reason,
+                 size_t reasonlen);
+int cm_saga_done(const cm_saga_def *def, cm_metrics *metrics, const cm_record *rec,
+                 const cm_plan *plan, PGresult *const *res);

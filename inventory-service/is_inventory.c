@@ -68,33 +68,63 @@ static const char reserve_sql[] =
     "  WHEN 'UNKNOWN_SKU' THEN $7 ELSE $8 END, $9::jsonb FROM settle"
     " RETURNING (SELECT reason FROM settle)";
 
-static int on_order_created(void *ctx, PGconn *tx, const cm_record *rec, char *reason,
-                            size_t reasonlen)
+/* An OrderCreated between plan and done. */
+typedef struct {
+    ev_order_created o;
+    char qty[16];
+    const char *params[3];
+    cm_outbox_reply reply;
+} reserve;
+
+static void reserve_free(void *state)
+{
+    reserve *v = state;
+    cm_outbox_reply_free(&v->reply);
+    free(v);
+}
+
+static int plan_order_created(void *ctx, const cm_record *rec, cm_plan *plan, char *reason,
+                              size_t reasonlen)
 {
     static const char *const verdicts[4] = {"OK", "OUT_OF_STOCK", "UNKNOWN_SKU", "ORDER_CANCELLED"};
-    ev_order_created o;
-    char qty[16], verdict[32];
+    reserve *v = calloc(1, sizeof(*v));
     int r;
+    (void)ctx;
 
-    r = ev_order_created_decode(rec->msg->payload, rec->msg->len, &o, reason, reasonlen);
+    if (!v)
+        return -ENOMEM;
+    plan->state = v;
+    plan->release = reserve_free;
+    r = ev_order_created_decode(rec->msg->payload, rec->msg->len, &v->o, reason, reasonlen);
     if (r < 0)
         return r;
-    snprintf(qty, sizeof(qty), "%d", (int)o.quantity);
-    const char *const p[3] = {o.order_id, o.sku, qty};
-    r = cm_outbox_apply_and_reply(tx, EV_INVENTORY_RESERVED, claim_sql, reserve_sql, p, verdicts,
-                                  rec->traceparent, verdict, sizeof(verdict));
-    if (r < 0)
-        return r;
-    if (r == 0) {
+    snprintf(v->qty, sizeof(v->qty), "%d", (int)v->o.quantity);
+    v->params[0] = v->o.order_id;
+    v->params[1] = v->o.sku;
+    v->params[2] = v->qty;
+    return cm_outbox_reply_plan(&v->reply, plan, EV_INVENTORY_RESERVED, claim_sql, reserve_sql,
+                                v->params, verdicts, rec->traceparent);
+}
+
+static int done_order_created(void *ctx, const cm_record *rec, const cm_plan *plan,
+                              PGresult *const *res, char *reason, size_t reasonlen)
+{
+    const reserve *v = plan->state;
+    const ev_order_created *o = &v->o;
+    char verdict[32];
+    (void)reason;
+    (void)reasonlen;
+
+    if (cm_outbox_reply_done(res, verdict, sizeof(verdict)) == 0) {
         /* A duplicate: its reply went to the outbox with the first one. */
-        log_info("duplicate order ignored order_id=%s " CM_REC_FMT, o.order_id, CM_REC_ARGS(rec));
+        log_info("duplicate order ignored order_id=%s " CM_REC_FMT, o->order_id, CM_REC_ARGS(rec));
         return 0;
     }
     bool reserved = strcmp(verdict, "OK") == 0;
     cm_metrics_add(cm_daemon_metrics(ctx), "orders_reservations_total",
                    reserved ? "outcome=\"reserved\"" : "outcome=\"rejected\"", 1);
     log_info("stock %s order_id=%s sku=%s quantity=%d reason=%s " CM_REC_FMT,
-             reserved ? "reserved" : "rejected", o.order_id, o.sku, (int)o.quantity, verdict,
+             reserved ? "reserved" : "rejected", o->order_id, o->sku, (int)o->quantity, verdict,
              CM_REC_ARGS(rec));
     return 0;
 }
@@ -122,15 +152,24 @@ static const cm_saga_def release = {
     .remembered_log = "order cancelled before reservation",
 };
 
-static int on_payment_completed(void *ctx, PGconn *tx, const cm_record *rec, char *reason,
-                                size_t reasonlen)
+static int plan_payment_completed(void *ctx, const cm_record *rec, cm_plan *plan, char *reason,
+                                  size_t reasonlen)
 {
-    return cm_saga_handle(&release, cm_daemon_metrics(ctx), tx, rec, reason, reasonlen);
+    (void)ctx;
+    return cm_saga_plan(&release, rec, plan, reason, reasonlen);
+}
+
+static int done_payment_completed(void *ctx, const cm_record *rec, const cm_plan *plan,
+                                  PGresult *const *res, char *reason, size_t reasonlen)
+{
+    (void)reason;
+    (void)reasonlen;
+    return cm_saga_done(&release, cm_daemon_metrics(ctx), rec, plan, res);
 }
 
 const cm_subscription is_subscriptions[] = {
-    {EV_TOPIC_ORDERS_CREATED, on_order_created},
-    {EV_TOPIC_PAYMENTS_COMPLETED, on_payment_completed},
+    {EV_TOPIC_ORDERS_CREATED, plan_order_created, done_order_created},
+    {EV_TOPIC_PAYMENTS_COMPLETED, plan_payment_completed, done_payment_completed},
 };
 const size_t is_nsubscriptions = sizeof(is_subscriptions) / sizeof(is_subscriptions[0]);
 

@@ -67,62 +67,98 @@ const size_t os_nmigrations = sizeof(os_migrations) / sizeof(os_migrations[0]);
 static const char payment_sql[] = APPLY_REPLY_SQL("payment", "payment_approved");
 static const char inventory_sql[] = APPLY_REPLY_SQL("inventory", "inventory_reserved");
 
-/* Applies one side's reply to the order, under its row lock. */
-static int apply_reply(cm_daemon *d, PGconn *tx, const cm_record *rec, const char *order_id,
-                       os_side side, bool yes, const char *why, char *reason, size_t reasonlen)
-{
+/* A reply between plan and done. */
+typedef struct {
+    os_side side;
+    char order_id[EV_ID_MAX + 1];
+    char why[EV_REASON_MAX + 1];
     char table[10];
-    const char *p[4] = {order_id, table, yes ? "true" : "false", why};
-    PGresult *res;
+    const char *params[4];
+} reply;
+
+/* Decodes one side's reply and plans its one statement, which applies it to
+ * the order under the order's row lock. */
+static int plan_reply(const cm_record *rec, os_side side, cm_plan *plan, char *reason,
+                      size_t reasonlen)
+{
+    reply *y = calloc(1, sizeof(*y));
+    bool yes;
     int r;
 
-    os_settle_table(side, yes, table);
-    r = cm_db_query(tx, &res, side == OS_SIDE_PAYMENT ? payment_sql : inventory_sql, 4, p);
-    if (r < 0)
-        return r;
-    if (PQntuples(res) == 0) {
-        PQclear(res);
-        snprintf(reason, reasonlen, "unknown order %s", order_id);
-        return -ENOENT; /* tied to the record: retried, then dead-lettered */
+    if (!y)
+        return -ENOMEM;
+    plan->state = y;
+    plan->release = free;
+    y->side = side;
+    if (side == OS_SIDE_PAYMENT) {
+        ev_payment_completed e;
+        r = ev_payment_completed_decode(rec->msg->payload, rec->msg->len, &e, reason, reasonlen);
+        if (r < 0)
+            return r;
+        yes = e.approved;
+        memcpy(y->order_id, e.order_id, sizeof(y->order_id));
+        memcpy(y->why, e.reason, sizeof(y->why));
+    } else {
+        ev_inventory_reserved e;
+        r = ev_inventory_reserved_decode(rec->msg->payload, rec->msg->len, &e, reason, reasonlen);
+        if (r < 0)
+            return r;
+        yes = e.reserved;
+        memcpy(y->order_id, e.order_id, sizeof(y->order_id));
+        memcpy(y->why, e.reason, sizeof(y->why));
     }
-    if (PQgetisnull(res, 0, 1)) {
-        log_info("duplicate reply ignored order_id=%s side=%s " CM_REC_FMT, order_id,
-                 side == OS_SIDE_PAYMENT ? "payment" : "inventory", CM_REC_ARGS(rec));
-    } else if (strcmp(PQgetvalue(res, 0, 0), "PENDING") == 0 &&
-               strcmp(PQgetvalue(res, 0, 1), "PENDING") != 0) {
-        bool confirmed = strcmp(PQgetvalue(res, 0, 1), "CONFIRMED") == 0;
-        cm_metrics_add(cm_daemon_metrics(d), "orders_settled_total",
-                       confirmed ? "status=\"CONFIRMED\"" : "status=\"REJECTED\"", 1);
-        log_info("order settled order_id=%s status=%s " CM_REC_FMT, order_id, PQgetvalue(res, 0, 1),
-                 CM_REC_ARGS(rec));
-    }
-    PQclear(res);
+    os_settle_table(side, yes, y->table);
+    y->params[0] = y->order_id;
+    y->params[1] = y->table;
+    y->params[2] = yes ? "true" : "false";
+    y->params[3] = y->why;
+    plan->stmts[0] =
+        (cm_db_stmt){side == OS_SIDE_PAYMENT ? payment_sql : inventory_sql, 4, y->params};
+    plan->n = 1;
     return 0;
 }
 
-static int on_payment(void *ctx, PGconn *tx, const cm_record *rec, char *reason, size_t reasonlen)
+static int done_reply(void *ctx, const cm_record *rec, const cm_plan *plan, PGresult *const *res,
+                      char *reason, size_t reasonlen)
 {
-    ev_payment_completed e;
-    int r = ev_payment_completed_decode(rec->msg->payload, rec->msg->len, &e, reason, reasonlen);
-    if (r < 0)
-        return r;
-    return apply_reply(ctx, tx, rec, e.order_id, OS_SIDE_PAYMENT, e.approved, e.reason, reason,
-                       reasonlen);
+    const reply *y = plan->state;
+    PGresult *r = res[0];
+
+    if (PQntuples(r) == 0) {
+        snprintf(reason, reasonlen, "unknown order %s", y->order_id);
+        return -ENOENT; /* tied to the record: retried, then dead-lettered */
+    }
+    if (PQgetisnull(r, 0, 1)) {
+        log_info("duplicate reply ignored order_id=%s side=%s " CM_REC_FMT, y->order_id,
+                 y->side == OS_SIDE_PAYMENT ? "payment" : "inventory", CM_REC_ARGS(rec));
+    } else if (strcmp(PQgetvalue(r, 0, 0), "PENDING") == 0 &&
+               strcmp(PQgetvalue(r, 0, 1), "PENDING") != 0) {
+        bool confirmed = strcmp(PQgetvalue(r, 0, 1), "CONFIRMED") == 0;
+        cm_metrics_add(cm_daemon_metrics(ctx), "orders_settled_total",
+                       confirmed ? "status=\"CONFIRMED\"" : "status=\"REJECTED\"", 1);
+        log_info("order settled order_id=%s status=%s " CM_REC_FMT, y->order_id,
+                 PQgetvalue(r, 0, 1), CM_REC_ARGS(rec));
+    }
+    return 0;
 }
 
-static int on_inventory(void *ctx, PGconn *tx, const cm_record *rec, char *reason, size_t reasonlen)
+static int plan_payment(void *ctx, const cm_record *rec, cm_plan *plan, char *reason,
+                        size_t reasonlen)
 {
-    ev_inventory_reserved e;
-    int r = ev_inventory_reserved_decode(rec->msg->payload, rec->msg->len, &e, reason, reasonlen);
-    if (r < 0)
-        return r;
-    return apply_reply(ctx, tx, rec, e.order_id, OS_SIDE_INVENTORY, e.reserved, e.reason, reason,
-                       reasonlen);
+    (void)ctx;
+    return plan_reply(rec, OS_SIDE_PAYMENT, plan, reason, reasonlen);
+}
+
+static int plan_inventory(void *ctx, const cm_record *rec, cm_plan *plan, char *reason,
+                          size_t reasonlen)
+{
+    (void)ctx;
+    return plan_reply(rec, OS_SIDE_INVENTORY, plan, reason, reasonlen);
 }
 
 const cm_subscription os_subscriptions[] = {
-    {EV_TOPIC_PAYMENTS_COMPLETED, on_payment},
-    {EV_TOPIC_INVENTORY_RESERVED, on_inventory},
+    {EV_TOPIC_PAYMENTS_COMPLETED, plan_payment, done_reply},
+    {EV_TOPIC_INVENTORY_RESERVED, plan_inventory, done_reply},
 };
 const size_t os_nsubscriptions = sizeof(os_subscriptions) / sizeof(os_subscriptions[0]);
 

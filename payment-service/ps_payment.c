@@ -69,35 +69,65 @@ static const char charge_sql[] =
     "  WHEN 'UNKNOWN_CUSTOMER' THEN $7 ELSE $8 END, $9::jsonb FROM settle"
     " RETURNING (SELECT reason FROM settle)";
 
-static int on_order_created(void *ctx, PGconn *tx, const cm_record *rec, char *reason,
-                            size_t reasonlen)
+/* An OrderCreated between plan and done. */
+typedef struct {
+    ev_order_created o;
+    char amount[24];
+    const char *params[3];
+    cm_outbox_reply reply;
+} charge;
+
+static void charge_free(void *state)
+{
+    charge *c = state;
+    cm_outbox_reply_free(&c->reply);
+    free(c);
+}
+
+static int plan_order_created(void *ctx, const cm_record *rec, cm_plan *plan, char *reason,
+                              size_t reasonlen)
 {
     static const char *const verdicts[4] = {"OK", "INSUFFICIENT_FUNDS", "UNKNOWN_CUSTOMER",
                                             "ORDER_CANCELLED"};
-    ev_order_created o;
-    char amount[24], verdict[32];
+    charge *c = calloc(1, sizeof(*c));
     int r;
+    (void)ctx;
 
-    r = ev_order_created_decode(rec->msg->payload, rec->msg->len, &o, reason, reasonlen);
+    if (!c)
+        return -ENOMEM;
+    plan->state = c;
+    plan->release = charge_free;
+    r = ev_order_created_decode(rec->msg->payload, rec->msg->len, &c->o, reason, reasonlen);
     if (r < 0)
         return r;
-    snprintf(amount, sizeof(amount), "%" PRId64, o.amount_cents);
-    const char *const p[3] = {o.order_id, o.customer_id, amount};
-    r = cm_outbox_apply_and_reply(tx, EV_PAYMENT_COMPLETED, claim_sql, charge_sql, p, verdicts,
-                                  rec->traceparent, verdict, sizeof(verdict));
-    if (r < 0)
-        return r;
-    if (r == 0) {
+    snprintf(c->amount, sizeof(c->amount), "%" PRId64, c->o.amount_cents);
+    c->params[0] = c->o.order_id;
+    c->params[1] = c->o.customer_id;
+    c->params[2] = c->amount;
+    return cm_outbox_reply_plan(&c->reply, plan, EV_PAYMENT_COMPLETED, claim_sql, charge_sql,
+                                c->params, verdicts, rec->traceparent);
+}
+
+static int done_order_created(void *ctx, const cm_record *rec, const cm_plan *plan,
+                              PGresult *const *res, char *reason, size_t reasonlen)
+{
+    const charge *c = plan->state;
+    const ev_order_created *o = &c->o;
+    char verdict[32];
+    (void)reason;
+    (void)reasonlen;
+
+    if (cm_outbox_reply_done(res, verdict, sizeof(verdict)) == 0) {
         /* A duplicate: its reply went to the outbox with the first one. */
-        log_info("duplicate order ignored order_id=%s " CM_REC_FMT, o.order_id, CM_REC_ARGS(rec));
+        log_info("duplicate order ignored order_id=%s " CM_REC_FMT, o->order_id, CM_REC_ARGS(rec));
         return 0;
     }
     bool approved = strcmp(verdict, "OK") == 0;
     cm_metrics_add(cm_daemon_metrics(ctx), "orders_payments_total",
                    approved ? "outcome=\"charged\"" : "outcome=\"declined\"", 1);
     log_info("payment %s order_id=%s customer_id=%s amount_cents=%" PRId64 " reason=%s " CM_REC_FMT,
-             approved ? "charged" : "declined", o.order_id, o.customer_id, o.amount_cents, verdict,
-             CM_REC_ARGS(rec));
+             approved ? "charged" : "declined", o->order_id, o->customer_id, o->amount_cents,
+             verdict, CM_REC_ARGS(rec));
     return 0;
 }
 
@@ -125,15 +155,24 @@ static const cm_saga_def refund = {
     .remembered_log = "order cancelled before payment",
 };
 
-static int on_inventory_reserved(void *ctx, PGconn *tx, const cm_record *rec, char *reason,
-                                 size_t reasonlen)
+static int plan_inventory_reserved(void *ctx, const cm_record *rec, cm_plan *plan, char *reason,
+                                   size_t reasonlen)
 {
-    return cm_saga_handle(&refund, cm_daemon_metrics(ctx), tx, rec, reason, reasonlen);
+    (void)ctx;
+    return cm_saga_plan(&refund, rec, plan, reason, reasonlen);
+}
+
+static int done_inventory_reserved(void *ctx, const cm_record *rec, const cm_plan *plan,
+                                   PGresult *const *res, char *reason, size_t reasonlen)
+{
+    (void)reason;
+    (void)reasonlen;
+    return cm_saga_done(&refund, cm_daemon_metrics(ctx), rec, plan, res);
 }
 
 const cm_subscription ps_subscriptions[] = {
-    {EV_TOPIC_ORDERS_CREATED, on_order_created},
-    {EV_TOPIC_INVENTORY_RESERVED, on_inventory_reserved},
+    {EV_TOPIC_ORDERS_CREATED, plan_order_created, done_order_created},
+    {EV_TOPIC_INVENTORY_RESERVED, plan_inventory_reserved, done_inventory_reserved},
 };
 const size_t ps_nsubscriptions = sizeof(ps_subscriptions) / sizeof(ps_subscriptions[0]);
 
