@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static volatile sig_atomic_t stop_requested;
 
@@ -31,7 +32,8 @@ static const cm_cfg_item base_items[] = {
      "address the HTTP server listens on"},
     {"HTTP_PORT", CM_CFG_INT, NULL, 1, 65535, BASE(http_port), false,
      "port of the HTTP server (API, /healthz, /readyz)"},
-    {"HTTP_THREADS", CM_CFG_INT, "4", 1, 256, BASE(http_threads), false, "HTTP worker threads"},
+    {"HTTP_THREADS", CM_CFG_INT, "0", 0, 256, BASE(http_threads), false,
+     "HTTP worker threads; 0 = one per online CPU"},
     {"HTTP_BODY_MAX", CM_CFG_INT, "65536", 256, 16777216, BASE(http_body_max), false,
      "largest accepted request body in bytes (larger: 413)"},
     {"DATABASE_URL", CM_CFG_STRING, NULL, 0, 0, BASE(database_url), false,
@@ -299,7 +301,10 @@ static int run(cm_daemon *d)
     if (r == 0 && d->def->batch_flush)
         r = cm_batch_start((int)d->base.write_batch, d->def->batch_flush, d, &d->batch);
     if (r == 0) {
-        r = cm_http_start(d->base.http_addr, (int)d->base.http_port, (int)d->base.http_threads,
+        /* Requests wait for their commit suspended, not on a thread, so more
+         * threads than CPUs only add context switches. */
+        long threads = d->base.http_threads ? d->base.http_threads : sysconf(_SC_NPROCESSORS_ONLN);
+        r = cm_http_start(d->base.http_addr, (int)d->base.http_port, threads > 0 ? (int)threads : 1,
                           (size_t)d->base.http_body_max, routes, nroutes, d, d->health.metrics,
                           &d->http);
         if (r < 0)
