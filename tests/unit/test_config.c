@@ -148,20 +148,11 @@ static void kafka_pass_through(void **state)
 /* Kafka's launcher (bin/kafka-run-class.sh) and our deploy/kafka scripts
  * read these; a host that runs either has them set. */
 static const char *const launcher_and_dev_stack[] = {
-    "KAFKA_HEAP_OPTS",
-    "KAFKA_OPTS",
-    "KAFKA_JVM_PERFORMANCE_OPTS",
-    "KAFKA_GC_LOG_OPTS",
-    "KAFKA_JMX_OPTS",
-    "KAFKA_LOG4J_OPTS",
-    "KAFKA_LOG4J_CMD_OPTS",
-    "KAFKA_DEBUG",
-    "KAFKA_MODE",
-    "KAFKA_VERSION",
-    "KAFKA_LIBS_DIR",
-    "KAFKA_EXTRA_PROPERTIES",
-    "KAFKA_START_TIMEOUT",
-    "KAFKA_STOP_TIMEOUT",
+    "KAFKA_HEAP_OPTS",      "KAFKA_OPTS",         "KAFKA_JVM_PERFORMANCE_OPTS",
+    "KAFKA_GC_LOG_OPTS",    "KAFKA_JMX_OPTS",     "KAFKA_LOG4J_OPTS",
+    "KAFKA_LOG4J_CMD_OPTS", "KAFKA_DEBUG",        "KAFKA_MODE",
+    "KAFKA_VERSION",        "KAFKA_LIBS_DIR",     "KAFKA_EXTRA_PROPERTIES",
+    "KAFKA_START_TIMEOUT",  "KAFKA_STOP_TIMEOUT",
 };
 #define NLAUNCHER (sizeof(launcher_and_dev_stack) / sizeof(launcher_and_dev_stack[0]))
 
