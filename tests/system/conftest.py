@@ -125,10 +125,12 @@ def parse_assignments(text):
 
 def kafka_sh_env(version=KAFKA_VERSION):
     """The environment for deploy/kafka/kafka.sh: ours, with KAFKA_VERSION set
-    when a version was asked for."""
+    when a version was asked for (and then the jars of that version, not a
+    KAFKA_LIBS_DIR meant for another)."""
     env = dict(os.environ)
     if version:
         env["KAFKA_VERSION"] = version
+        env.pop("KAFKA_LIBS_DIR", None)
     return env
 
 
