@@ -61,6 +61,10 @@ done_msg() {
     [[ $QUIET == 1 ]] || echo "libs=$DEST"
 }
 
+# Before versions had folders the jars of 3.9.1 lay in .run/kafka-libs itself.
+if [[ "$(dirname "$DEST")" == "$LIBS_ROOT" && -f "$LIBS_ROOT/.complete" ]]; then
+    rm -f "$LIBS_ROOT"/*.jar "$LIBS_ROOT/.complete"
+fi
 if is_complete; then done_msg; exit 0; fi
 
 command -v mvn >/dev/null || { echo "fetch-jars: mvn not found (run deploy/install-deps.sh)" >&2; exit 1; }
@@ -69,10 +73,6 @@ exec 9>"$DEST.lock"
 flock 9
 # Another process may have finished while we waited for the lock.
 if is_complete; then done_msg; exit 0; fi
-# Before versions had folders the jars of 3.9.1 lay in .run/kafka-libs itself.
-if [[ "$(dirname "$DEST")" == "$LIBS_ROOT" && -f "$LIBS_ROOT/.complete" ]]; then
-    rm -f "$LIBS_ROOT"/*.jar "$LIBS_ROOT/.complete"
-fi
 
 tmp="$(mktemp -d "$DEST.tmp.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
