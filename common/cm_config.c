@@ -166,27 +166,84 @@ void cm_config_log(const cm_cfg_item *items, size_t n, const void *cfg)
     }
 }
 
+/* KAFKA_* names that are never librdkafka properties: the variables of
+ * Kafka's own launcher (bin/kafka-run-class.sh, kafka-server-start.sh) and of
+ * our dev stack (deploy/kafka). They are set on hosts that also run Kafka or
+ * its tools, so a daemon passes over them instead of refusing to start. */
+static const struct {
+    const char *var;
+    const char *owner;
+} kafka_ignored[] = {
+    {"KAFKA_HEAP_OPTS", "kafka launcher"},
+    {"KAFKA_OPTS", "kafka launcher"},
+    {"KAFKA_JVM_PERFORMANCE_OPTS", "kafka launcher"},
+    {"KAFKA_GC_LOG_OPTS", "kafka launcher"},
+    {"KAFKA_JMX_OPTS", "kafka launcher"},
+    {"KAFKA_LOG4J_OPTS", "kafka launcher"},
+    {"KAFKA_LOG4J_CMD_OPTS", "kafka launcher"},
+    {"KAFKA_DEBUG", "kafka launcher"},
+    {"KAFKA_MODE", "kafka launcher"},
+    {"KAFKA_VERSION", "dev stack"},
+    {"KAFKA_LIBS_DIR", "dev stack"},
+    {"KAFKA_EXTRA_PROPERTIES", "dev stack"},
+    {"KAFKA_START_TIMEOUT", "dev stack"},
+    {"KAFKA_STOP_TIMEOUT", "dev stack"},
+};
+
+const char *cm_config_kafka_ignored(const char *var)
+{
+    for (size_t i = 0; i < sizeof(kafka_ignored) / sizeof(kafka_ignored[0]); i++)
+        if (strcmp(var, kafka_ignored[i].var) == 0)
+            return kafka_ignored[i].owner;
+    return NULL;
+}
+
+/* Splits environment entry e into its variable name (into var) and value if
+ * it is a KAFKA_<NAME>=... entry that fits; returns NULL otherwise. */
+static const char *kafka_var(const char *e, char *var, size_t varlen)
+{
+    const char *eq = strchr(e, '=');
+    size_t len;
+
+    if (strncmp(e, "KAFKA_", 6) != 0 || !eq)
+        return NULL;
+    len = (size_t)(eq - e);
+    if (len >= varlen || len == 6)
+        return NULL;
+    memcpy(var, e, len);
+    var[len] = '\0';
+    return eq + 1;
+}
+
 int cm_config_kafka_each(int (*fn)(void *ud, const char *var, const char *prop, const char *value),
                          void *ud)
 {
     for (char **e = environ; e && *e; e++) {
-        const char *eq = strchr(*e, '=');
         char var[256], prop[256];
+        const char *value = kafka_var(*e, var, sizeof(var));
         size_t len;
         int r;
 
-        if (strncmp(*e, "KAFKA_", 6) != 0 || !eq)
+        if (!value || cm_config_kafka_ignored(var))
             continue;
-        len = (size_t)(eq - *e);
-        if (len >= sizeof(var) || len == 6)
-            continue;
-        memcpy(var, *e, len);
-        var[len] = '\0';
+        len = strlen(var);
         for (size_t i = 6; i <= len; i++)
             prop[i - 6] = var[i] == '_' ? '.' : (char)tolower((unsigned char)var[i]);
-        r = fn(ud, var, prop, eq + 1);
+        r = fn(ud, var, prop, value);
         if (r != 0)
             return r;
     }
     return 0;
+}
+
+void cm_config_kafka_each_ignored(void (*fn)(void *ud, const char *var, const char *owner),
+                                  void *ud)
+{
+    for (char **e = environ; e && *e; e++) {
+        char var[256];
+        const char *owner;
+
+        if (kafka_var(*e, var, sizeof(var)) && (owner = cm_config_kafka_ignored(var)))
+            fn(ud, var, owner);
+    }
 }

@@ -4,6 +4,7 @@
  */
 #include "cm_daemon.h"
 
+#include "cm_kafka.h"
 #include "cm_log.h"
 #include "cm_notify.h"
 #include "cm_outbox.h"
@@ -68,8 +69,10 @@ static void usage(const cm_daemon_def *def, const cm_cfg_item *items)
     for (size_t i = 0; i < def->ncfg_items; i++)
         printf("  %-18s %s (default: %s)\n", def->cfg_items[i].name, def->cfg_items[i].help,
                def->cfg_items[i].def ? def->cfg_items[i].def : "required");
-    printf("  %-18s any librdkafka property, e.g. KAFKA_BOOTSTRAP_SERVERS=host:9092\n",
-           "KAFKA_<PROPERTY>");
+    printf("  %-18s any librdkafka property, e.g. KAFKA_BOOTSTRAP_SERVERS=host:9092\n"
+           "  %-18s (Kafka's launcher and dev stack variables, KAFKA_HEAP_OPTS, KAFKA_OPTS,\n"
+           "  %-18s KAFKA_LIBS_DIR, ..., are ignored: see the README)\n",
+           "KAFKA_<PROPERTY>", "", "");
 }
 
 static int load_config(cm_daemon *d, cm_cfg_item *items, char *err, size_t errlen)
@@ -92,7 +95,15 @@ static int load_config(cm_daemon *d, cm_cfg_item *items, char *err, size_t errle
                  d->base.log_level);
         r = -EINVAL;
     }
+    if (r == 0)
+        r = cm_kafka_check_env(err, errlen);
     return r;
+}
+
+static void log_ignored(void *ud, const char *var, const char *owner)
+{
+    (void)ud;
+    log_debug("ignoring %s: a %s variable, not a librdkafka property", var, owner);
 }
 
 static void nap(long ms)
@@ -376,6 +387,7 @@ int cm_daemon_main(const cm_daemon_def *def, int argc, char **argv)
     cm_config_log(items, NBASE, &d.base);
     if (def->ncfg_items)
         cm_config_log(def->cfg_items, def->ncfg_items, def->cfg);
+    cm_config_kafka_each_ignored(log_ignored, NULL);
 
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);

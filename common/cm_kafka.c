@@ -22,7 +22,16 @@ static int set_from_env(void *ud, const char *var, const char *prop, const char 
     struct set_ctx *c = ud;
     char e[256];
 
-    if (rd_kafka_conf_set(c->conf, prop, value, e, sizeof(e)) != RD_KAFKA_CONF_OK) {
+    rd_kafka_conf_res_t r = rd_kafka_conf_set(c->conf, prop, value, e, sizeof(e));
+
+    if (r == RD_KAFKA_CONF_UNKNOWN) {
+        snprintf(c->err, c->errlen,
+                 "unknown %s: %s is no librdkafka property (only Kafka's launcher and dev "
+                 "stack variables such as KAFKA_HEAP_OPTS are ignored)",
+                 var, prop);
+        return -EINVAL;
+    }
+    if (r != RD_KAFKA_CONF_OK) {
         snprintf(c->err, c->errlen, "invalid %s (librdkafka property %s): %s", var, prop, e);
         return -EINVAL;
     }
@@ -131,6 +140,20 @@ int cm_kafka_conf(cm_kafka_role role, const char *client_id, const char *group, 
         rd_kafka_conf_set_stats_cb(conf, on_stats);
     rd_kafka_conf_set_opaque(conf, health);
     *ret = conf;
+    return 0;
+}
+
+int cm_kafka_check_env(char *err, size_t errlen)
+{
+    static const cm_kafka_role roles[] = {CM_KAFKA_PRODUCER, CM_KAFKA_CONSUMER};
+
+    for (size_t i = 0; i < sizeof(roles) / sizeof(roles[0]); i++) {
+        rd_kafka_conf_t *conf;
+        int r = cm_kafka_conf(roles[i], "config-check", "config-check", NULL, &conf, err, errlen);
+        if (r < 0)
+            return r;
+        rd_kafka_conf_destroy(conf);
+    }
     return 0;
 }
 

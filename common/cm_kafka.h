@@ -26,6 +26,11 @@ typedef enum {
 int cm_kafka_conf(cm_kafka_role role, const char *client_id, const char *group, cm_health *health,
                   rd_kafka_conf_t **ret, char *err, size_t errlen);
 
+/* Checks the KAFKA_* environment at start-up, before anything connects:
+ * builds (and discards) a producer and a consumer configuration. Returns 0,
+ * or -EINVAL with err naming the first unknown or invalid variable. */
+int cm_kafka_check_env(char *err, size_t errlen);
+
 /* Creates a client from conf (which it takes, even on failure). */
 int cm_kafka_new(cm_kafka_role role, rd_kafka_conf_t *conf, rd_kafka_t **ret, char *err,
                  size_t errlen);

@@ -14,6 +14,9 @@ OFFSET=${DEMO_PORT_OFFSET:-0}
 KAFKA_PORT=${DEMO_KAFKA_PORT:-$((9092 + OFFSET))}
 ORDERS_PORT=$((8080 + OFFSET)) PAYMENTS_PORT=$((8081 + OFFSET)) INVENTORY_PORT=$((8082 + OFFSET))
 DB_PREFIX=${DEMO_DB_PREFIX:-}
+[[ "$DB_PREFIX" =~ ^[a-z0-9_]*$ ]] || { echo "demo: DEMO_DB_PREFIX may hold only a-z, 0-9 and _" >&2; exit 2; }
+STATE=${DEMO_STATE_DIR:-$RUN}
+SETTLE_TIMEOUT=30 # seconds an order may take to settle, and its compensation
 WAIT=1
 
 usage() {
@@ -21,16 +24,18 @@ usage() {
 Usage: deploy/demo.sh [--no-wait] [--help]
 
 Builds and starts the whole system locally and shows orders settling:
-  Kafka 3.9.1 (KRaft, one node) on 127.0.0.1:$KAFKA_PORT, data in .run/kafka
+  Kafka ${KAFKA_VERSION:-3.9.1} (KRaft, one node) on 127.0.0.1:$KAFKA_PORT, data in $STATE/kafka
   PostgreSQL: 127.0.0.1:5432 if it answers, else a private cluster in .run/pg
   order-service :$ORDERS_PORT, payment-service :$PAYMENTS_PORT, inventory-service :$INVENTORY_PORT
   databases ${DB_PREFIX}orders, ${DB_PREFIX}payments, ${DB_PREFIX}inventory
-  logs in .run/logs/<daemon>.log
+  logs in $STATE/logs/<daemon>.log
 
   --no-wait   stop everything right after the demo orders settled
 Environment: PRESET (CMake preset, default release); DEMO_PORT_OFFSET (added to
 every port, default 0) and DEMO_DB_PREFIX (prefix of the database names), so a
-second stack can run beside the first; DEMO_KAFKA_PORT (overrides Kafka's port).
+second stack can run beside the first; DEMO_KAFKA_PORT (overrides Kafka's port);
+DEMO_STATE_DIR (Kafka's data and the logs, default .run); KAFKA_VERSION (the
+broker: 3.9.1 by default, or 4.1.x, see deploy/kafka/kafka.sh --help).
 USAGE
 }
 
@@ -50,7 +55,7 @@ cleanup() {
     say "stopping daemons, Kafka and (if private) PostgreSQL"
     for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    "$ROOT/deploy/kafka/kafka.sh" stop --dir "$RUN/kafka" >/dev/null 2>&1 || true
+    "$ROOT/deploy/kafka/kafka.sh" stop --dir "$STATE/kafka" >/dev/null 2>&1 || true
     "$ROOT/deploy/postgres/pg.sh" stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -71,16 +76,16 @@ set +a
 "$ROOT/deploy/postgres/pg.sh" create-dbs ${DB_PREFIX:+--prefix "$DB_PREFIX"} orders payments inventory
 
 say "starting Kafka"
-"$ROOT/deploy/kafka/kafka.sh" start --dir "$RUN/kafka" --port "$KAFKA_PORT"
+"$ROOT/deploy/kafka/kafka.sh" start --dir "$STATE/kafka" --port "$KAFKA_PORT"
 BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
 "$ROOT/deploy/kafka/topics.sh" --bootstrap "$BOOTSTRAP"
 
 say "starting the daemons"
-mkdir -p "$RUN/logs"
+mkdir -p "$STATE/logs"
 start_daemon() { # name port database
     local url="postgresql://$PGUSER@$PGHOST:$PGPORT/$DB_PREFIX$3"
     env HTTP_PORT="$2" DATABASE_URL="$url" KAFKA_BOOTSTRAP_SERVERS="$BOOTSTRAP" \
-        "$BIN/$1/$1" >"$RUN/logs/$1.log" 2>&1 &
+        "$BIN/$1/$1" >"$STATE/logs/$1.log" 2>&1 &
     PIDS+=($!)
 }
 start_daemon order-service "$ORDERS_PORT" orders
@@ -92,61 +97,113 @@ for port in "$ORDERS_PORT" "$PAYMENTS_PORT" "$INVENTORY_PORT"; do
         sleep 0.1
     done
     curl -sf "http://127.0.0.1:$port/readyz" >/dev/null ||
-        { echo "demo: daemon on :$port is not ready; see $RUN/logs" >&2; exit 1; }
+        { echo "demo: daemon on :$port is not ready; see $STATE/logs" >&2; exit 1; }
 done
 
 json() { curl -sf -X "$1" "$2" -H 'Content-Type: application/json' ${3:+-d "$3"}; }
 
-say "funding accounts and setting stock"
-json PUT http://127.0.0.1:$PAYMENTS_PORT/accounts/alice '{"balanceCents": 100000}' >/dev/null
-json PUT http://127.0.0.1:$PAYMENTS_PORT/accounts/bob '{"balanceCents": 500}' >/dev/null
-json PUT http://127.0.0.1:$INVENTORY_PORT/stock/BOOK-1 '{"available": 10}' >/dev/null
-json PUT http://127.0.0.1:$INVENTORY_PORT/stock/LAMP-2 '{"available": 1}' >/dev/null
+field() { # name json -> the value (string or number) of "name" in json (of the last, if several)
+    printf '%s' "$2" | sed -n "s/.*\"$1\":\"\{0,1\}\([A-Za-z0-9_.-]*\).*/\1/p"
+}
 
-say "placing demo orders"
+say "funding accounts and setting stock"
+accounts="" stock=""
+for a in alice:100000 bob:500; do
+    json PUT "http://127.0.0.1:$PAYMENTS_PORT/accounts/${a%%:*}" "{\"balanceCents\": ${a#*:}}" >/dev/null
+    accounts+="${accounts:+, }${a%%:*} ${a#*:}"
+done
+for a in BOOK-1:10 LAMP-2:1; do
+    json PUT "http://127.0.0.1:$INVENTORY_PORT/stock/${a%%:*}" "{\"available\": ${a#*:}}" >/dev/null
+    stock+="${stock:+, }${a%%:*} ${a#*:}"
+done
+printf '  accounts: %s; stock: %s\n' "$accounts" "$stock"
+
 ORDERS=()
-place() { # label body
+place() { # label customer sku quantity amountCents
     local out id
-    out=$(json POST http://127.0.0.1:$ORDERS_PORT/orders "$2")
-    id=$(printf '%s' "$out" | sed -n 's/.*"orderId":"\([^"]*\)".*/\1/p')
-    printf '  %-34s -> %s\n' "$1" "$id"
+    out=$(json POST "http://127.0.0.1:$ORDERS_PORT/orders" \
+        "{\"customerId\":\"$2\",\"sku\":\"$3\",\"quantity\":$4,\"amountCents\":$5}")
+    id=$(field orderId "$out")
+    [[ -n "$id" ]] || { echo "demo: POST /orders answered: $out" >&2; exit 1; }
+    printf '  %-34s -> %s  (%s, %s x %s, %s cents)\n' "$1" "$id" "$2" "$4" "$3" "$5"
     ORDERS+=("$id|$1")
 }
-place "alice buys 2 books (confirms)" '{"customerId":"alice","sku":"BOOK-1","quantity":2,"amountCents":3000}'
-place "alice buys 1 lamp (confirms)" '{"customerId":"alice","sku":"LAMP-2","quantity":1,"amountCents":4500}'
-place "bob buys 1 book (no funds)" '{"customerId":"bob","sku":"BOOK-1","quantity":1,"amountCents":1500}'
-place "alice buys another lamp (no stock)" '{"customerId":"alice","sku":"LAMP-2","quantity":1,"amountCents":4500}'
-place "carol buys 1 book (unknown)" '{"customerId":"carol","sku":"BOOK-1","quantity":1,"amountCents":1500}'
 
-say "waiting for every order to settle"
-for entry in "${ORDERS[@]}"; do
-    id=${entry%%|*} label=${entry#*|} body=""
-    for _ in $(seq 1 300); do
-        body=$(curl -sf "http://127.0.0.1:$ORDERS_PORT/orders/$id" || true)
-        [[ "$body" == *'"status":"PENDING"'* || -z "$body" ]] || break
+# wait_settled id: waits until the order is CONFIRMED or REJECTED and both
+# payment and inventory outcomes are in; prints the order's JSON.
+wait_settled() {
+    local body="" deadline=$((SECONDS + SETTLE_TIMEOUT))
+    while ((SECONDS < deadline)); do
+        body=$(curl -sf "http://127.0.0.1:$ORDERS_PORT/orders/$1" || true)
+        if [[ "$body" == *'"status":"CONFIRMED"'* || "$body" == *'"status":"REJECTED"'* ]] &&
+            [[ "$body" == *'"payment":{'* && "$body" == *'"inventory":{'* ]]; then
+            printf '%s' "$body"
+            return 0
+        fi
         sleep 0.1
     done
-    status=$(printf '%s' "$body" | sed -n 's/.*"status":"\([A-Z]*\)".*/\1/p')
+    echo "demo: order $1 did not settle within $SETTLE_TIMEOUT s (last: ${body:-no answer}); see $STATE/logs" >&2
+    exit 1
+}
+
+# compensated id status: waits until a settled order's payment and stock are
+# final (confirmed: charged and reserved; rejected: neither charged nor
+# reserved, i.e. declined, refunded, released or cancelled); prints "PAY RES".
+compensated() {
+    local pay res deadline=$((SECONDS + SETTLE_TIMEOUT))
+    while ((SECONDS < deadline)); do
+        pay=$(field status "$(curl -sf "http://127.0.0.1:$PAYMENTS_PORT/payments/$1" || true)")
+        res=$(field status "$(curl -sf "http://127.0.0.1:$INVENTORY_PORT/reservations/$1" || true)")
+        if [[ "$2" == CONFIRMED ]]; then
+            [[ "$pay" == CHARGED && "$res" == RESERVED ]] && { echo "$pay $res"; return 0; }
+        elif [[ -n "$pay" && -n "$res" && "$pay" != CHARGED && "$res" != RESERVED ]]; then
+            echo "$pay $res"
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "demo: order $1 ($2) not compensated within $SETTLE_TIMEOUT s (payment ${pay:--}, stock ${res:--})" >&2
+    exit 1
+}
+
+say "placing demo orders"
+place "alice buys 2 books (confirms)" alice BOOK-1 2 3000
+place "alice buys 1 lamp (confirms)" alice LAMP-2 1 4500
+place "bob buys 1 book (no funds)" bob BOOK-1 1 1500
+# There is one lamp. Orders of different ids go to different partitions and
+# race for it, so the second lamp order is placed once the first has settled:
+# then the first has the lamp and the second finds none, on every run.
+wait_settled "${ORDERS[1]%%|*}" >/dev/null
+place "alice buys another lamp (no stock)" alice LAMP-2 1 4500
+place "carol buys 1 book (unknown)" carol BOOK-1 1 1500
+
+say "waiting for every order to settle"
+STATUS=()
+for entry in "${ORDERS[@]}"; do
+    id=${entry%%|*} label=${entry#*|}
+    body=$(wait_settled "$id") || exit 1
+    status=$(field status "$body")
     reasons=$(printf '%s' "$body" | grep -o '"reason":"[A-Z_]*"' | cut -d'"' -f4 | paste -sd/ -)
     printf '  %-34s %-9s payment/inventory: %s\n' "$label" "$status" "$reasons"
+    STATUS+=("$status")
 done
 
 say "compensation: a rejected order keeps no charge and no stock"
-sleep 1
+i=0
 for entry in "${ORDERS[@]}"; do
     id=${entry%%|*} label=${entry#*|}
-    pay=$(curl -sf "http://127.0.0.1:$PAYMENTS_PORT/payments/$id" | sed -n 's/.*"status":"\([A-Z]*\)".*/\1/p')
-    res=$(curl -sf "http://127.0.0.1:$INVENTORY_PORT/reservations/$id" | sed -n 's/.*"status":"\([A-Z]*\)".*/\1/p')
-    printf '  %-34s payment %-9s stock %s\n' "$label" "${pay:--}" "${res:--}"
+    read -r pay res < <(compensated "$id" "${STATUS[$i]}")
+    [[ -n "$pay" ]] || exit 1
+    printf '  %-34s payment %-9s stock %s\n' "$label" "$pay" "$res"
+    i=$((i + 1))
 done
+balance() { field balanceCents "$(curl -sf "http://127.0.0.1:$PAYMENTS_PORT/accounts/$1")"; }
+available() { field available "$(curl -sf "http://127.0.0.1:$INVENTORY_PORT/stock/$1")"; }
 printf '  balances: alice %s, bob %s; stock: BOOK-1 %s, LAMP-2 %s\n' \
-    "$(curl -sf http://127.0.0.1:$PAYMENTS_PORT/accounts/alice | sed -n 's/.*"balanceCents":\([0-9]*\).*/\1/p')" \
-    "$(curl -sf http://127.0.0.1:$PAYMENTS_PORT/accounts/bob | sed -n 's/.*"balanceCents":\([0-9]*\).*/\1/p')" \
-    "$(curl -sf http://127.0.0.1:$INVENTORY_PORT/stock/BOOK-1 | sed -n 's/.*"available":\([0-9]*\).*/\1/p')" \
-    "$(curl -sf http://127.0.0.1:$INVENTORY_PORT/stock/LAMP-2 | sed -n 's/.*"available":\([0-9]*\).*/\1/p')"
+    "$(balance alice)" "$(balance bob)" "$(available BOOK-1)" "$(available LAMP-2)"
 
 if [[ $WAIT == 1 ]]; then
-    say "running: POST http://127.0.0.1:$ORDERS_PORT/orders; logs in $RUN/logs; Ctrl-C stops everything"
+    say "running: POST http://127.0.0.1:$ORDERS_PORT/orders; logs in $STATE/logs; Ctrl-C stops everything"
     wait -n "${PIDS[@]}" || true
-    echo "demo: a daemon exited; see $RUN/logs" >&2
+    echo "demo: a daemon exited; see $STATE/logs" >&2
 fi

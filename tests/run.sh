@@ -10,12 +10,18 @@ PRESET=${PRESET:-dev}
 
 case "${1:-}" in
     -h|--help)
-        echo "Usage: tests/run.sh [ctest arguments]   (PRESET=dev|asan|ci, default dev)"
+        echo "Usage: tests/run.sh [ctest arguments]   (PRESET=dev|asan|ci, default dev;"
+        echo "       KAFKA_VERSION=4.1.1 runs the system tests on Kafka 4.1.1; -L kafka4 always does)"
         exit 0 ;;
 esac
 
 "$ROOT/deploy/install-deps.sh"
+# The broker of the system tests ($KAFKA_VERSION, default 3.9.1) and the 4.x
+# one of the kafka4-labelled tests.
 "$ROOT/deploy/kafka/fetch-jars.sh" --quiet
+# shellcheck source=../deploy/kafka/versions.sh
+. "$ROOT/deploy/kafka/versions.sh"
+env -u KAFKA_LIBS_DIR KAFKA_VERSION="$KAFKA4_TEST_VERSION" "$ROOT/deploy/kafka/fetch-jars.sh" --quiet
 cmake --preset "$PRESET" -S "$ROOT" >/dev/null
 cmake --build --preset "$PRESET" -j"$(nproc)"
 cd "$ROOT"

@@ -64,9 +64,11 @@ static int set_prop(rd_kafka_conf_t *conf, const char *k, const char *v)
     return 0;
 }
 
-/* KAFKA_* variables of the daemons' environment files pass through; names
- * that are no librdkafka property (KAFKA_HEAP_OPTS of the Java tools) are
- * skipped with a warning instead of making the tool unusable. */
+/* KAFKA_* variables of the daemons' environment files pass through. Kafka's
+ * launcher and dev stack variables (KAFKA_HEAP_OPTS, ...) never reach us
+ * (cm_config_kafka_each passes over them); any other name that is no
+ * librdkafka property is skipped with a warning instead of making the tool
+ * unusable. */
 static int set_from_env(void *ud, const char *var, const char *prop, const char *value)
 {
     rd_kafka_conf_t *conf = ud;
@@ -82,6 +84,12 @@ static int set_from_env(void *ud, const char *var, const char *prop, const char 
         return -EINVAL;
     }
     return 0;
+}
+
+static void say_ignored(void *ud, const char *var, const char *owner)
+{
+    (void)ud;
+    oc_err("ignoring %s: a %s variable, not a librdkafka property", var, owner);
 }
 
 static int set_list(rd_kafka_conf_t *conf, const char *const (*kv)[2], size_t n)
@@ -116,6 +124,8 @@ static int build_conf(const oc_opts *o, oc_kafka_role role, rd_kafka_conf_t *con
         {"acks", "all"},
     };
 
+    if (o->verbose)
+        cm_config_kafka_each_ignored(say_ignored, NULL);
     if (set_list(conf, defaults, sizeof(defaults) / sizeof(defaults[0])) < 0 ||
         (role != OC_KAFKA_CONSUMER &&
          set_list(conf, producer_defaults,

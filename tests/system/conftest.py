@@ -14,6 +14,8 @@ services, SQL helpers, a raw Kafka producer/consumer, `wait_until`, `uid`.
 Environment:
   ORDERS_BUILD_DIR  build tree with the binaries (default <root>/build/dev)
   TEST_BOOTSTRAP    use this Kafka instead of starting one (host:port,...)
+  TEST_KAFKA_VERSION  Kafka version of the test broker (default: kafka.sh's,
+                    i.e. $KAFKA_VERSION or 3.9.1; the kafka4 entries set 4.1.1)
   TEST_KAFKA_NODES  nodes of the test cluster (default 1; 3 for broker faults:
                     then topics get replication factor 3, min.insync.replicas 2)
   TEST_PORT_OFFSET  added to every port the tests listen on (daemons, broker),
@@ -53,6 +55,7 @@ PG_SH = ROOT / "deploy" / "postgres" / "pg.sh"
 DB_PREFIX = f"test{PORT_OFFSET}_" if PORT_OFFSET else "test_"
 PARTITIONS = 6
 KAFKA_NODES = int(os.environ.get("TEST_KAFKA_NODES", "1"))
+KAFKA_VERSION = os.environ.get("TEST_KAFKA_VERSION") or None
 
 # name -> (HTTP port, database suffix)
 SERVICES = {
@@ -118,6 +121,36 @@ def parse_assignments(text):
             words = [m.group(2)]
         out[m.group(1)] = " ".join(words)
     return out
+
+
+def kafka_sh_env(version=KAFKA_VERSION):
+    """The environment for deploy/kafka/kafka.sh: ours, with KAFKA_VERSION set
+    when a version was asked for (and then the jars of that version, not a
+    KAFKA_LIBS_DIR meant for another)."""
+    env = dict(os.environ)
+    if version:
+        env["KAFKA_VERSION"] = version
+        env.pop("KAFKA_LIBS_DIR", None)
+    return env
+
+
+def check_broker_version(kafka_dir, out, version=KAFKA_VERSION):
+    """After kafka.sh start: when a version was asked for, the broker that runs
+    must be that version, as kafka.sh recorded it and as the broker itself
+    logs it at start ("Kafka version: 4.1.1")."""
+    if not version:
+        return
+    recorded = parse_assignments(Path(kafka_dir, "cluster.env").read_text()).get("VERSION")
+    assert recorded == version, f"kafka.sh recorded Kafka {recorded}, expected {version}\n{out}"
+    log = Path(kafka_dir, "node-1", "server.log")
+    deadline = time.monotonic() + 30
+    while f"Kafka version: {version}" not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"{log} never says 'Kafka version: {version}'"
+        time.sleep(0.2)
+
+
+def pytest_report_header(config):
+    return f"kafka: {KAFKA_VERSION or os.environ.get('KAFKA_VERSION') or 'default (kafka.sh)'}"
 
 
 def port_in_use(port):
@@ -505,10 +538,11 @@ class Stack:
             self.own_kafka = True
             # Fresh broker state every run: old topics and group offsets would
             # otherwise leak into this run.
-            run_script([KAFKA_SH, "clean", "--dir", KAFKA_DIR], check=False)
+            run_script([KAFKA_SH, "clean", "--dir", KAFKA_DIR], env=kafka_sh_env(), check=False)
             self._kafka_started = True  # from here on, teardown must stop it
             out = run_script([KAFKA_SH, "start", "--nodes", KAFKA_NODES, "--dir", KAFKA_DIR,
-                              "--port", KAFKA_PORT])
+                              "--port", KAFKA_PORT], env=kafka_sh_env())
+            check_broker_version(KAFKA_DIR, out)
             self.bootstrap = parse_assignments(out).get("bootstrap")
             if not self.bootstrap:
                 raise RuntimeError(f"kafka.sh start printed no bootstrap=...:\n{out}")
@@ -564,7 +598,7 @@ class Stack:
                 problems.append(f"{d.name} exited {rc} on SIGTERM (expected 0)")
         if self._kafka_started:
             try:
-                run_script([KAFKA_SH, "stop", "--dir", KAFKA_DIR], timeout=120)
+                run_script([KAFKA_SH, "stop", "--dir", KAFKA_DIR], env=kafka_sh_env(), timeout=120)
             except Exception as e:
                 problems.append(f"kafka.sh stop failed: {e}")
         return problems

@@ -1,5 +1,6 @@
 """
 Helpers for the failure and operations tests: reading dead-letter topics,
+the KAFKA_* variables of Kafka's launcher,
 decoding Spring's kafka_dlt-* headers, producing records onto an exact
 partition, scraping a daemon's /metrics, stopping/starting the PostgreSQL the
 stack uses, and reconciling money and stock once the system is quiet. Kept
@@ -20,6 +21,25 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 SPRING_CAUSE_POISON = "org.springframework.kafka.support.serializer.DeserializationException"
 SPRING_CAUSE_PROCESSING = "com.devcraftly.orders.RecordProcessingException"
 SPRING_LISTENER = "org.springframework.kafka.listener.ListenerExecutionFailedException"
+
+# KAFKA_* variables that a shell or unit has set where Kafka's own tools run
+# (bin/kafka-run-class.sh reads them) or our dev stack does (deploy/kafka):
+# none is a librdkafka property, and the daemons and orderctl pass over them.
+LAUNCHER_ENV = {
+    "KAFKA_HEAP_OPTS": "-Xmx1G -Xms1G",
+    "KAFKA_OPTS": "-Djava.security.auth.login.config=/etc/kafka/jaas.conf",
+    "KAFKA_JVM_PERFORMANCE_OPTS": "-server -XX:+UseG1GC -XX:MaxGCPauseMillis=20",
+    "KAFKA_LOG4J_OPTS": "-Dlog4j2.configurationFile=/etc/kafka/log4j2.yaml",
+    "KAFKA_JMX_OPTS": "-Dcom.sun.management.jmxremote=true",
+    "KAFKA_GC_LOG_OPTS": "-Xlog:gc*:file=/var/log/kafka/gc.log",
+    "KAFKA_DEBUG": "y",
+    "KAFKA_MODE": "jvm",
+    "KAFKA_VERSION": "4.1.1",
+    "KAFKA_LIBS_DIR": "/opt/kafka/libs",
+    "KAFKA_EXTRA_PROPERTIES": "log.retention.hours=1",
+    "KAFKA_START_TIMEOUT": "90",
+    "KAFKA_STOP_TIMEOUT": "30",
+}
 
 # Which consumer groups read each topic: each of them dead-letters a poison
 # record on its own, as Spring's per-listener error handlers do.

@@ -9,7 +9,9 @@ stopped at the end, also when a test failed. The tests run in file order and
 build on each other: the topics created by the first ones are used by the
 dead-letter tests.
 
-Environment: ORDERS_BUILD_DIR (default <root>/build/dev) holds tools/orderctl.
+Environment: ORDERS_BUILD_DIR (default <root>/build/dev) holds tools/orderctl;
+TEST_KAFKA_VERSION picks the broker's Kafka version (the kafka4 entry: 4.1.1);
+TEST_PORT_OFFSET moves the broker's port.
 """
 
 import datetime
@@ -26,6 +28,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+from conftest import check_broker_version, kafka_sh_env
+from helpers import LAUNCHER_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
@@ -62,7 +67,7 @@ def orderctl_path():
 def run_kafka_sh(*args, timeout=180):
     cmd = [str(KAFKA_SH), *args, "--dir", str(KAFKA_DIR)]
     cp = subprocess.run(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True,
-                        text=True, timeout=timeout)
+                        text=True, timeout=timeout, env=kafka_sh_env())
     if cp.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)} exited {cp.returncode}\n"
                            f"stdout:\n{cp.stdout}\nstderr:\n{cp.stderr}")
@@ -77,7 +82,8 @@ def broker():
     if (KAFKA_DIR / "cluster.env").exists():
         run_kafka_sh("clean")  # stops a broker left behind by an aborted run
     try:
-        run_kafka_sh("start", "--port", str(KAFKA_PORT))
+        out = run_kafka_sh("start", "--port", str(KAFKA_PORT))
+        check_broker_version(KAFKA_DIR, out)
         yield BOOTSTRAP
     finally:
         run_kafka_sh("stop")
@@ -88,10 +94,12 @@ def admin(broker):
     return AdminClient({"bootstrap.servers": broker})
 
 
-def orderctl(*args, timeout=90):
-    """Runs orderctl against the test broker; returns the CompletedProcess."""
+def orderctl(*args, timeout=90, extra_env=None):
+    """Runs orderctl against the test broker; returns the CompletedProcess.
+    The environment has no KAFKA_* variables but those in extra_env."""
     cmd = [str(orderctl_path()), *args, "--bootstrap", BOOTSTRAP]
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")}
+    env.update(extra_env or {})
     cp = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                         timeout=timeout, env=env)
     print(f"$ {shlex.join(cmd)}  -> exit {cp.returncode}\n{cp.stdout}{cp.stderr}")
@@ -232,6 +240,23 @@ def recreate_topic(admin, name, partitions, timeout=60):
     while topic_shapes(admin).get(name, (0, 0))[0] != partitions:  # metadata catches up
         assert time.monotonic() < deadline, f"{name} does not show {partitions} partitions"
         time.sleep(0.2)
+
+
+def test_kafka_launcher_variables_are_ignored(broker, admin):
+    """orderctl works in a shell with Kafka's launcher variables set, without a
+    word about them (--verbose names each), and still warns about an unknown
+    KAFKA_* name."""
+    cp = orderctl("topics", "ensure", extra_env=LAUNCHER_ENV)
+    assert cp.returncode == 0, cp.stderr
+    assert "ignoring" not in cp.stderr, cp.stderr
+    cp = orderctl("topics", "ensure", "--verbose", extra_env=LAUNCHER_ENV)
+    assert cp.returncode == 0, cp.stderr
+    for var in LAUNCHER_ENV:
+        assert f"ignoring {var}:" in cp.stderr, f"--verbose did not name {var}:\n{cp.stderr}"
+    cp = orderctl("topics", "ensure", extra_env=dict(LAUNCHER_ENV, KAFKA_NO_SUCH_PROPERTY="1"))
+    assert cp.returncode == 0, cp.stderr
+    warned = [ln for ln in cp.stderr.splitlines() if "ignoring" in ln]
+    assert len(warned) == 1 and "KAFKA_NO_SUCH_PROPERTY" in warned[0], cp.stderr
 
 
 def test_topics_ensure_reports_drift_and_changes_nothing(broker, admin):

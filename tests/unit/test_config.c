@@ -1,13 +1,17 @@
 /*
  * test_config.c - the declarative configuration table: defaults, parsing of
  * every type, range checks, error messages naming the variable, masking of
- * secrets, and the KAFKA_* pass-through naming.
+ * secrets, the KAFKA_* pass-through naming, and the Kafka launcher and dev
+ * stack variables that the pass-through ignores.
  */
 #include "cm_config.h"
+#include "cm_kafka.h"
 
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -141,6 +145,132 @@ static void kafka_pass_through(void **state)
     unsetenv("KAFKA_LINGER_MS");
 }
 
+/* Kafka's launcher (bin/kafka-run-class.sh) and our deploy/kafka scripts
+ * read these; a host that runs either has them set. */
+static const char *const launcher_and_dev_stack[] = {
+    "KAFKA_HEAP_OPTS",      "KAFKA_OPTS",         "KAFKA_JVM_PERFORMANCE_OPTS",
+    "KAFKA_GC_LOG_OPTS",    "KAFKA_JMX_OPTS",     "KAFKA_LOG4J_OPTS",
+    "KAFKA_LOG4J_CMD_OPTS", "KAFKA_DEBUG",        "KAFKA_MODE",
+    "KAFKA_VERSION",        "KAFKA_LIBS_DIR",     "KAFKA_EXTRA_PROPERTIES",
+    "KAFKA_START_TIMEOUT",  "KAFKA_STOP_TIMEOUT",
+};
+#define NLAUNCHER (sizeof(launcher_and_dev_stack) / sizeof(launcher_and_dev_stack[0]))
+
+typedef struct {
+    char seen[32][64]; /* variables visited by cm_config_kafka_each */
+    int nseen;
+    char ignored[32][64]; /* reported by cm_config_kafka_each_ignored */
+    int nignored;
+} visits;
+
+static int record_visit(void *ud, const char *var, const char *prop, const char *value)
+{
+    visits *v = ud;
+    (void)prop;
+    (void)value;
+    if (strncmp(var, "KAFKA_", 6) == 0 && v->nseen < 32)
+        snprintf(v->seen[v->nseen++], sizeof(v->seen[0]), "%s", var);
+    return 0;
+}
+
+static void record_ignored(void *ud, const char *var, const char *owner)
+{
+    visits *v = ud;
+    assert_non_null(owner);
+    assert_true(strcmp(owner, "kafka launcher") == 0 || strcmp(owner, "dev stack") == 0);
+    if (v->nignored < 32)
+        snprintf(v->ignored[v->nignored++], sizeof(v->ignored[0]), "%s", var);
+}
+
+static int count(char (*names)[64], int n, const char *var)
+{
+    int c = 0;
+    for (int i = 0; i < n; i++)
+        c += strcmp(names[i], var) == 0;
+    return c;
+}
+
+static void set_launcher_env(void)
+{
+    for (size_t i = 0; i < NLAUNCHER; i++)
+        setenv(launcher_and_dev_stack[i], "-Xmx1g -Dsome.option=1", 1);
+}
+
+static int clear_kafka_env(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < NLAUNCHER; i++)
+        unsetenv(launcher_and_dev_stack[i]);
+    unsetenv("KAFKA_LINGER_MS");
+    unsetenv("KAFKA_NO_SUCH_PROPERTY");
+    unsetenv("KAFKA_HEAP_OPTS_EXTRA");
+    unsetenv("KAFKA_ACKS");
+    return 0;
+}
+
+static void launcher_variables_are_ignored(void **state)
+{
+    visits v = {0};
+    (void)state;
+    set_launcher_env();
+    setenv("KAFKA_LINGER_MS", "5", 1);
+    assert_int_equal(cm_config_kafka_each(record_visit, &v), 0);
+    cm_config_kafka_each_ignored(record_ignored, &v);
+    for (size_t i = 0; i < NLAUNCHER; i++) {
+        const char *var = launcher_and_dev_stack[i];
+        assert_non_null(cm_config_kafka_ignored(var));
+        /* never handed to librdkafka, reported exactly once */
+        assert_int_equal(count(v.seen, v.nseen, var), 0);
+        assert_int_equal(count(v.ignored, v.nignored, var), 1);
+    }
+    /* a real property still passes through, and is not reported as ignored */
+    assert_int_equal(count(v.seen, v.nseen, "KAFKA_LINGER_MS"), 1);
+    assert_int_equal(count(v.ignored, v.nignored, "KAFKA_LINGER_MS"), 0);
+    assert_null(cm_config_kafka_ignored("KAFKA_LINGER_MS"));
+}
+
+static void only_exact_names_are_ignored(void **state)
+{
+    visits v = {0};
+    (void)state;
+    setenv("KAFKA_HEAP_OPTS_EXTRA", "1", 1);
+    setenv("KAFKA_NO_SUCH_PROPERTY", "1", 1);
+    assert_int_equal(cm_config_kafka_each(record_visit, &v), 0);
+    assert_int_equal(count(v.seen, v.nseen, "KAFKA_HEAP_OPTS_EXTRA"), 1);
+    assert_int_equal(count(v.seen, v.nseen, "KAFKA_NO_SUCH_PROPERTY"), 1);
+    assert_null(cm_config_kafka_ignored("KAFKA_HEAP"));
+    assert_null(cm_config_kafka_ignored("kafka_heap_opts"));
+}
+
+static void startup_check_accepts_launcher_variables(void **state)
+{
+    char err[512] = "";
+    (void)state;
+    set_launcher_env();
+    setenv("KAFKA_LINGER_MS", "5", 1);
+    assert_int_equal(cm_kafka_check_env(err, sizeof(err)), 0);
+}
+
+static void startup_check_names_an_unknown_variable(void **state)
+{
+    char err[512] = "";
+    (void)state;
+    set_launcher_env();
+    setenv("KAFKA_NO_SUCH_PROPERTY", "1", 1);
+    assert_int_equal(cm_kafka_check_env(err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "KAFKA_NO_SUCH_PROPERTY"));
+    assert_non_null(strstr(err, "no.such.property"));
+}
+
+static void startup_check_names_an_invalid_value(void **state)
+{
+    char err[512] = "";
+    (void)state;
+    setenv("KAFKA_ACKS", "banana", 1);
+    assert_int_equal(cm_kafka_check_env(err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "KAFKA_ACKS"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -150,6 +280,16 @@ int main(void)
         cmocka_unit_test_setup(required_variable_missing, clear_env),
         cmocka_unit_test(secrets_are_masked),
         cmocka_unit_test(kafka_pass_through),
+        cmocka_unit_test_setup_teardown(launcher_variables_are_ignored, clear_kafka_env,
+                                        clear_kafka_env),
+        cmocka_unit_test_setup_teardown(only_exact_names_are_ignored, clear_kafka_env,
+                                        clear_kafka_env),
+        cmocka_unit_test_setup_teardown(startup_check_accepts_launcher_variables, clear_kafka_env,
+                                        clear_kafka_env),
+        cmocka_unit_test_setup_teardown(startup_check_names_an_unknown_variable, clear_kafka_env,
+                                        clear_kafka_env),
+        cmocka_unit_test_setup_teardown(startup_check_names_an_invalid_value, clear_kafka_env,
+                                        clear_kafka_env),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
