@@ -10,7 +10,7 @@
 #include <string.h>
 #include <time.h>
 
-#define POLL_NS 20000000LL /* between two counts of PENDING orders */
+#define POLL_NS 50000000LL /* between two counts of PENDING orders */
 
 PGconn *ob_db_connect(const char *conninfo)
 {
@@ -44,13 +44,25 @@ static void sleep_ns(int64_t ns)
     nanosleep(&ts, NULL);
 }
 
-/* The run's PENDING orders; the partial index orders_pending holds only those. */
-static int count_pending(PGconn *db, const ob_run *run, int64_t *ret)
+/* The run's PENDING orders; the partial index orders_pending holds only those.
+ * Prepared once: the count runs every POLL_NS while the orders settle. */
+static int count_pending(PGconn *db, const ob_run *run, bool prepare, int64_t *ret)
 {
     static const char sql[] =
         "SELECT count(*) FROM orders WHERE status = 'PENDING' AND starts_with(customer_id, $1)";
     const char *p[1] = {run->prefix};
-    PGresult *res = PQexecParams(db, sql, 1, NULL, p, NULL, NULL, 0);
+    PGresult *res;
+
+    if (prepare) {
+        res = PQprepare(db, "ob_pending", sql, 1, NULL);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            ob_err("could not prepare the count of pending orders: %s", PQerrorMessage(db));
+            PQclear(res);
+            return OB_EXIT_INFRA;
+        }
+        PQclear(res);
+    }
+    res = PQexecPrepared(db, "ob_pending", 1, p, NULL, NULL, 0);
 
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
         ob_err("could not count pending orders: %s", PQerrorMessage(db));
@@ -65,14 +77,16 @@ static int count_pending(PGconn *db, const ob_run *run, int64_t *ret)
 int ob_db_wait(PGconn *db, ob_run *run)
 {
     int64_t start = ob_mono_ns(), deadline = start + (int64_t)(run->o->timeout_s * 1e9);
-    int64_t last_progress = start, pending = 0, t;
+    int64_t last_progress = start, pending = 0, t = 0;
+    bool prepared = false;
     int r;
 
     if (run->accepted == 0)
         return 0;
     for (;;) {
-        if ((r = count_pending(db, run, &pending)) != 0)
+        if ((r = count_pending(db, run, !prepared, &pending)) != 0)
             return r;
+        prepared = true;
         t = ob_mono_ns();
         if (pending == 0)
             break;
@@ -86,6 +100,7 @@ int ob_db_wait(PGconn *db, ob_run *run)
                     (double)(t - run->t0_mono_ns) / 1e9, pending);
             last_progress = t;
         }
+        ob_run_tick(run);
         sleep_ns(POLL_NS);
     }
     run->settle_wait_ns = t - (run->t0_mono_ns + run->end_ns);

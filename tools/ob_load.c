@@ -240,6 +240,7 @@ int ob_load_run(ob_load *l)
         }
         if (t - l->last_progress_ns >= PROGRESS_NS)
             progress(l, t);
+        ob_run_tick(run);
         if (ob_stop && stop_at < 0)
             stop_at = t + STOP_GRACE_NS;
         if (ob_stop && (l->inflight == 0 || t >= stop_at)) {

@@ -3,9 +3,8 @@
  */
 #include "ob_proc.h"
 
-#include "ob_net.h"
+#include "ob_procfs.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -15,6 +14,7 @@
 #include <unistd.h>
 
 #define MAX_OWNERS 512
+#define MAX_DBS 16
 
 static const char *const daemon_names[] = {"order-service", "payment-service", "inventory-service"};
 
@@ -27,7 +27,7 @@ typedef struct {
 typedef struct {
     owner v[MAX_OWNERS];
     size_t n;
-    char dbs[16][64]; /* the run's databases: of order-service and the daemons' backends */
+    char dbs[MAX_DBS][64]; /* the run's databases: order-service's and the daemons' backends' */
     size_t ndbs;
 } owners;
 
@@ -36,100 +36,11 @@ static void warn(ob_procs *ps, const char *fmt, ...)
 {
     va_list ap;
 
-    if (ps->nwarnings >= 4)
+    if (ps->nwarnings >= (int)(sizeof(ps->warnings) / sizeof(ps->warnings[0])))
         return;
     va_start(ap, fmt);
     vsnprintf(ps->warnings[ps->nwarnings++], sizeof(ps->warnings[0]), fmt, ap);
     va_end(ap);
-}
-
-/* ---- /proc reading ---- */
-
-static int read_file(const char *path, char *buf, size_t len)
-{
-    FILE *f = fopen(path, "re");
-    size_t n;
-
-    if (!f)
-        return -errno;
-    n = fread(buf, 1, len - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    return (int)n;
-}
-
-/* The command line with NULs as spaces, trailing spaces removed. */
-static int read_cmdline(int pid, char *buf, size_t len)
-{
-    char path[64];
-    int n, i;
-
-    snprintf(path, sizeof(path), "/proc/%d/cmdline", pid);
-    if ((n = read_file(path, buf, len)) <= 0)
-        return -ENOENT;
-    for (i = 0; i < n; i++)
-        if (buf[i] == '\0')
-            buf[i] = ' ';
-    while (n > 0 && buf[n - 1] == ' ')
-        buf[--n] = '\0';
-    return n;
-}
-
-static int read_comm(int pid, char *buf, size_t len)
-{
-    char path[64];
-    int n;
-
-    snprintf(path, sizeof(path), "/proc/%d/comm", pid);
-    if ((n = read_file(path, buf, len)) <= 0)
-        return -ENOENT;
-    if (buf[n - 1] == '\n')
-        buf[n - 1] = '\0';
-    return 0;
-}
-
-/* utime+stime, cutime+cstime (µs) and starttime of /proc/<pid>/stat. */
-static int read_stat(int pid, int64_t *cpu, int64_t *child, unsigned long long *start)
-{
-    static long hz;
-    unsigned long long f[20];
-    char path[64], buf[1024], *p;
-    int i;
-
-    if (!hz)
-        hz = sysconf(_SC_CLK_TCK);
-    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-    if (read_file(path, buf, sizeof(buf)) <= 0 || !(p = strrchr(buf, ')')))
-        return -ENOENT;
-    p += 2; /* fields from the third on: state, ppid, ... */
-    for (i = 0; i < 20; i++) {
-        char *end;
-        while (*p == ' ')
-            p++;
-        f[i] = i == 0 ? (unsigned long long)*p : strtoull(p, &end, 10);
-        p = i == 0 ? p + 1 : end;
-    }
-    *cpu = (int64_t)((f[11] + f[12]) * 1000000ULL / (unsigned long long)hz);
-    *child = (int64_t)((f[13] + f[14]) * 1000000ULL / (unsigned long long)hz);
-    *start = f[19];
-    return 0;
-}
-
-static void read_mem(ob_proc *p)
-{
-    char path[64], buf[4096], *l;
-
-    p->rss_kb = p->anon_kb = -1;
-    if (p->kind == OB_PROC_SELF)
-        snprintf(path, sizeof(path), "/proc/self/status");
-    else
-        snprintf(path, sizeof(path), "/proc/%d/status", p->pid);
-    if (read_file(path, buf, sizeof(buf)) <= 0)
-        return;
-    if ((l = strstr(buf, "\nVmRSS:")))
-        p->rss_kb = strtol(l + 7, NULL, 10);
-    if ((l = strstr(buf, "\nRssAnon:")))
-        p->anon_kb = strtol(l + 9, NULL, 10);
 }
 
 static int64_t self_cpu_us(void)
@@ -143,7 +54,18 @@ static int64_t self_cpu_us(void)
 
 /* ---- the table ---- */
 
-static ob_proc *add(ob_procs *ps, int pid, ob_proc_kind kind, const char *label, bool counted)
+static bool seen(const ob_procs *ps, int pid)
+{
+    return (size_t)pid < ps->seen_bits && (ps->seen[pid / 8] >> (pid % 8) & 1);
+}
+
+static void mark_seen(ob_procs *ps, int pid)
+{
+    if ((size_t)pid < ps->seen_bits)
+        ps->seen[pid / 8] |= (unsigned char)(1u << (pid % 8));
+}
+
+static ob_proc *add(ob_procs *ps, int pid, ob_proc_kind kind, const char *label)
 {
     ob_proc *p;
 
@@ -159,51 +81,44 @@ static ob_proc *add(ob_procs *ps, int pid, ob_proc_kind kind, const char *label,
     memset(p, 0, sizeof(*p));
     p->pid = pid;
     p->kind = kind;
-    p->counted = counted;
+    p->counted = true;
     p->rss_kb = p->anon_kb = -1;
     snprintf(p->label, sizeof(p->label), "%s", label);
+    p->named = kind != OB_PROC_POSTGRES;
+    if (kind != OB_PROC_SELF)
+        mark_seen(ps, pid);
     return p;
 }
 
-static ob_proc *find(ob_procs *ps, int pid)
+/* Samples p; the first sample of a process running at the start sets its base. */
+static void sample(ob_proc *p, bool first)
 {
-    size_t i;
-
-    for (i = 0; i < ps->n; i++)
-        if (ps->v[i].pid == pid && ps->v[i].kind != OB_PROC_SELF)
-            return &ps->v[i];
-    return NULL;
-}
-
-static void sample(ob_proc *p, bool end)
-{
-    int64_t cpu, child;
-    unsigned long long st;
+    ob_pstat st;
 
     if (p->kind == OB_PROC_SELF) {
-        *(end ? &p->cpu1_us : &p->cpu0_us) = self_cpu_us();
-        *(end ? &p->at_end : &p->at_start) = true;
+        p->cpu_us = self_cpu_us();
+        p->alive = true;
+    } else if (ob_procfs_stat(p->pid, &st) < 0 ||
+               ((p->at_start || p->alive) && st.starttime != p->starttime)) {
+        p->alive = false; /* gone (a reused pid is another process) */
         return;
-    }
-    if (read_stat(p->pid, &cpu, &child, &st) < 0 || (end && p->at_start && st != p->starttime))
-        return; /* gone (or its pid reused: then the new process is another entry) */
-    if (end) {
-        p->cpu1_us = cpu;
-        p->child1_us = child;
-        p->at_end = true;
     } else {
-        p->cpu0_us = cpu;
-        p->child0_us = child;
-        p->starttime = st;
+        p->ppid = st.ppid;
+        p->starttime = st.starttime;
+        p->cpu_us = st.cpu_us;
+        p->child_us = st.child_us;
+        p->alive = true;
+    }
+    if (first) {
         p->at_start = true;
+        p->cpu0_us = p->cpu_us;
+        p->child0_us = p->child_us;
     }
 }
 
 int64_t ob_proc_cpu_us(const ob_proc *p)
 {
-    if (!p->at_end)
-        return 0;
-    return p->cpu1_us - (p->at_start ? p->cpu0_us : 0);
+    return p->cpu_us - p->cpu0_us;
 }
 
 /* ---- daemons and broker ---- */
@@ -217,7 +132,7 @@ static int by_comm(ob_procs *ps, const char *name)
     if (ob_pids(&pids, &n) < 0)
         return 0;
     for (i = 0; i < n; i++)
-        if (read_comm(pids[i], comm, sizeof(comm)) == 0 && strncmp(comm, name, 15) == 0) {
+        if (ob_procfs_comm(pids[i], comm, sizeof(comm)) == 0 && strncmp(comm, name, 15) == 0) {
             found = pids[i];
             count++;
         }
@@ -237,7 +152,7 @@ static void find_daemons(ob_procs *ps, const ob_socks *socks)
 
     if (o->npids > 0) {
         for (i = 0; i < o->npids; i++)
-            add(ps, o->pids[i].pid, OB_PROC_DAEMON, o->pids[i].name, true);
+            add(ps, o->pids[i].pid, OB_PROC_DAEMON, o->pids[i].name);
     } else {
         for (i = 0; i < 3; i++) {
             int pid = urls[i]->loopback ? ob_pid_listening(socks, urls[i]->port) : 0;
@@ -246,7 +161,7 @@ static void find_daemons(ob_procs *ps, const ob_socks *socks)
             if (pid == 0)
                 warn(ps, "%s not found: not counted (use --pids)", daemon_names[i]);
             else
-                add(ps, pid, OB_PROC_DAEMON, daemon_names[i], true);
+                add(ps, pid, OB_PROC_DAEMON, daemon_names[i]);
         }
     }
     for (i = 0; i < ps->n; i++)
@@ -282,7 +197,7 @@ static void find_broker(ob_procs *ps, const ob_socks *socks)
     char comm[32], cmd[8192];
 
     if (ps->run->o->broker_pid) {
-        add(ps, ps->run->o->broker_pid, OB_PROC_BROKER, "kafka broker", true);
+        add(ps, ps->run->o->broker_pid, OB_PROC_BROKER, "kafka broker");
         return;
     }
     if (ob_pids(&pids, &n) < 0)
@@ -290,8 +205,8 @@ static void find_broker(ob_procs *ps, const ob_socks *socks)
     if (ps->order_service_pid)
         ob_pid_inodes(ps->order_service_pid, &os, &nos);
     for (i = 0; i < n && !chosen; i++) {
-        if (read_comm(pids[i], comm, sizeof(comm)) < 0 || strcmp(comm, "java") != 0 ||
-            read_cmdline(pids[i], cmd, sizeof(cmd)) < 0 || !strstr(cmd, " kafka.Kafka"))
+        if (ob_procfs_comm(pids[i], comm, sizeof(comm)) < 0 || strcmp(comm, "java") != 0 ||
+            ob_procfs_cmdline(pids[i], cmd, sizeof(cmd)) < 0 || !strstr(cmd, " kafka.Kafka"))
             continue;
         nkafka++;
         last = pids[i];
@@ -300,13 +215,13 @@ static void find_broker(ob_procs *ps, const ob_socks *socks)
     }
     free(pids);
     free(os);
-    if (!chosen && nkafka == 1)
+    if (!chosen && nkafka == 1 && !ps->order_service_pid)
         chosen = last;
     if (chosen)
-        add(ps, chosen, OB_PROC_BROKER, "kafka broker", true);
+        add(ps, chosen, OB_PROC_BROKER, "kafka broker");
     else
         warn(ps, "kafka broker %s: not counted (use --broker-pid)",
-             nkafka ? "order-service is connected to not found" : "not found");
+             nkafka ? "that order-service is connected to not found" : "not found");
 }
 
 /* ---- PostgreSQL ---- */
@@ -324,15 +239,39 @@ static void add_owner(owners *w, const ob_socks *s, int pid, const char *name)
     free(in);
 }
 
-static void add_db(owners *w, const char *db)
+static bool has_db(const owners *w, const char *db)
 {
     size_t i;
 
     for (i = 0; i < w->ndbs; i++)
         if (strcmp(w->dbs[i], db) == 0)
-            return;
-    if (w->ndbs < sizeof(w->dbs) / sizeof(w->dbs[0]))
+            return true;
+    return false;
+}
+
+static void add_db(owners *w, const char *db)
+{
+    if (!has_db(w, db) && w->ndbs < MAX_DBS)
         snprintf(w->dbs[w->ndbs++], sizeof(w->dbs[0]), "%s", db);
+}
+
+/* The ports of the daemons' connections, and the databases they use. */
+static owners *owners_load(const ob_procs *ps)
+{
+    owners *w = calloc(1, sizeof(*w));
+    ob_socks socks;
+    size_t i;
+
+    if (!w)
+        return NULL;
+    if (ob_socks_load(&socks) < 0)
+        socks = (ob_socks){0};
+    for (i = 0; i < ps->n; i++)
+        if (ps->v[i].kind == OB_PROC_DAEMON)
+            add_owner(w, &socks, ps->v[i].pid, ps->v[i].label);
+    ob_socks_free(&socks);
+    add_db(w, ps->orders_dbname);
+    return w;
 }
 
 static const char *const background[] = {
@@ -340,7 +279,6 @@ static const char *const background[] = {
     "background writer",
     "walwriter",
     "autovacuum launcher",
-    "autovacuum worker",
     "logical replication launcher",
     "logical replication worker",
     "parallel worker",
@@ -365,92 +303,157 @@ static const char *title(const char *cmd)
     return t;
 }
 
-/* Labels a backend from "user db client(port) state"; 1 if it is one. */
-static int label_backend(ob_proc *p, const char *t, owners *w, bool final)
+static void name(ob_proc *p, bool counted, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void name(ob_proc *p, bool counted, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(p->label, sizeof(p->label), fmt, ap);
+    va_end(ap);
+    p->counted = counted;
+    p->named = true;
+}
+
+/* "user db client(port) state": named by the client holding that port, else
+ * by its database; a backend of another database is not the run's. With
+ * final false only the daemons' backends are named (and their databases noted). */
+static void label_backend(const ob_procs *ps, ob_proc *p, const char *t, owners **wp, bool final)
 {
     char user[64], db[64], client[128];
     const char *paren;
+    owners *w;
     size_t i;
 
-    if (sscanf(t, "%63s %63s %127s", user, db, client) != 3)
-        return 0;
+    if (!*wp && !(*wp = owners_load(ps)))
+        return;
+    w = *wp;
+    if (sscanf(t, "%63s %63s %127s", user, db, client) != 3) {
+        name(p, true, "postgres other");
+        return;
+    }
     if ((paren = strrchr(client, '(')) != NULL) {
         int port = (int)strtol(paren + 1, NULL, 10);
         for (i = 0; i < w->n; i++)
             if (w->v[i].port == port) {
-                snprintf(p->label, sizeof(p->label), "postgres backend of %s", w->v[i].name);
+                name(p, true, "postgres backend of %s", w->v[i].name);
                 add_db(w, db);
-                return 1;
+                return;
             }
     }
     if (!final)
-        return 1;
-    for (i = 0; i < w->ndbs; i++)
-        if (strcmp(w->dbs[i], db) == 0) {
-            snprintf(p->label, sizeof(p->label), "postgres backend, database %s", db);
-            return 1;
-        }
-    snprintf(p->label, sizeof(p->label), "postgres backend of another client (%.40s)", db);
-    p->counted = false;
-    return 1;
+        return;
+    if (has_db(w, db))
+        name(p, true, "postgres backend, database %.40s", db);
+    else
+        name(p, false, "postgres backend, other client (%.40s)", db);
 }
 
-static void label_postgres(ob_procs *ps, ob_proc *p, owners *w, bool final)
+static const ob_proc *find(const ob_procs *ps, int pid)
 {
+    size_t i;
+
+    for (i = 0; i < ps->n; i++)
+        if (ps->v[i].pid == pid && ps->v[i].kind == OB_PROC_POSTGRES)
+            return &ps->v[i];
+    return NULL;
+}
+
+/* "parallel worker for PID n": the leader's; waits until the leader is named. */
+static void label_worker(const ob_procs *ps, ob_proc *p, const char *t)
+{
+    const ob_proc *leader = find(ps, (int)strtol(t + strlen("parallel worker for PID "), NULL, 10));
+
+    if (!leader)
+        name(p, false, "postgres parallel workers of unknown backends");
+    else if (leader->named)
+        name(p, leader->counted, "%.70s, parallel workers", leader->label);
+}
+
+static void label_postgres(ob_procs *ps, ob_proc *p, owners **wp, bool final)
+{
+    static const char av[] = "autovacuum worker ", pw[] = "parallel worker for PID ";
     char cmd[512];
     const char *t;
     size_t i;
 
-    p->counted = true;
-    if (p->pid == ps->self_backend) {
-        snprintf(p->label, sizeof(p->label), "postgres backend of orders-bench");
-        return;
-    }
-    if (read_cmdline(p->pid, cmd, sizeof(cmd)) < 0)
-        return;
-    if (strncmp(cmd, "postgres: ", 10) != 0) {
-        snprintf(p->label, sizeof(p->label), "postgres postmaster");
-        return;
-    }
-    t = title(cmd);
-    for (i = 0; i < sizeof(background) / sizeof(background[0]); i++)
-        if (strncmp(t, background[i], strlen(background[i])) == 0) {
-            snprintf(p->label, sizeof(p->label), "postgres %s", background[i]);
+    if (ps->postmaster && p->pid != ps->postmaster && p->ppid != ps->postmaster)
+        name(p, false, "postgres processes of another cluster");
+    else if (p->pid == ps->self_backend)
+        name(p, true, "postgres backend of orders-bench");
+    else if (ob_procfs_cmdline(p->pid, cmd, sizeof(cmd)) < 0)
+        p->alive = false; /* named "exited before it could be named" at the end */
+    else if (strncmp(cmd, "postgres: ", 10) != 0) {
+        /* A child forked a moment ago still has the postmaster's command line. */
+        if (p->pid == ps->postmaster || !ps->postmaster)
+            name(p, true, "postgres postmaster");
+    } else if (strncmp(t = title(cmd), av, sizeof(av) - 1) == 0) {
+        bool ours;
+        if (!*wp && !(*wp = owners_load(ps)))
             return;
-        }
-    if (!label_backend(p, t, w, final))
-        snprintf(p->label, sizeof(p->label), "postgres other");
+        ours = has_db(*wp, t + sizeof(av) - 1);
+        name(p, ours, "postgres autovacuum worker%s", ours ? "" : " of another database");
+    } else if (strncmp(t, pw, sizeof(pw) - 1) == 0) {
+        if (final)
+            label_worker(ps, p, t);
+    } else {
+        for (i = 0; i < sizeof(background) / sizeof(background[0]); i++)
+            if (strncmp(t, background[i], strlen(background[i])) == 0) {
+                name(p, true, "postgres %s", background[i]);
+                return;
+            }
+        label_backend(ps, p, t, wp, final);
+    }
 }
 
-/* Adds the PostgreSQL processes not in the table yet and labels all. */
-static void find_postgres(ob_procs *ps, const ob_socks *socks, bool end)
+/* Adds the PostgreSQL processes not known yet, samples them, and names those
+ * not named yet. */
+static void find_postgres(ob_procs *ps, bool first)
 {
-    owners *w = calloc(1, sizeof(*w));
+    owners *w = NULL;
     int *pids;
-    size_t n, i, first = ps->n;
+    size_t n, i, unnamed = 0;
     char comm[32];
 
-    if (!w || ob_pids(&pids, &n) < 0) {
-        free(w);
+    if (ob_pids(&pids, &n) < 0)
         return;
-    }
-    for (i = 0; i < ps->n; i++)
-        if (ps->v[i].kind == OB_PROC_DAEMON)
-            add_owner(w, socks, ps->v[i].pid, ps->v[i].label);
-    add_db(w, ps->orders_dbname);
     for (i = 0; i < n; i++) {
-        ob_proc *p = find(ps, pids[i]);
-        if (p && !(end && p->at_start && !p->at_end))
-            continue; /* known, or known and gone: then pids[i] is a new process */
-        if (read_comm(pids[i], comm, sizeof(comm)) == 0 && strncmp(comm, "postgres", 8) == 0)
-            add(ps, pids[i], OB_PROC_POSTGRES, "postgres", true);
+        ob_proc *p;
+        if (seen(ps, pids[i]))
+            continue;
+        mark_seen(ps, pids[i]);
+        if (ob_procfs_comm(pids[i], comm, sizeof(comm)) == 0 && strncmp(comm, "postgres", 8) == 0 &&
+            (p = add(ps, pids[i], OB_PROC_POSTGRES, "postgres")) != NULL)
+            sample(p, first);
     }
     free(pids);
-    for (i = first; i < ps->n; i++) /* two passes: the daemons' databases first */
-        label_postgres(ps, &ps->v[i], w, false);
-    for (i = first; i < ps->n; i++)
-        label_postgres(ps, &ps->v[i], w, true);
+    for (i = 0; i < ps->n; i++)
+        unnamed += !ps->v[i].named && ps->v[i].alive;
+    if (unnamed == 0)
+        return;
+    for (i = 0; i < ps->n; i++) /* two passes: the daemons' databases first */
+        if (!ps->v[i].named && ps->v[i].alive)
+            label_postgres(ps, &ps->v[i], &w, false);
+    for (i = 0; i < ps->n; i++)
+        if (!ps->v[i].named && ps->v[i].alive)
+            label_postgres(ps, &ps->v[i], &w, true);
     free(w);
+}
+
+/* The postmaster of the cluster that serves this tool's connection. */
+static int find_postmaster(ob_procs *ps)
+{
+    ob_pstat st;
+    char comm[32];
+
+    if (ps->self_backend <= 0 || ob_procfs_comm(ps->self_backend, comm, sizeof(comm)) < 0 ||
+        strncmp(comm, "postgres", 8) != 0 || ob_procfs_stat(ps->self_backend, &st) < 0) {
+        warn(ps, "the orders database is not served from this host: all PostgreSQL processes "
+                 "here are counted");
+        return 0;
+    }
+    return st.ppid;
 }
 
 void ob_procs_start(ob_procs *ps, const ob_run *run, const char *orders_dbname, int self_backend)
@@ -462,58 +465,68 @@ void ob_procs_start(ob_procs *ps, const ob_run *run, const char *orders_dbname, 
     ps->run = run;
     ps->orders_dbname = orders_dbname;
     ps->self_backend = self_backend;
+    ps->seen_bits = 4194304; /* the largest pid_max */
+    ps->seen = calloc(ps->seen_bits / 8, 1);
+    if (!ps->seen)
+        ps->seen_bits = 0;
     if (ob_socks_load(&socks) < 0)
         socks = (ob_socks){0};
     find_daemons(ps, &socks);
     find_broker(ps, &socks);
-    find_postgres(ps, &socks, false);
     ob_socks_free(&socks);
-    add(ps, (int)getpid(), OB_PROC_SELF, "orders-bench (this tool)", true);
-    for (i = 0; i < ps->n; i++)
-        sample(&ps->v[i], false);
-    for (i = 0; i < ps->n; i++)
-        if (!ps->v[i].at_start && ps->v[i].kind != OB_PROC_POSTGRES)
+    add(ps, (int)getpid(), OB_PROC_SELF, "orders-bench (this tool)");
+    for (i = 0; i < ps->n; i++) {
+        sample(&ps->v[i], true);
+        if (!ps->v[i].alive)
             warn(ps, "%s (pid %d) is not running", ps->v[i].label, ps->v[i].pid);
+    }
+    ps->postmaster = find_postmaster(ps);
+    find_postgres(ps, true);
+}
+
+void ob_procs_sample(ob_procs *ps)
+{
+    size_t i;
+
+    for (i = 0; i < ps->n; i++)
+        if (ps->v[i].alive)
+            sample(&ps->v[i], false);
+    find_postgres(ps, false);
 }
 
 void ob_procs_end(ob_procs *ps)
 {
-    size_t i, known;
-    ob_socks socks;
-    int64_t reaped = 0, before = 0;
+    const ob_proc *pm = NULL;
+    int64_t saw = 0;
+    size_t i;
 
-    for (i = 0; i < ps->n; i++)
-        sample(&ps->v[i], true);
-    known = ps->n;
-    if (ob_socks_load(&socks) < 0)
-        socks = (ob_socks){0};
-    find_postgres(ps, &socks, true);
-    ob_socks_free(&socks);
-    for (i = known; i < ps->n; i++)
-        sample(&ps->v[i], true); /* appeared during the run: counted from zero */
-    for (i = 0; i < known; i++) {
-        const ob_proc *p = &ps->v[i];
-        if (p->kind != OB_PROC_POSTGRES || !p->at_start)
-            continue;
-        if (p->at_end) {
-            reaped += p->child1_us - p->child0_us;
-        } else {
-            before += p->cpu0_us;
-            ps->nexited++;
-        }
-    }
-    ps->exited_us = reaped > before ? reaped - before : 0;
+    ob_procs_sample(ps);
     for (i = 0; i < ps->n; i++) {
-        read_mem(&ps->v[i]);
-        if (ps->v[i].at_start && !ps->v[i].at_end && ps->v[i].kind != OB_PROC_POSTGRES)
-            warn(ps, "%s (pid %d) exited during the run: its CPU is not counted", ps->v[i].label,
-                 ps->v[i].pid);
+        ob_proc *p = &ps->v[i];
+        if (!p->named)
+            name(p, false, "postgres, %s before it could be named",
+                 p->alive ? "started just" : "exited");
+        if (p->kind == OB_PROC_SELF)
+            ob_procfs_mem(0, &p->rss_kb, &p->anon_kb);
+        else if (p->alive)
+            ob_procfs_mem(p->pid, &p->rss_kb, &p->anon_kb);
+        if (p->pid == ps->postmaster && p->alive)
+            pm = p;
+        if (p->kind == OB_PROC_POSTGRES && !p->alive && p->ppid == ps->postmaster)
+            saw += p->cpu_us; /* its whole life is in the postmaster's cutime */
+        if (p->at_start && !p->alive && p->kind != OB_PROC_POSTGRES)
+            warn(ps, "%s (pid %d) exited during the run: CPU counted until its last sample",
+                 p->label, p->pid);
     }
+    if (pm && pm->child_us - pm->child0_us > saw)
+        ps->unattributed_us = pm->child_us - pm->child0_us - saw;
 }
 
 void ob_procs_free(ob_procs *ps)
 {
     free(ps->v);
+    free(ps->seen);
     ps->v = NULL;
+    ps->seen = NULL;
     ps->n = ps->cap = 0;
 }

@@ -41,21 +41,20 @@ size_t ob_report_groups(const ob_procs *ps, ob_group *out, size_t max)
         for (i = 0; i < ps->n; i++) {
             const ob_proc *p = &ps->v[i];
             ob_group *g;
-            if ((int)p->kind != kind || !p->at_end || !(g = group_of(out, &n, max, p)))
+            if ((int)p->kind != kind || !(g = group_of(out, &n, max, p)))
                 continue;
             g->pids++;
             g->cpu_us += ob_proc_cpu_us(p);
             add_mem(&g->rss_kb, p->rss_kb);
             add_mem(&g->anon_kb, p->anon_kb);
         }
-        if (kind == OB_PROC_POSTGRES && ps->nexited > 0 && n < max) {
+        if (kind == OB_PROC_POSTGRES && ps->unattributed_us > 0 && n < max) {
             ob_group *g = &out[n++];
             memset(g, 0, sizeof(*g));
-            snprintf(g->label, sizeof(g->label), "postgres processes that exited during the run");
+            snprintf(g->label, sizeof(g->label), "postgres, exited between samples (anyone's)");
             g->kind = OB_PROC_POSTGRES;
-            g->counted = true;
-            g->pids = ps->nexited;
-            g->cpu_us = ps->exited_us;
+            g->counted = false;
+            g->cpu_us = ps->unattributed_us;
             g->rss_kb = g->anon_kb = -1;
         }
     }
@@ -113,7 +112,10 @@ static void mem_col(FILE *out, long kb)
 
 static void group_row(FILE *out, const ob_group *g, int64_t settled)
 {
-    fprintf(out, "  %-54s %4d %9.3f", g->label, g->pids, (double)g->cpu_us / 1e6);
+    if (g->pids > 0)
+        fprintf(out, "  %-58s %4d %9.3f", g->label, g->pids, (double)g->cpu_us / 1e6);
+    else
+        fprintf(out, "  %-58s %4s %9.3f", g->label, "", (double)g->cpu_us / 1e6);
     if (settled > 0)
         fprintf(out, " %10.1f", (double)g->cpu_us / (double)settled);
     else
@@ -132,25 +134,27 @@ static void processes_text(const ob_report *r, FILE *out)
 
     fprintf(out, "\nCPU over %.2f s (first POST until all settled), memory at the end:\n",
             r->cpu_window_s);
-    fprintf(out, "  %-54s %4s %9s %10s %11s %11s\n", "process", "pids", "CPU s", "us/order",
+    fprintf(out, "  %-58s %4s %9s %10s %11s %11s\n", "process", "pids", "CPU s", "us/order",
             "VmRSS MiB", "RssAnon MiB");
     for (i = 0; i < n; i++) {
         if (g[i].counted)
             group_row(out, &g[i], settled);
         others |= !g[i].counted;
     }
-    fprintf(out, "  %-54s %4s %9.3f", "total, all processes above", "", (double)total / 1e6);
+    fprintf(out, "  %-58s %4s %9.3f", "total, all processes above", "", (double)total / 1e6);
     if (settled > 0)
         fprintf(out, " %10.1f  (%.2f ms per settled order)\n", (double)total / (double)settled,
                 (double)total / (double)settled / 1000.0);
     else
         fprintf(out, " %10s\n", "-");
     if (others)
-        fprintf(out, "  not counted (not part of this run):\n");
+        fprintf(out, "  not counted (not part of this run, or not known to be):\n");
     for (i = 0; i < n; i++)
         if (!g[i].counted)
             group_row(out, &g[i], settled);
-    fputs("  (VmRSS of PostgreSQL processes counts their shared buffers in each one)\n", out);
+    fputs("  (a process that exited counts until its last sample; VmRSS of PostgreSQL processes\n"
+          "  counts the shared buffers they touched in each one)\n",
+          out);
 }
 
 void ob_report_text(const ob_report *r, FILE *out)
@@ -233,7 +237,7 @@ static json_t *processes_json(const ob_report *r)
             a,
             json_pack("{s:i, s:s, s:s, s:b, s:b, s:b, s:f, s:o, s:o, s:o}", "pid", p->pid, "label",
                       p->label, "kind", kind_names[p->kind], "counted", p->counted, "at_start",
-                      p->at_start, "at_end", p->at_end, "cpu_s", (double)ob_proc_cpu_us(p) / 1e6,
+                      p->at_start, "alive", p->alive, "cpu_s", (double)ob_proc_cpu_us(p) / 1e6,
                       "us_per_order", per_order(ob_proc_cpu_us(p), r->res->settled), "vmrss_kb",
                       mem_json(p->rss_kb), "rssanon_kb", mem_json(p->anon_kb)));
     }
@@ -301,7 +305,7 @@ static json_t *report_json(const ob_report *r)
 
     return json_pack(
         "{s:s, s:s, s:s, s:s, s:o, s:{s:f, s:f, s:f, s:f}, s:{s:o, s:o, s:o, s:o}, s:o, "
-        "s:{s:i, s:I, s:I, s:I}, s:{s:f, s:f, s:o, s:f, s:i}, s:o, s:o, s:o, s:o, s:i}",
+        "s:{s:i, s:I, s:I, s:I}, s:{s:f, s:f, s:o, s:f}, s:o, s:o, s:o, s:o, s:i}",
         "tool", "orders-bench", "version", ORDERS_VERSION, "run_id", run->run_id, "started_at",
         r->started_at, "params", params_json(r), "throughput", "post_per_s", res->post_per_s,
         "settled_per_s", res->settled_per_s, "post_span_s", res->post_span_s, "settle_span_s",
@@ -311,8 +315,8 @@ static json_t *report_json(const ob_report *r)
         run->o->connections, "sockets_opened", (json_int_t)run->sockets, "resends",
         (json_int_t)run->resends, "max_waiting", (json_int_t)run->max_waiting, "cpu", "window_s",
         r->cpu_window_s, "total_s", (double)total / 1e6, "us_per_order",
-        per_order(total, res->settled), "postgres_exited_s", (double)r->procs->exited_us / 1e6,
-        "postgres_exited", r->procs->nexited, "groups", groups_json(r), "processes",
+        per_order(total, res->settled), "postgres_unattributed_s",
+        (double)r->procs->unattributed_us / 1e6, "groups", groups_json(r), "processes",
         processes_json(r), "errors", strings_json(run->errors, run->nerrors), "warnings",
         strings_json(r->procs->warnings, r->procs->nwarnings), "exit_status", r->exit_status);
 }

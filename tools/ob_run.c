@@ -147,6 +147,19 @@ int ob_run_setup(ob_run *run)
     return 0;
 }
 
+void ob_run_tick(ob_run *run)
+{
+    int64_t now;
+
+    if (!run->tick)
+        return;
+    now = ob_mono_ns();
+    if (now - run->last_tick_ns >= run->tick_ns) {
+        run->last_tick_ns = now;
+        run->tick(run->tick_ctx);
+    }
+}
+
 void ob_run_error(ob_run *run, const char *fmt, ...)
 {
     va_list ap;

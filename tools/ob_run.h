@@ -46,6 +46,9 @@ typedef struct {
     ob_order *orders;
     int64_t n;                      /* orders planned */
     int64_t t0_mono_ns, t0_real_ns; /* the load's time zero on both clocks */
+    void (*tick)(void *ctx);        /* called every tick_ns during load and settlement */
+    void *tick_ctx;
+    int64_t tick_ns, last_tick_ns; /* last_tick_ns: monotonic */
 
     /* load (ob_load) */
     int64_t sent, accepted, failed;   /* orders sent, answered 202, failed */
@@ -79,6 +82,9 @@ void ob_run_sku(const ob_run *run, int64_t i, char *buf, size_t len);
 /* Funds the run's customers and stocks its skus so that every order can
  * confirm (times --funds-factor). Returns 0 or OB_EXIT_INFRA (reported). */
 int ob_run_setup(ob_run *run);
+
+/* Calls run->tick if tick_ns passed since the last call. */
+void ob_run_tick(ob_run *run);
 
 /* Keeps the message of a failed order (the first OB_ERRORS_KEPT). */
 void ob_run_error(ob_run *run, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

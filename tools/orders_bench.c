@@ -57,6 +57,11 @@ static int report(const ob_run *run, const ob_procs *ps, PGconn *db, double wind
     return rc;
 }
 
+static void tick(void *ctx)
+{
+    ob_procs_sample(ctx);
+}
+
 /* The run from the load on; returns the exit status. */
 static int measure(ob_run *run, PGconn *db)
 {
@@ -69,7 +74,10 @@ static int measure(ob_run *run, PGconn *db)
     if ((rc = ob_load_new(run, &load)) != 0)
         return rc;
     ob_procs_start(&ps, run, PQdb(db), PQbackendPID(db));
-    window0 = ob_mono_ns();
+    run->tick = tick;
+    run->tick_ctx = &ps;
+    run->tick_ns = OB_SAMPLE_NS;
+    run->last_tick_ns = window0 = ob_mono_ns();
     if (!run->o->quiet)
         fprintf(stderr, "orders-bench: run %s: posting %" PRId64 " orders to %s\n", run->run_id,
                 run->n, run->o->url);
@@ -77,6 +85,7 @@ static int measure(ob_run *run, PGconn *db)
     ob_load_free(load);
     if (rc == 0)
         rc = ob_db_wait(db, run);
+    run->tick = NULL;
     ob_procs_end(&ps);
     window_s = (double)(ob_mono_ns() - window0) / 1e9;
     if (rc == 0)

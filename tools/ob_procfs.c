@@ -1,7 +1,7 @@
 /*
- * ob_net.c - see ob_net.h.
+ * ob_procfs.c - see ob_procfs.h.
  */
-#include "ob_net.h"
+#include "ob_procfs.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -189,4 +189,91 @@ int ob_pid_listening(const ob_socks *s, int port)
     }
     free(pids);
     return found;
+}
+
+static int read_file(const char *path, char *buf, size_t len)
+{
+    FILE *f = fopen(path, "re");
+    size_t n;
+
+    if (!f)
+        return -errno;
+    n = fread(buf, 1, len - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return (int)n;
+}
+
+int ob_procfs_cmdline(int pid, char *buf, size_t len)
+{
+    char path[64];
+    int n, i;
+
+    snprintf(path, sizeof(path), "/proc/%d/cmdline", pid);
+    if ((n = read_file(path, buf, len)) <= 0)
+        return -ENOENT;
+    for (i = 0; i < n; i++)
+        if (buf[i] == '\0')
+            buf[i] = ' ';
+    while (n > 0 && buf[n - 1] == ' ')
+        buf[--n] = '\0';
+    return 0;
+}
+
+int ob_procfs_comm(int pid, char *buf, size_t len)
+{
+    char path[64];
+    int n;
+
+    snprintf(path, sizeof(path), "/proc/%d/comm", pid);
+    if ((n = read_file(path, buf, len)) <= 0)
+        return -ENOENT;
+    if (buf[n - 1] == '\n')
+        buf[n - 1] = '\0';
+    return 0;
+}
+
+int ob_procfs_stat(int pid, ob_pstat *ret)
+{
+    static long hz;
+    unsigned long long f[20], tick;
+    char path[64], buf[1024], *p;
+    int i;
+
+    if (!hz)
+        hz = sysconf(_SC_CLK_TCK);
+    tick = (unsigned long long)hz;
+    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    if (read_file(path, buf, sizeof(buf)) <= 0 || !(p = strrchr(buf, ')')))
+        return -ENOENT;
+    p += 2; /* fields from the third on: state, ppid, ... */
+    for (i = 0; i < 20; i++) {
+        char *end;
+        while (*p == ' ')
+            p++;
+        f[i] = i == 0 ? (unsigned long long)*p : strtoull(p, &end, 10);
+        p = i == 0 ? p + 1 : end;
+    }
+    ret->ppid = (int)f[1];
+    ret->cpu_us = (int64_t)((f[11] + f[12]) * 1000000ULL / tick);
+    ret->child_us = (int64_t)((f[13] + f[14]) * 1000000ULL / tick);
+    ret->starttime = f[19];
+    return 0;
+}
+
+void ob_procfs_mem(int pid, long *ret_rss_kb, long *ret_anon_kb)
+{
+    char path[64], buf[4096], *l;
+
+    *ret_rss_kb = *ret_anon_kb = -1;
+    if (pid == 0)
+        snprintf(path, sizeof(path), "/proc/self/status");
+    else
+        snprintf(path, sizeof(path), "/proc/%d/status", pid);
+    if (read_file(path, buf, sizeof(buf)) <= 0)
+        return;
+    if ((l = strstr(buf, "\nVmRSS:")))
+        *ret_rss_kb = strtol(l + 7, NULL, 10);
+    if ((l = strstr(buf, "\nRssAnon:")))
+        *ret_anon_kb = strtol(l + 9, NULL, 10);
 }
