@@ -189,6 +189,9 @@ int ob_conn_connect(ob_conn *c)
     return 0;
 }
 
+static int write_some(ob_conn *c);
+static int read_some(ob_conn *c);
+
 /* A failure that a resend may cure: the server closed a reused connection
  * before answering. Reconnects and starts over, once per request. */
 static int closed_by_server(ob_conn *c, int r, const char *what)
@@ -202,9 +205,12 @@ static int closed_by_server(ob_conn *c, int r, const char *what)
     if ((k = ob_conn_connect(c)) < 0)
         return k;
     c->reqoff = 0;
-    if (c->state == OB_CONN_IDLE)
-        c->state = OB_CONN_SENDING;
-    return 1;
+    if (c->state != OB_CONN_IDLE)
+        return 1; /* connecting: the request goes out once connected */
+    c->state = OB_CONN_SENDING;
+    if ((k = write_some(c)) <= 0 || c->state != OB_CONN_RECEIVING)
+        return k;
+    return read_some(c);
 }
 
 static int write_some(ob_conn *c)

@@ -9,13 +9,14 @@
 #include <string.h>
 
 #define W 960
-#define H 600
+#define H 700
 #define LEFT 84
 #define RIGHT 36
 #define TOP 92
-#define BOTTOM 64
+#define BOTTOM 164 /* x labels, the axis title and the legend below the plot */
 #define POINTS 480
-#define MIN_NS 10000.0 /* 0.01 ms: the lowest the y axis goes */
+#define ARROW "\xe2\x86\x92" /* U+2192 in UTF-8 */
+#define MIN_NS 10000.0       /* 0.01 ms: the lowest the y axis goes */
 
 typedef struct {
     FILE *f;
@@ -89,7 +90,7 @@ static void x_axis(const plot *p)
                 TOP, x, H - BOTTOM);
         text(p->f, x, H - BOTTOM + 20, "middle", 13, NULL, ticks[i].label);
     }
-    text(p->f, (LEFT + W - RIGHT) / 2.0, H - 18, "middle", 14, NULL,
+    text(p->f, (LEFT + W - RIGHT) / 2.0, H - BOTTOM + 44, "middle", 14, NULL,
          "percentile of orders (axis: log of 1/(1-p))");
 }
 
@@ -141,12 +142,12 @@ static void legend(const plot *p, const line *lines, size_t n)
 {
     char s[200];
     size_t i;
-    double y = TOP + 22;
+    double y = H - BOTTOM + 84;
 
     fprintf(p->f,
-            "<rect x=\"%d\" y=\"%d\" width=\"520\" height=\"%zu\" fill=\"white\" "
+            "<rect x=\"%d\" y=\"%d\" width=\"640\" height=\"%zu\" fill=\"white\" "
             "fill-opacity=\"0.85\" stroke=\"#bbb\"/>\n",
-            LEFT + 12, TOP + 8, 12 + 22 * n);
+            LEFT, H - BOTTOM + 62, 12 + 22 * n);
     for (i = 0; i < n; i++, y += 22) {
         const ob_series *sr = lines[i].s;
         fprintf(p->f,
@@ -199,7 +200,7 @@ static void titles(FILE *f, const ob_report *r)
 
     ob_report_mode(run, mode, sizeof(mode));
     snprintf(s, sizeof(s), "orders-bench: latency by percentile, %s", mode);
-    text(f, W / 2.0, 30, "middle", 18, "bold", s);
+    text(f, W / 2.0, 30, "middle", 17, "bold", s);
     snprintf(s, sizeof(s),
              "run %s, %s  |  POST %.1f/s, settled %.1f/s  |  CPU of all processes %.2f ms per "
              "settled order",
@@ -218,9 +219,9 @@ static void titles(FILE *f, const ob_report *r)
 int ob_svg_write(const char *path, const ob_report *r)
 {
     const line lines[] = {
-        {&r->res->settle, "POST -> settled", "#1f5fbf", NULL, 2.5},
-        {&r->res->post, "POST -> 202", "#e6730f", NULL, 2.5},
-        {&r->res->saga, "created_at -> settled_at (server)", "#2e9e44", "6 4", 1.6},
+        {&r->res->settle, "POST " ARROW " settled", "#1f5fbf", NULL, 2.5},
+        {&r->res->post, "POST " ARROW " 202", "#e6730f", NULL, 2.5},
+        {&r->res->saga, "created_at " ARROW " settled_at (server clock)", "#2e9e44", "6 4", 1.6},
     };
     plot p = {0};
     int err;
