@@ -10,13 +10,15 @@
 #include <string.h>
 #include <time.h>
 
-#define POLL_NS 50000000LL /* between two counts of PENDING orders */
+#define POLL_NS 100000000LL /* between two polls of the orders not settled yet */
 
 PGconn *ob_db_connect(const char *conninfo)
 {
     static const char check_sql[] = "SELECT 1 FROM orders LIMIT 0";
-    const char *keys[] = {"dbname", "fallback_application_name", NULL};
-    const char *vals[] = {conninfo, "orders-bench", NULL};
+    /* A generic plan: the poll's array changes every time, and planning a
+     * custom plan for thousands of ids costs more than running it. */
+    const char *keys[] = {"dbname", "fallback_application_name", "options", NULL};
+    const char *vals[] = {conninfo, "orders-bench", "-c plan_cache_mode=force_generic_plan", NULL};
     PGconn *db = PQconnectdbParams(keys, vals, 1);
     PGresult *res;
 
@@ -44,56 +46,131 @@ static void sleep_ns(int64_t ns)
     nanosleep(&ts, NULL);
 }
 
-/* The run's PENDING orders; the partial index orders_pending holds only those.
- * Prepared once: the count runs every POLL_NS while the orders settle. */
-static int count_pending(PGconn *db, const ob_run *run, bool prepare, int64_t *ret)
+/* A text[] literal, {"id","id",...}, grown as ids are added. */
+typedef struct {
+    char *s;
+    size_t len, cap;
+} idarray;
+
+/* Room for n more bytes, and for the closing "}" and NUL. */
+static int idarray_reserve(idarray *a, size_t n)
+{
+    size_t need = a->len + n + 2, cap = a->cap ? a->cap : 4096;
+    char *ns;
+
+    if (need <= a->cap)
+        return 0;
+    while (cap < need)
+        cap *= 2;
+    if (!(ns = realloc(a->s, cap)))
+        return -ENOMEM;
+    a->s = ns;
+    a->cap = cap;
+    return 0;
+}
+
+static int idarray_add(idarray *a, const char *id)
+{
+    char sep = a->len == 0 ? '{' : ',';
+    size_t i;
+
+    if (idarray_reserve(a, 2 * strlen(id) + 3) < 0)
+        return -ENOMEM;
+    a->s[a->len++] = sep;
+    a->s[a->len++] = '"';
+    for (i = 0; id[i]; i++) {
+        if (id[i] == '"' || id[i] == '\\')
+            a->s[a->len++] = '\\';
+        a->s[a->len++] = id[i];
+    }
+    a->s[a->len++] = '"';
+    return 0;
+}
+
+/* Closes the literal: "{}" if empty. */
+static int idarray_end(idarray *a)
+{
+    if (idarray_reserve(a, 1) < 0)
+        return -ENOMEM;
+    if (a->len == 0)
+        a->s[a->len++] = '{';
+    a->s[a->len++] = '}';
+    a->s[a->len] = '\0';
+    return 0;
+}
+
+/* Which of the ids are not settled yet: one primary-key probe per id, and the
+ * list shrinks as orders settle, so a poll costs what is left, whatever the
+ * size of the table. "settled_at IS NULL" rather than "status = 'PENDING'":
+ * the latter makes the planner pick the partial index orders_pending, which
+ * holds an entry for every order ever inserted until a vacuum removes them.
+ * Prepared once; runs every POLL_NS while the orders settle. */
+static int still_pending(PGconn *db, bool prepare, idarray *ids, int64_t *ret)
 {
     static const char sql[] =
-        "SELECT count(*) FROM orders WHERE status = 'PENDING' AND starts_with(customer_id, $1)";
-    const char *p[1] = {run->prefix};
+        "SELECT order_id FROM orders WHERE order_id = ANY($1::text[]) AND settled_at IS NULL";
+    const char *p[1] = {ids->s};
     PGresult *res;
+    int i, n;
 
     if (prepare) {
         res = PQprepare(db, "ob_pending", sql, 1, NULL);
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-            ob_err("could not prepare the count of pending orders: %s", PQerrorMessage(db));
+            ob_err("could not prepare the query of pending orders: %s", PQerrorMessage(db));
             PQclear(res);
             return OB_EXIT_INFRA;
         }
         PQclear(res);
     }
     res = PQexecPrepared(db, "ob_pending", 1, p, NULL, NULL, 0);
-
-    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-        ob_err("could not count pending orders: %s", PQerrorMessage(db));
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        ob_err("could not query pending orders: %s", PQerrorMessage(db));
         PQclear(res);
         return OB_EXIT_INFRA;
     }
-    *ret = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    n = PQntuples(res);
+    ids->len = 0;
+    for (i = 0; i < n; i++)
+        if (idarray_add(ids, PQgetvalue(res, i, 0)) < 0)
+            break;
     PQclear(res);
+    if (i < n || idarray_end(ids) < 0) {
+        ob_err("out of memory for the pending orders");
+        return OB_EXIT_INFRA;
+    }
+    *ret = n;
     return 0;
 }
 
-int ob_db_wait(PGconn *db, ob_run *run)
+static int accepted_ids(const ob_run *run, idarray *ids)
+{
+    int64_t i;
+
+    for (i = 0; i < run->n; i++)
+        if (run->orders[i].id[0] && idarray_add(ids, run->orders[i].id) < 0)
+            return -ENOMEM;
+    return idarray_end(ids);
+}
+
+/* Polls until every accepted order is settled, --timeout or a stop. */
+static int poll_pending(PGconn *db, ob_run *run, idarray *ids, int64_t *ret_t)
 {
     int64_t start = ob_mono_ns(), deadline = start + (int64_t)(run->o->timeout_s * 1e9);
     int64_t last_progress = start, pending = 0, t = 0;
     bool prepared = false;
     int r;
 
-    if (run->accepted == 0)
-        return 0;
     for (;;) {
-        if ((r = count_pending(db, run, !prepared, &pending)) != 0)
+        if ((r = still_pending(db, !prepared, ids, &pending)) != 0)
             return r;
         prepared = true;
-        t = ob_mono_ns();
+        *ret_t = t = ob_mono_ns();
         if (pending == 0)
-            break;
+            return 0;
         if (t >= deadline || ob_stop) {
             run->settle_timed_out = t >= deadline;
             run->interrupted |= ob_stop != 0;
-            break;
+            return 0;
         }
         if (t - last_progress >= 1000000000LL && !run->o->quiet) {
             fprintf(stderr, "orders-bench: %5.1f s  settling: %" PRId64 " orders pending\n",
@@ -103,10 +180,27 @@ int ob_db_wait(PGconn *db, ob_run *run)
         ob_run_tick(run);
         sleep_ns(POLL_NS);
     }
+}
+
+int ob_db_wait(PGconn *db, ob_run *run)
+{
+    idarray ids = {0};
+    int64_t t = 0;
+    int r;
+
+    if (run->accepted == 0)
+        return 0;
+    if (accepted_ids(run, &ids) < 0) {
+        free(ids.s);
+        ob_err("out of memory for the pending orders");
+        return OB_EXIT_INFRA;
+    }
+    r = poll_pending(db, run, &ids, &t);
+    free(ids.s);
     run->settle_wait_ns = t - (run->t0_mono_ns + run->end_ns);
     if (run->settle_wait_ns < 0)
         run->settle_wait_ns = 0;
-    return 0;
+    return r;
 }
 
 /* ---- matching rows to 202s ---- */

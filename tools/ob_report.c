@@ -305,7 +305,7 @@ static json_t *report_json(const ob_report *r)
 
     return json_pack(
         "{s:s, s:s, s:s, s:s, s:o, s:{s:f, s:f, s:f, s:f}, s:{s:o, s:o, s:o, s:o}, s:o, "
-        "s:{s:i, s:I, s:I, s:I}, s:{s:f, s:f, s:o, s:f}, s:o, s:o, s:o, s:o, s:i}",
+        "s:{s:i, s:I, s:I, s:I}, s:{s:f, s:f, s:o, s:f, s:f}, s:o, s:o, s:o, s:o, s:i}",
         "tool", "orders-bench", "version", ORDERS_VERSION, "run_id", run->run_id, "started_at",
         r->started_at, "params", params_json(r), "throughput", "post_per_s", res->post_per_s,
         "settled_per_s", res->settled_per_s, "post_span_s", res->post_span_s, "settle_span_s",
@@ -316,8 +316,9 @@ static json_t *report_json(const ob_report *r)
         (json_int_t)run->resends, "max_waiting", (json_int_t)run->max_waiting, "cpu", "window_s",
         r->cpu_window_s, "total_s", (double)total / 1e6, "us_per_order",
         per_order(total, res->settled), "postgres_unattributed_s",
-        (double)r->procs->unattributed_us / 1e6, "groups", groups_json(r), "processes",
-        processes_json(r), "errors", strings_json(run->errors, run->nerrors), "warnings",
+        (double)r->procs->unattributed_us / 1e6, "settle_wait_s", (double)run->settle_wait_ns / 1e9,
+        "groups", groups_json(r), "processes", processes_json(r), "errors",
+        strings_json(run->errors, run->nerrors), "warnings",
         strings_json(r->procs->warnings, r->procs->nwarnings), "exit_status", r->exit_status);
 }
 
