@@ -145,7 +145,7 @@ static void legend(const plot *p, const line *lines, size_t n)
     double y = H - BOTTOM + 84;
 
     fprintf(p->f,
-            "<rect x=\"%d\" y=\"%d\" width=\"640\" height=\"%zu\" fill=\"white\" "
+            "<rect x=\"%d\" y=\"%d\" width=\"780\" height=\"%zu\" fill=\"white\" "
             "fill-opacity=\"0.85\" stroke=\"#bbb\"/>\n",
             LEFT, H - BOTTOM + 62, 12 + 22 * n);
     for (i = 0; i < n; i++, y += 22) {
@@ -209,10 +209,10 @@ static void titles(FILE *f, const ob_report *r)
     text(f, W / 2.0, 54, "middle", 13, NULL, s);
     snprintf(s, sizeof(s),
              "%lld settled (%lld confirmed, %lld rejected), lost %lld, duplicated %lld, POST "
-             "failures %lld; latency from each order's intended send time",
+             "failures %lld; latency from each order's %s send",
              (long long)r->res->settled, (long long)run->confirmed, (long long)run->rejected,
-             (long long)ob_run_lost(run), (long long)ob_run_duplicated(run),
-             (long long)run->failed);
+             (long long)ob_run_lost(run), (long long)ob_run_duplicated(run), (long long)run->failed,
+             run->o->rate > 0 ? "intended" : "actual");
     text(f, W / 2.0, 74, "middle", 13, NULL, s);
 }
 
