@@ -429,18 +429,10 @@ int ev_inventory_reserved_encode(const ev_inventory_reserved *e, char **ret_json
 
 /* ---- identifiers ---- */
 
-void ev_uuid(char out[37])
-{
-    uuid_t u;
-
-    uuid_generate_random(u);
-    uuid_unparse_lower(u, out);
-}
-
 /* getrandom(2) for at most 256 bytes does not return short once the pool is
  * ready; EINTR is retried. If the syscall is unavailable, libuuid's own
  * random source (which falls back to /dev/urandom) fills the bytes. */
-static void random_bytes(unsigned char *buf, size_t n)
+static void fill_random(unsigned char *buf, size_t n)
 {
     ssize_t k;
     uuid_t u;
@@ -456,6 +448,39 @@ static void random_bytes(unsigned char *buf, size_t n)
             done += (size_t)k;
         }
     }
+}
+
+/* Random bytes from a per-thread buffer, refilled 256 bytes at a time: an
+ * order needs several ids (order, event, trace, span), and a system call
+ * each is a measurable part of its cost. The bytes are only identifiers,
+ * never secrets; the daemons do not fork. */
+static void random_bytes(unsigned char *buf, size_t n)
+{
+    static __thread unsigned char pool[256];
+    static __thread size_t left;
+
+    if (n > sizeof(pool)) {
+        fill_random(buf, n);
+        return;
+    }
+    if (left < n) {
+        fill_random(pool, sizeof(pool));
+        left = sizeof(pool);
+    }
+    memcpy(buf, pool + sizeof(pool) - left, n);
+    memset(pool + sizeof(pool) - left, 0, n); /* each byte is handed out once */
+    left -= n;
+}
+
+void ev_uuid(char out[37])
+{
+    uuid_t u;
+
+    /* RFC 4122 version 4: 122 random bits. */
+    random_bytes(u, sizeof(u));
+    u[6] = (unsigned char)((u[6] & 0x0f) | 0x40);
+    u[8] = (unsigned char)((u[8] & 0x3f) | 0x80);
+    uuid_unparse_lower(u, out);
 }
 
 static bool all_zero(const unsigned char *b, size_t n)

@@ -709,6 +709,27 @@ static void test_uuid(void **state)
     }
 }
 
+static int cmp_id(const void *x, const void *y)
+{
+    return strcmp(x, y);
+}
+
+/* Ids come from a buffer refilled many times here: none repeats. */
+static void test_uuid_unique(void **state)
+{
+    enum { N = 4096 };
+    char(*ids)[37] = malloc(N * sizeof(*ids));
+
+    (void)state;
+    assert_non_null(ids);
+    for (int i = 0; i < N; i++)
+        ev_uuid(ids[i]);
+    qsort(ids, N, sizeof(*ids), cmp_id);
+    for (int i = 1; i < N; i++)
+        assert_string_not_equal(ids[i - 1], ids[i]);
+    free(ids);
+}
+
 static void test_traceparent_new(void **state)
 {
     char tp[64][56];
@@ -794,6 +815,7 @@ int main(void)
         cmocka_unit_test_teardown(test_type_names, free_owned),
         cmocka_unit_test_teardown(test_id_valid, free_owned),
         cmocka_unit_test_teardown(test_uuid, free_owned),
+        cmocka_unit_test(test_uuid_unique),
         cmocka_unit_test_teardown(test_traceparent_new, free_owned),
         cmocka_unit_test_teardown(test_traceparent_valid, free_owned),
     };
