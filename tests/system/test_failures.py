@@ -423,8 +423,9 @@ def test_second_instance_joins_and_leaves_the_group(stack):
             accepted.append(oid)
         time.sleep(0.05)  # ~80 orders/s over 4 workers: the flow outlasts two rebalances
 
-    second = type(main)("payment-service-2", main.binary, 18091,
-                        dict(main.env, HTTP_PORT="18091"),
+    port = main.port + 10
+    second = type(main)("payment-service-2", main.binary, port,
+                        dict(main.env, HTTP_PORT=str(port)),
                         main.log_path.with_name("payment-service-2.log"))
     try:
         with cf.ThreadPoolExecutor(4) as pool:
@@ -447,4 +448,54 @@ def test_second_instance_joins_and_leaves_the_group(stack):
     assert set(status.values()) == {"CONFIRMED"}
     charged = stack.sql_one("payments", "SELECT count(*) FROM payments WHERE order_id = ANY(%s)"
                             " AND status = 'CHARGED'", (accepted,))
+    assert charged == 300
+
+
+def test_second_order_service_shares_the_front_door_and_takes_over_the_relay(stack):
+    """Two order-service instances on one database: both take orders (each
+    with its own group commit), exactly one publishes the outbox while the
+    other stands by on the relay lock, and when the publishing one stops the
+    other takes over; every order settles, charged and reserved once."""
+    main = stack.daemons["order-service"]
+    port = main.port + 10
+    second = type(main)("order-service-2", main.binary, port, dict(main.env, HTTP_PORT=str(port)),
+                        main.log_path.with_name("order-service-2.log"))
+    other = type(stack.orders)(second.url)
+    customers = {stack.uid("c"): 100_000 for _ in range(2)}
+    skus = {stack.uid("s"): 1_000 for _ in range(2)}
+    for c, b in customers.items():
+        stack.fund(c, b)
+    for k, n in skus.items():
+        stack.set_stock(k, n)
+    clist, slist = list(customers), list(skus)
+
+    def place(api, n, tag):
+        with cf.ThreadPoolExecutor(8) as pool:
+            return list(pool.map(lambda i: api.create_ok(clist[i % 2], slist[i % 2], 1, 100 + tag),
+                                 range(n)))
+
+    active = "outbox relay is active"
+    try:
+        second.start()
+        second.wait_ready()
+        first_ids = place(stack.orders, 100, 1) + place(other, 100, 2)
+        stack.wait_until(lambda: quiet(stack, first_ids), 60, "200 orders through two instances")
+        assert active in main.log_path.read_text(), "the first instance does not publish"
+        assert active not in second.log_path.read_text(), \
+            "the standby instance published while the first held the relay lock"
+        main.stop()  # releases the relay lock with its connection
+        late_ids = place(other, 100, 3)
+        stack.wait_until(lambda: active in second.log_path.read_text(), 30,
+                         "the second instance to take over the relay")
+        stack.wait_until(lambda: quiet(stack, late_ids), 60, "100 orders after the takeover")
+    finally:
+        if second.running():
+            second.terminate()
+        if not main.running():
+            main.restart()
+    ids = first_ids + late_ids
+    status = reconcile(stack, ids, customers, skus)
+    assert set(status.values()) == {"CONFIRMED"}
+    charged = stack.sql_one("payments", "SELECT count(*) FROM payments WHERE order_id = ANY(%s)"
+                            " AND status = 'CHARGED'", (ids,))
     assert charged == 300
