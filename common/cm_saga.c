@@ -17,32 +17,6 @@ typedef struct {
     const char *params[2];
 } saga_state;
 
-/* Decodes an outcome event ({orderId, <bool>, reason}) of either type. */
-static int decode_outcome(ev_type type, const cm_record *rec, char *order_id, bool *yes, char *why,
-                          char *reason, size_t reasonlen)
-{
-    const void *buf = rec->msg->payload;
-    size_t len = rec->msg->len;
-    int r;
-
-    if (type == EV_PAYMENT_COMPLETED) {
-        ev_payment_completed e;
-        if ((r = ev_payment_completed_decode(buf, len, &e, reason, reasonlen)) < 0)
-            return r;
-        *yes = e.approved;
-        memcpy(order_id, e.order_id, EV_ID_MAX + 1);
-        memcpy(why, e.reason, EV_REASON_MAX + 1);
-        return 0;
-    }
-    ev_inventory_reserved e;
-    if ((r = ev_inventory_reserved_decode(buf, len, &e, reason, reasonlen)) < 0)
-        return r;
-    *yes = e.reserved;
-    memcpy(order_id, e.order_id, EV_ID_MAX + 1);
-    memcpy(why, e.reason, EV_REASON_MAX + 1);
-    return 0;
-}
-
 int cm_saga_plan(const cm_saga_def *def, const cm_record *rec, cm_plan *plan, char *reason,
                  size_t reasonlen)
 {
@@ -54,7 +28,8 @@ int cm_saga_plan(const cm_saga_def *def, const cm_record *rec, cm_plan *plan, ch
         return -ENOMEM;
     plan->state = st;
     plan->release = free;
-    r = decode_outcome(def->type, rec, st->order_id, &yes, st->why, reason, reasonlen);
+    r = ev_outcome_decode(def->type, rec->msg->payload, rec->msg->len, st->order_id, &yes, st->why,
+                          reason, reasonlen);
     if (r < 0 || yes)
         return r; /* poison, or a positive outcome: nothing to compensate */
     st->params[0] = st->order_id;

@@ -427,6 +427,29 @@ int ev_inventory_reserved_encode(const ev_inventory_reserved *e, char **ret_json
     return encode(inventory_reserved_fields, ELEMENTSOF(inventory_reserved_fields), e, ret_json);
 }
 
+int ev_outcome_decode(ev_type type, const void *buf, size_t len, char *order_id, bool *yes,
+                      char *why, char *err, size_t errlen)
+{
+    int r;
+
+    if (type == EV_PAYMENT_COMPLETED) {
+        ev_payment_completed e;
+        if ((r = ev_payment_completed_decode(buf, len, &e, err, errlen)) < 0)
+            return r;
+        *yes = e.approved;
+        memcpy(order_id, e.order_id, EV_ID_MAX + 1);
+        memcpy(why, e.reason, EV_REASON_MAX + 1);
+        return 0;
+    }
+    ev_inventory_reserved e;
+    if ((r = ev_inventory_reserved_decode(buf, len, &e, err, errlen)) < 0)
+        return r;
+    *yes = e.reserved;
+    memcpy(order_id, e.order_id, EV_ID_MAX + 1);
+    memcpy(why, e.reason, EV_REASON_MAX + 1);
+    return 0;
+}
+
 /* ---- identifiers ---- */
 
 /* getrandom(2) for at most 256 bytes does not return short once the pool is

@@ -86,6 +86,13 @@ int ev_payment_completed_decode(const void *buf, size_t len, ev_payment_complete
 int ev_inventory_reserved_decode(const void *buf, size_t len, ev_inventory_reserved *ret, char *err,
                                  size_t errlen);
 
+/* Decodes an outcome event ({orderId, <bool>, reason}) of type
+ * EV_PAYMENT_COMPLETED or EV_INVENTORY_RESERVED into its three fields
+ * (order_id EV_ID_MAX + 1 bytes, why EV_REASON_MAX + 1 bytes). Returns as
+ * the decoders above. */
+int ev_outcome_decode(ev_type type, const void *buf, size_t len, char *order_id, bool *yes,
+                      char *why, char *err, size_t errlen);
+
 /* Validates an id-like string (orderId, customerId, sku): 1..max bytes of
  * printable ASCII without spaces. Returns true if acceptable. */
 bool ev_id_valid(const char *s, size_t max);

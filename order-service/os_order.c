@@ -90,23 +90,11 @@ static int plan_reply(const cm_record *rec, os_side side, cm_plan *plan, char *r
     plan->state = y;
     plan->release = free;
     y->side = side;
-    if (side == OS_SIDE_PAYMENT) {
-        ev_payment_completed e;
-        r = ev_payment_completed_decode(rec->msg->payload, rec->msg->len, &e, reason, reasonlen);
-        if (r < 0)
-            return r;
-        yes = e.approved;
-        memcpy(y->order_id, e.order_id, sizeof(y->order_id));
-        memcpy(y->why, e.reason, sizeof(y->why));
-    } else {
-        ev_inventory_reserved e;
-        r = ev_inventory_reserved_decode(rec->msg->payload, rec->msg->len, &e, reason, reasonlen);
-        if (r < 0)
-            return r;
-        yes = e.reserved;
-        memcpy(y->order_id, e.order_id, sizeof(y->order_id));
-        memcpy(y->why, e.reason, sizeof(y->why));
-    }
+    r = ev_outcome_decode(side == OS_SIDE_PAYMENT ? EV_PAYMENT_COMPLETED : EV_INVENTORY_RESERVED,
+                          rec->msg->payload, rec->msg->len, y->order_id, &yes, y->why, reason,
+                          reasonlen);
+    if (r < 0)
+        return r;
     os_settle_table(side, yes, y->table);
     y->params[0] = y->order_id;
     y->params[1] = y->table;

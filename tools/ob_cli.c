@@ -3,6 +3,8 @@
  */
 #include "ob_cli.h"
 
+#include "tl_cli.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
@@ -87,62 +89,29 @@ static const char usage_text[] =
     "POST failed, an order was lost or duplicated, or the run was interrupted; 2 usage\n"
     "error; 3 set-up failed (a service or the database unreachable).\n";
 
-static void on_signal(int sig)
-{
-    (void)sig;
-    ob_stop = 1;
-}
-
 void ob_signals_install(void)
 {
-    struct sigaction sa;
-
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sa.sa_handler = SIG_IGN;
-    sigaction(SIGPIPE, &sa, NULL);
+    tl_signals_install(&ob_stop, true);
 }
 
 void ob_err(const char *fmt, ...)
 {
-    char buf[2048];
     va_list ap;
 
     va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
+    tl_vmsg("orders-bench", "", fmt, ap);
     va_end(ap);
-    fprintf(stderr, "orders-bench: %s\n", buf);
 }
 
 static int usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int usage(const char *fmt, ...)
 {
-    char buf[1024];
     va_list ap;
 
     va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
+    tl_vmsg("orders-bench", " (see --help)", fmt, ap);
     va_end(ap);
-    fprintf(stderr, "orders-bench: %s (see --help)\n", buf);
     return OB_EXIT_USAGE;
-}
-
-static int parse_i64(const char *s, int64_t min, int64_t max, int64_t *ret)
-{
-    char *end;
-    long long v;
-
-    if (!s || !*s || isspace((unsigned char)*s))
-        return -EINVAL;
-    errno = 0;
-    v = strtoll(s, &end, 10);
-    if (errno != 0 || *end != '\0' || v < min || v > max)
-        return -EINVAL;
-    *ret = (int64_t)v;
-    return 0;
 }
 
 static int parse_double(const char *s, double min, double max, double *ret)
@@ -164,7 +133,7 @@ static int parse_int(const char *s, int min, int max, int *ret)
 {
     int64_t v;
 
-    if (parse_i64(s, min, max, &v) < 0)
+    if (tl_parse_i64(s, min, max, &v) < 0)
         return -EINVAL;
     *ret = (int)v;
     return 0;
@@ -314,7 +283,7 @@ static int apply_number(ob_opts *o, int opt, const char *arg)
 {
     switch (opt) {
     case OPT_ORDERS:
-        return parse_i64(arg, 1, 1000000, &o->orders) < 0
+        return tl_parse_i64(arg, 1, 1000000, &o->orders) < 0
                    ? usage("--orders must be a number between 1 and 1000000")
                    : -1;
     case OPT_RATE:
@@ -338,7 +307,7 @@ static int apply_number(ob_opts *o, int opt, const char *arg)
                    ? usage("--quantity must be a number between 1 and 1000000")
                    : -1;
     case OPT_AMOUNT:
-        return parse_i64(arg, 0, 1000000000, &o->amount) < 0
+        return tl_parse_i64(arg, 0, 1000000000, &o->amount) < 0
                    ? usage("--amount must be a number of cents between 0 and 1000000000")
                    : -1;
     case OPT_FUNDS:
@@ -425,20 +394,12 @@ int ob_opts_parse(ob_opts *o, int argc, char **argv)
     return -1;
 }
 
-static int64_t clock_ns(clockid_t id)
-{
-    struct timespec ts;
-
-    clock_gettime(id, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 int64_t ob_mono_ns(void)
 {
-    return clock_ns(CLOCK_MONOTONIC);
+    return tl_clock_ns(CLOCK_MONOTONIC);
 }
 
 int64_t ob_real_ns(void)
 {
-    return clock_ns(CLOCK_REALTIME);
+    return tl_clock_ns(CLOCK_REALTIME);
 }

@@ -4,6 +4,7 @@
 #include "oc_cli.h"
 
 #include "oc_dlt.h"
+#include "tl_cli.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -15,21 +16,9 @@
 
 volatile sig_atomic_t oc_stop = 0;
 
-static void on_signal(int sig)
-{
-    (void)sig;
-    oc_stop = 1;
-}
-
 void oc_signals_install(void)
 {
-    struct sigaction sa;
-
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    tl_signals_install(&oc_stop, false);
 }
 
 void oc_opts_default(oc_opts *o)
@@ -108,56 +97,34 @@ bool oc_is_dlt_topic(const char *topic)
 
 void oc_err(const char *fmt, ...)
 {
-    char buf[2048];
     va_list ap;
 
     va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
+    tl_vmsg("orderctl", "", fmt, ap);
     va_end(ap);
-    fprintf(stderr, "orderctl: %s\n", buf);
 }
 
 int oc_usage(const char *fmt, ...)
 {
-    char buf[1024];
     va_list ap;
 
     va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
+    tl_vmsg("orderctl", " (see --help)", fmt, ap);
     va_end(ap);
-    fprintf(stderr, "orderctl: %s (see --help)\n", buf);
     return OC_EXIT_USAGE;
 }
 
 int oc_parse_i64(const char *s, int64_t min, int64_t max, int64_t *ret)
 {
-    char *end;
-    long long v;
-
-    if (!s || !*s || isspace((unsigned char)*s))
-        return -EINVAL;
-    errno = 0;
-    v = strtoll(s, &end, 10);
-    if (errno != 0 || *end != '\0' || v < min || v > max)
-        return -EINVAL;
-    *ret = (int64_t)v;
-    return 0;
-}
-
-static int64_t clock_ms(clockid_t id)
-{
-    struct timespec ts;
-
-    clock_gettime(id, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return tl_parse_i64(s, min, max, ret);
 }
 
 int64_t oc_now_ms(void)
 {
-    return clock_ms(CLOCK_REALTIME);
+    return tl_clock_ns(CLOCK_REALTIME) / 1000000;
 }
 
 int64_t oc_mono_ms(void)
 {
-    return clock_ms(CLOCK_MONOTONIC);
+    return tl_clock_ns(CLOCK_MONOTONIC) / 1000000;
 }
