@@ -112,6 +112,18 @@ static void nap(long ms)
     nanosleep(&ts, NULL);
 }
 
+/* A superuser reaches every database of the server: a bug in one daemon
+ * would then reach the other two. The server reports the flag itself. */
+static void warn_superuser(PGconn *conn)
+{
+    const char *su = PQparameterStatus(conn, "is_superuser");
+
+    if (su && strcmp(su, "on") == 0)
+        log_warning("connected to PostgreSQL as superuser user=%s: give the daemon a role that "
+                    "owns only its own database (deploy/postgres/pg.sh create-dbs makes one)",
+                    PQuser(conn));
+}
+
 /* PostgreSQL is waited for, never skipped. Returns 0 once migrated. */
 static int wait_database(cm_daemon *d)
 {
@@ -124,6 +136,7 @@ static int wait_database(cm_daemon *d)
         if (r == 0)
             r = cm_db_migrate(conn, d->def->migrations, d->def->nmigrations);
         if (r == 0) {
+            warn_superuser(conn);
             PQfinish(conn);
             return 0;
         }

@@ -83,7 +83,8 @@ BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
 say "starting the daemons"
 mkdir -p "$STATE/logs"
 start_daemon() { # name port database
-    local url="postgresql://$PGUSER@$PGHOST:$PGPORT/$DB_PREFIX$3"
+    # The database's own role (pg.sh create-dbs): owner of that database only.
+    local url="postgresql://$DB_PREFIX$3@$PGHOST:$PGPORT/$DB_PREFIX$3"
     env HTTP_PORT="$2" DATABASE_URL="$url" KAFKA_BOOTSTRAP_SERVERS="$BOOTSTRAP" \
         "$BIN/$1/$1" >"$STATE/logs/$1.log" 2>&1 &
     PIDS+=($!)

@@ -11,7 +11,7 @@ int main(int argc, char **argv)
         .description = "Reserves stock for orders from orders.created and replies on "
                        "inventory.reserved.",
         .default_port = 8082,
-        .default_database_url = "postgresql://postgres@127.0.0.1:5432/inventory",
+        .default_database_url = "postgresql://inventory@127.0.0.1:5432/inventory",
         .migrations = is_migrations,
         .nmigrations = is_nmigrations,
         .subs = is_subscriptions,

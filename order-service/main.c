@@ -11,7 +11,7 @@ int main(int argc, char **argv)
         .description = "Takes orders over HTTP (POST /orders), publishes OrderCreated and "
                        "settles each order from payments.completed and inventory.reserved.",
         .default_port = 8080,
-        .default_database_url = "postgresql://postgres@127.0.0.1:5432/orders",
+        .default_database_url = "postgresql://orders@127.0.0.1:5432/orders",
         .migrations = os_migrations,
         .nmigrations = os_nmigrations,
         .subs = os_subscriptions,

@@ -11,7 +11,7 @@ int main(int argc, char **argv)
         .description = "Charges orders from orders.created against the accounts ledger and "
                        "replies on payments.completed.",
         .default_port = 8081,
-        .default_database_url = "postgresql://postgres@127.0.0.1:5432/payments",
+        .default_database_url = "postgresql://payments@127.0.0.1:5432/payments",
         .migrations = ps_migrations,
         .nmigrations = ps_nmigrations,
         .subs = ps_subscriptions,

@@ -34,7 +34,11 @@ Commands:
   status [--dir DIR] [--port P] [--private-port Q]
         Say which server 'ensure' would use and whether it runs; exit 0 if one answers.
   create-dbs [--prefix PFX] [ensure options] NAME...
-        Create databases PFX+NAME if missing (e.g. orders payments inventory).
+        Create databases PFX+NAME if missing (e.g. orders payments inventory),
+        each owned by a login role of the same name (created if missing: no
+        superuser, no CREATEDB, no CREATEROLE) that alone may connect to it;
+        tables left by an older set-up pass to that role. A daemon connects as
+        its database's role (the superuser keeps access for operators).
         Connects with PGHOST/PGPORT/PGUSER from the environment when PGPORT is set,
         otherwise runs 'ensure' first.
   --help
@@ -175,6 +179,38 @@ ensure() { # prints env lines on stdout
     print_env "$PRIVATE_PORT"
 }
 
+# The role of database $1 (same name) owns it and is the only non-superuser
+# that may connect. Names are checked ([a-z0-9_]) before they get here.
+own_database() { # db
+    local db="$1"
+    psql -X -w -q -v ON_ERROR_STOP=1 -d postgres >/dev/null 2>"$err" <<SQL || { cat "$err" >&2; return 1; }
+DO \$\$BEGIN
+  CREATE ROLE "$db" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION;
+EXCEPTION WHEN duplicate_object THEN NULL;
+END\$\$;
+ALTER ROLE "$db" NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION;
+ALTER DATABASE "$db" OWNER TO "$db";
+REVOKE ALL ON DATABASE "$db" FROM PUBLIC;
+GRANT CONNECT, TEMPORARY ON DATABASE "$db" TO "$db";
+SQL
+    # Objects an older set-up created as the superuser pass to the role (a
+    # table carries its indexes and serial sequences along).
+    psql -X -w -q -v ON_ERROR_STOP=1 -d "$db" >/dev/null 2>"$err" <<SQL || { cat "$err" >&2; return 1; }
+DO \$\$DECLARE r record;
+BEGIN
+  FOR r IN SELECT c.oid::regclass AS t FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm')
+             AND c.relowner <> '"$db"'::regrole LOOP
+    EXECUTE format('ALTER TABLE %s OWNER TO %I', r.t, '$db');
+  END LOOP;
+  FOR r IN SELECT p.oid::regprocedure AS f FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+           WHERE n.nspname = 'public' AND p.proowner <> '"$db"'::regrole LOOP
+    EXECUTE format('ALTER FUNCTION %s OWNER TO %I', r.f, '$db');
+  END LOOP;
+END\$\$;
+SQL
+}
+
 # -------------------------------------------------------------------- commands
 case "$CMD" in
     ensure)
@@ -228,6 +264,9 @@ case "$CMD" in
                 die "cannot create database $db on $PGHOST:$PGPORT"
             fi
         done
-        echo "pg.sh: databases on $PGHOST:$PGPORT: created ${created[*]:-none}; present ${present[*]:-none}"
+        for db in "${created[@]}" "${present[@]}"; do
+            own_database "$db" || die "cannot give database $db its own role on $PGHOST:$PGPORT"
+        done
+        echo "pg.sh: databases on $PGHOST:$PGPORT: created ${created[*]:-none}; present ${present[*]:-none}; each owned by the role of its name"
         ;;
 esac

@@ -510,7 +510,8 @@ class Stack:
         self._setup_kafka()
         env = self._daemon_env()
         for name, d in self.daemons.items():
-            d.env = dict(env, HTTP_PORT=str(d.port), DATABASE_URL=self.dsn(SERVICES[name][1]))
+            d.env = dict(env, HTTP_PORT=str(d.port),
+                         DATABASE_URL=self.daemon_dsn(SERVICES[name][1]))
         for d in self.daemons.values():
             d.start()
         for d in self.daemons.values():
@@ -612,8 +613,16 @@ class Stack:
         return psycopg.conninfo.make_conninfo(**{k: v for k, v in kw.items() if v})
 
     def dsn(self, db):
-        """libpq conninfo of a test database, db in orders|payments|inventory."""
+        """libpq conninfo of a test database, db in orders|payments|inventory,
+        as the harness's (super)user: tests read and arrange data with it."""
         return self.dsn_raw(DB_PREFIX + db)
+
+    def daemon_dsn(self, db):
+        """The conninfo a daemon uses: its database's own role (pg.sh
+        create-dbs makes it; it owns that database only, no superuser)."""
+        kw = {"host": self.pg_env.get("PGHOST"), "port": self.pg_env.get("PGPORT"),
+              "user": DB_PREFIX + db, "dbname": DB_PREFIX + db}
+        return psycopg.conninfo.make_conninfo(**{k: v for k, v in kw.items() if v})
 
     def sql(self, db, query, params=None):
         """Runs one statement (autocommit) on a test database; returns all rows."""

@@ -96,7 +96,7 @@ def test_notify_ready_only_after_dependencies_watchdog_and_stopping(stack, tmp_p
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)
     main = stack.daemons["payment-service"]
-    url = re.sub(r"port=\d+", f"port={fwd.port}", stack.dsn("payments"))
+    url = re.sub(r"port=\d+", f"port={fwd.port}", stack.daemon_dsn("payments"))
     env = dict(main.env, HTTP_PORT="18091", DATABASE_URL=url, NOTIFY_SOCKET=path,
                WATCHDOG_USEC="1000000", JOURNAL_STREAM="8:1234",
                CONSUMER_GROUP=stack.uid("notify-test"))
