@@ -47,8 +47,7 @@ typedef struct cm_http_pending cm_http_pending;
 
 /* Returns 0 when resp holds the answer, or 1 when pending was kept and will
  * be completed with cm_http_complete() exactly once. req is valid during the
- * call only, req->body until the completion. pending is NULL when the
- * request cannot be kept (no JSON body): the handler must answer at once. */
+ * call only, req->body until the completion. */
 typedef int (*cm_http_async_fn)(void *ctx, const cm_http_req *req, cm_http_resp *resp,
                                 cm_http_pending *pending);
 

@@ -20,20 +20,20 @@ typedef struct {
 int cm_saga_plan(const cm_saga_def *def, const cm_record *rec, cm_plan *plan, char *reason,
                  size_t reasonlen)
 {
-    saga_state *st = calloc(1, sizeof(*st));
+    saga_state d, *st;
     bool yes;
-    int r;
+    int r = ev_outcome_decode(def->type, rec->msg->payload, rec->msg->len, d.order_id, &yes, d.why,
+                              reason, reasonlen);
 
-    if (!st)
-        return -ENOMEM;
-    plan->state = st;
-    plan->release = free;
-    r = ev_outcome_decode(def->type, rec->msg->payload, rec->msg->len, st->order_id, &yes, st->why,
-                          reason, reasonlen);
     if (r < 0 || yes)
-        return r; /* poison, or a positive outcome: nothing to compensate */
+        return r; /* poison, or a positive outcome (most records): nothing to do */
+    if (!(st = malloc(sizeof(*st))))
+        return -ENOMEM;
+    *st = d;
     st->params[0] = st->order_id;
     st->params[1] = st->why;
+    plan->state = st;
+    plan->release = free;
     plan->stmts[0] = (cm_db_stmt){def->remember_sql, 2, st->params};
     plan->stmts[1] = (cm_db_stmt){def->undo_sql, 2, st->params};
     plan->n = 2;

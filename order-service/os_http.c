@@ -292,7 +292,7 @@ static int post_order(void *ctx, const cm_http_req *req, cm_http_resp *resp,
         goto out;
     }
     w->pending = pending;
-    if (!key && pending && cm_daemon_batch(ctx) && cm_batch_submit(cm_daemon_batch(ctx), w) == 0)
+    if (!key && cm_daemon_batch(ctx) && cm_batch_submit(cm_daemon_batch(ctx), w) == 0)
         return 1;
     if ((conn = cm_daemon_db(ctx, resp))) {
         store_one(ctx, conn, w, key, resp);
