@@ -7,10 +7,14 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 extern char **environ;
 
@@ -120,26 +124,201 @@ int cm_config_load(const cm_cfg_item *items, size_t n, void *cfg, char *err, siz
     return 0;
 }
 
+/* Case-insensitive: does s contain needle? */
+static bool contains_ci(const char *s, size_t n, const char *needle)
+{
+    size_t k = strlen(needle);
+
+    for (size_t i = 0; i + k <= n; i++)
+        if (strncasecmp(s + i, needle, k) == 0)
+            return true;
+    return false;
+}
+
+static bool ends_with_ci(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcasecmp(s + n - k, suffix) == 0;
+}
+
+bool cm_config_secret_name(const char *name)
+{
+    static const char *const words[] = {"password", "secret", "passphrase", "oauthbearer.config",
+                                        "oauthbearer_config"};
+    size_t n = strlen(name);
+
+    /* KAFKA_SSL_KEY_PASSWORD_FILE, HTTP_TOKENS_FILE, *.location: paths */
+    if (ends_with_ci(name, "_file") || ends_with_ci(name, ".file") ||
+        ends_with_ci(name, "location"))
+        return false;
+    if (ends_with_ci(name, "pem"))
+        return true;
+    for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+        if (contains_ci(name, n, words[i]))
+            return true;
+    return false;
+}
+
+/* Appends n bytes of s to out (size outlen, used *len), truncating. */
+static void put(char *out, size_t outlen, size_t *len, const char *s, size_t n)
+{
+    if (*len + 1 >= outlen)
+        return;
+    if (n > outlen - 1 - *len)
+        n = outlen - 1 - *len;
+    memcpy(out + *len, s, n);
+    *len += n;
+    out[*len] = '\0';
+}
+
+/* A URI: postgresql://user:password@host/db?password=x&sslpassword=y. */
+static void mask_uri(const char *s, const char *scheme, char *out, size_t outlen, size_t *len)
+{
+    const char *auth = scheme + 3, *end = auth + strcspn(auth, "/?"), *at = NULL, *q;
+
+    for (const char *p = auth; p < end; p++)
+        if (*p == '@')
+            at = p;
+    q = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+    if (q) {
+        put(out, outlen, len, s, (size_t)(q + 1 - s));
+        put(out, outlen, len, "***", 3);
+        s = at;
+    }
+    q = strchr(s, '?');
+    if (!q) {
+        put(out, outlen, len, s, strlen(s));
+        return;
+    }
+    put(out, outlen, len, s, (size_t)(q + 1 - s));
+    for (s = q + 1; *s;) {
+        size_t n = strcspn(s, "&"), k = strcspn(s, "=&");
+        if (k < n && contains_ci(s, k, "password")) {
+            put(out, outlen, len, s, k + 1);
+            put(out, outlen, len, "***", 3);
+        } else {
+            put(out, outlen, len, s, n);
+        }
+        s += n;
+        if (*s == '&')
+            put(out, outlen, len, s++, 1);
+    }
+}
+
+/* key = value pairs, a value bare (backslash escapes) or in single quotes
+ * ('x y', \' and \\ inside): libpq's conninfo syntax. */
+static void mask_conninfo(const char *s, char *out, size_t outlen, size_t *len)
+{
+    while (*s) {
+        const char *key = s, *v;
+        size_t klen;
+
+        while (isspace((unsigned char)*key))
+            key++;
+        klen = strcspn(key, "= \t\n\r\f\v");
+        v = key + klen;
+        while (isspace((unsigned char)*v))
+            v++;
+        if (klen == 0 || *v != '=') {
+            /* not conninfo after all: hide everything from a "password" on */
+            const char *p = s;
+            while (*p && strncasecmp(p, "password", 8) != 0)
+                p++;
+            put(out, outlen, len, s, (size_t)(p - s));
+            if (*p)
+                put(out, outlen, len, "***", 3);
+            return;
+        }
+        v++;
+        while (isspace((unsigned char)*v))
+            v++;
+        put(out, outlen, len, s, (size_t)(v - s));
+        s = v;
+        if (*s == '\'') {
+            for (s++; *s && *s != '\''; s++)
+                if (*s == '\\' && s[1])
+                    s++;
+            if (*s)
+                s++;
+        } else {
+            for (; *s && !isspace((unsigned char)*s); s++)
+                if (*s == '\\' && s[1])
+                    s++;
+        }
+        if (contains_ci(key, klen, "password"))
+            put(out, outlen, len, "***", 3);
+        else
+            put(out, outlen, len, v, (size_t)(s - v));
+    }
+}
+
 void cm_config_mask(const char *s, char *out, size_t outlen)
 {
     const char *scheme = strstr(s, "://");
-    const char *at, *colon, *pw;
+    size_t len = 0;
 
-    snprintf(out, outlen, "%s", s);
-    if (scheme) {
-        at = strchr(scheme + 3, '@');
-        colon = at ? memchr(scheme + 3, ':', (size_t)(at - scheme - 3)) : NULL;
-        if (colon)
-            snprintf(out, outlen, "%.*s:***%s", (int)(colon - s), s, at);
+    if (outlen == 0)
         return;
+    out[0] = '\0';
+    if (scheme && strcspn(s, "= \t'") > (size_t)(scheme - s))
+        mask_uri(s, scheme, out, outlen, &len);
+    else
+        mask_conninfo(s, out, outlen, &len);
+}
+
+void cm_config_mask_value(const char *name, const char *value, char *out, size_t outlen)
+{
+    if (cm_config_secret_name(name))
+        snprintf(out, outlen, "***");
+    else
+        cm_config_mask(value, out, outlen);
+}
+
+/* Secret values seen so far (from KAFKA_* variables with a secret name and
+ * from every KAFKA_*_FILE), for cm_config_redact. */
+static struct {
+    pthread_mutex_t lock;
+    char *values[CM_CONFIG_SECRETS_MAX];
+    size_t n;
+} secrets = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+void cm_config_secret_add(const char *value)
+{
+    pthread_mutex_lock(&secrets.lock);
+    if (strlen(value) >= CM_CONFIG_SECRET_MIN) {
+        bool known = false;
+        for (size_t i = 0; i < secrets.n && !known; i++)
+            known = strcmp(secrets.values[i], value) == 0;
+        if (!known && secrets.n < CM_CONFIG_SECRETS_MAX &&
+            (secrets.values[secrets.n] = strdup(value)))
+            secrets.n++;
     }
-    pw = strstr(s, "password=");
-    if (pw) {
-        const char *end = pw + 9;
-        while (*end && !isspace((unsigned char)*end))
-            end++;
-        snprintf(out, outlen, "%.*spassword=***%s", (int)(pw - s), s, end);
+    pthread_mutex_unlock(&secrets.lock);
+}
+
+void cm_config_redact(const char *s, char *out, size_t outlen)
+{
+    size_t len = 0;
+
+    if (outlen == 0)
+        return;
+    out[0] = '\0';
+    pthread_mutex_lock(&secrets.lock);
+    while (*s) {
+        size_t hit = 0;
+        for (size_t i = 0; i < secrets.n && !hit; i++) {
+            size_t k = strlen(secrets.values[i]);
+            if (strncmp(s, secrets.values[i], k) == 0)
+                hit = k;
+        }
+        if (hit) {
+            put(out, outlen, &len, "***", 3);
+            s += hit;
+        } else {
+            put(out, outlen, &len, s++, 1);
+        }
     }
+    pthread_mutex_unlock(&secrets.lock);
 }
 
 void cm_config_log(const cm_cfg_item *items, size_t n, const void *cfg)
@@ -151,7 +330,7 @@ void cm_config_log(const cm_cfg_item *items, size_t n, const void *cfg)
 
         switch (it->type) {
         case CM_CFG_STRING:
-            if (it->secret)
+            if (it->secret || cm_config_secret_name(it->name))
                 snprintf(buf, sizeof(buf), "***");
             else
                 cm_config_mask(*(const char *const *)slot, buf, sizeof(buf));
@@ -215,25 +394,111 @@ static const char *kafka_var(const char *e, char *var, size_t varlen)
     return eq + 1;
 }
 
-int cm_config_kafka_each(int (*fn)(void *ud, const char *var, const char *prop, const char *value),
-                         void *ud)
+/* Reads the secret file of variable var into buf (CM_CONFIG_FILE_MAX + 1
+ * bytes), trailing newlines stripped. */
+static int read_secret_file(const char *var, const char *path, char *buf, char *err, size_t errlen)
 {
-    for (char **e = environ; e && *e; e++) {
-        char var[256], prop[256];
+    struct stat st;
+    size_t len = 0;
+    ssize_t n;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot read %s=\"%s\": %s", var, path, strerror(errno));
+        return -EINVAL;
+    }
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "cannot read %s=\"%s\": not a regular file", var, path);
+        close(fd);
+        return -EINVAL;
+    }
+    while (len <= CM_CONFIG_FILE_MAX &&
+           (n = read(fd, buf + len, CM_CONFIG_FILE_MAX + 1 - len)) != 0) {
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            snprintf(err, errlen, "cannot read %s=\"%s\": %s", var, path, strerror(errno));
+            close(fd);
+            return -EINVAL;
+        }
+        len += (size_t)n;
+    }
+    close(fd);
+    if (len > CM_CONFIG_FILE_MAX) {
+        snprintf(err, errlen, "%s=\"%s\": the file is larger than %d bytes", var, path,
+                 CM_CONFIG_FILE_MAX);
+        return -EINVAL;
+    }
+    while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
+        len--;
+    buf[len] = '\0';
+    if (len == 0 || memchr(buf, '\0', len)) {
+        snprintf(err, errlen, "%s=\"%s\": the file is %s", var, path,
+                 len ? "binary (holds a NUL byte)" : "empty");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int cm_config_kafka_each(int (*fn)(void *ud, const char *var, const char *prop, const char *value),
+                         void *ud, char *err, size_t errlen)
+{
+    char *buf = NULL;
+    int r = 0;
+
+    for (char **e = environ; e && *e && r == 0; e++) {
+        char var[256], base[256], prop[256];
         const char *value = kafka_var(*e, var, sizeof(var));
         size_t len;
-        int r;
 
         if (!value || cm_config_kafka_ignored(var))
             continue;
         len = strlen(var);
+        memcpy(base, var, len + 1);
+        if (len > 6 + 5 && strcmp(var + len - 5, "_FILE") == 0) {
+            /* KAFKA_<NAME>_FILE=path: property <name> = the file's contents */
+            len -= 5;
+            base[len] = '\0';
+            if (getenv(base)) {
+                snprintf(err, errlen, "both %s and %s are set: set only one of them", base, var);
+                r = -EINVAL;
+                break;
+            }
+            if (!buf && !(buf = malloc(CM_CONFIG_FILE_MAX + 1))) {
+                snprintf(err, errlen, "out of memory reading %s", var);
+                r = -ENOMEM;
+                break;
+            }
+            if ((r = read_secret_file(var, value, buf, err, errlen)) < 0)
+                break;
+            value = buf;
+            cm_config_secret_add(value);
+        } else if (cm_config_secret_name(var)) {
+            cm_config_secret_add(value);
+        }
         for (size_t i = 6; i <= len; i++)
-            prop[i - 6] = var[i] == '_' ? '.' : (char)tolower((unsigned char)var[i]);
+            prop[i - 6] = base[i] == '_' ? '.' : (char)tolower((unsigned char)base[i]);
         r = fn(ud, var, prop, value);
-        if (r != 0)
-            return r;
     }
-    return 0;
+    if (buf) {
+        explicit_bzero(buf, CM_CONFIG_FILE_MAX + 1);
+        free(buf);
+    }
+    return r;
+}
+
+void cm_config_kafka_log(void)
+{
+    for (char **e = environ; e && *e; e++) {
+        char var[256], buf[512];
+        const char *value = kafka_var(*e, var, sizeof(var));
+
+        if (!value || cm_config_kafka_ignored(var))
+            continue;
+        cm_config_mask_value(var, value, buf, sizeof(buf));
+        log_info("config %s=\"%s\"%s", var, buf,
+                 ends_with_ci(var, "_file") ? " (the property's value is read from the file)" : "");
+    }
 }
 
 void cm_config_kafka_each_ignored(void (*fn)(void *ud, const char *var, const char *owner),

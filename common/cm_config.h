@@ -35,14 +35,31 @@ typedef struct {
  * ("invalid HTTP_PORT=\"x\": must be an integer between 1 and 65535"). */
 int cm_config_load(const cm_cfg_item *items, size_t n, void *cfg, char *err, size_t errlen);
 
-/* Logs every value at info level, secrets masked (passwords inside URLs too). */
+/* Logs every value at info level, secrets masked: an item flagged secret or
+ * with a secret name (cm_config_secret_name) as "***", passwords inside
+ * connection strings (cm_config_mask). */
 void cm_config_log(const cm_cfg_item *items, size_t n, const void *cfg);
 
+/* Largest file a KAFKA_<NAME>_FILE variable may name (bytes). */
+#define CM_CONFIG_FILE_MAX 65536
+
 /* Visits every KAFKA_* environment variable as (variable, property, value),
- * except the ignored ones (cm_config_kafka_ignored). Stops at and returns the
- * first non-zero return of fn. */
+ * except the ignored ones (cm_config_kafka_ignored). KAFKA_<NAME>_FILE=path
+ * is visited as property <name> with the file's contents as value (trailing
+ * newlines stripped; at most CM_CONFIG_FILE_MAX bytes, not empty): how
+ * secrets such as systemd credentials reach librdkafka without being in the
+ * environment. Setting both KAFKA_<NAME> and KAFKA_<NAME>_FILE, or naming a
+ * file that cannot be read, is an error: -EINVAL with a message naming the
+ * variable in err. Every secret value seen (a _FILE's contents, a variable
+ * with a secret name, cm_config_secret_name) is added to the redaction list
+ * (cm_config_redact). Stops at and returns the first non-zero return of fn
+ * (fn writes its own message then). */
 int cm_config_kafka_each(int (*fn)(void *ud, const char *var, const char *prop, const char *value),
-                         void *ud);
+                         void *ud, char *err, size_t errlen);
+
+/* Logs every passed-through KAFKA_* variable at info level, secrets masked
+ * (a _FILE variable shows its path, never the file's contents). */
+void cm_config_kafka_log(void);
 
 /* Returns who owns var ("kafka launcher", "dev stack") if it is one of the
  * KAFKA_* variables that are never librdkafka properties (KAFKA_HEAP_OPTS,
@@ -55,6 +72,30 @@ const char *cm_config_kafka_ignored(const char *var);
 void cm_config_kafka_each_ignored(void (*fn)(void *ud, const char *var, const char *owner),
                                   void *ud);
 
-/* Copies s into out with any ":password@" of a URL or "password=" of a
- * conninfo replaced by "***". */
+/* Copies s into out with the passwords of a libpq connection string
+ * replaced by "***": a URI's "user:password@" and "?password=..." query
+ * parameters, a conninfo's "password = value" (bare or 'quoted \' value'),
+ * and every other key whose name contains "password" (sslpassword). */
 void cm_config_mask(const char *s, char *out, size_t outlen);
+
+/* True if a variable or property of this name holds a secret, so that its
+ * value is never printed: the name contains "password", "secret",
+ * "passphrase" or "oauthbearer.config", or ends in "pem" (ssl.key.pem), case
+ * insensitive; names ending in _FILE, .file or location name a path and are
+ * not secret themselves. */
+bool cm_config_secret_name(const char *name);
+
+/* "***" for a secret name, else value through cm_config_mask. */
+void cm_config_mask_value(const char *name, const char *value, char *out, size_t outlen);
+
+/* Secret values shorter than this are not redacted inside free text (they
+ * would match everywhere); the value of a secret name is masked anyway. */
+#define CM_CONFIG_SECRET_MIN 4
+#define CM_CONFIG_SECRETS_MAX 32
+
+/* Adds value to the list that cm_config_redact hides (thread-safe; copies). */
+void cm_config_secret_add(const char *value);
+
+/* Copies s into out with every occurrence of a known secret value replaced
+ * by "***": for text that others wrote, such as librdkafka's log lines. */
+void cm_config_redact(const char *s, char *out, size_t outlen);

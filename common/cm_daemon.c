@@ -58,21 +58,37 @@ static const cm_cfg_item base_items[] = {
 };
 #define NBASE (sizeof(base_items) / sizeof(base_items[0]))
 
+/* A default as --help shows it: never a password (cm_config_mask). */
+static const char *shown_default(const cm_cfg_item *it, char *buf, size_t len)
+{
+    if (!it->def)
+        return "required";
+    if (it->secret || cm_config_secret_name(it->name))
+        return "***";
+    cm_config_mask(it->def, buf, len);
+    return buf;
+}
+
 static void usage(const cm_daemon_def *def, const cm_cfg_item *items)
 {
+    char buf[512];
+
     printf("Usage: %s [--help] [--version]\n\n%s\n\n"
            "Configuration is read from the environment:\n",
            def->name, def->description);
     for (size_t i = 0; i < NBASE; i++)
         printf("  %-18s %s (default: %s)\n", items[i].name, items[i].help,
-               items[i].def ? items[i].def : "required");
+               shown_default(&items[i], buf, sizeof(buf)));
     for (size_t i = 0; i < def->ncfg_items; i++)
         printf("  %-18s %s (default: %s)\n", def->cfg_items[i].name, def->cfg_items[i].help,
-               def->cfg_items[i].def ? def->cfg_items[i].def : "required");
+               shown_default(&def->cfg_items[i], buf, sizeof(buf)));
     printf("  %-18s any librdkafka property, e.g. KAFKA_BOOTSTRAP_SERVERS=host:9092\n"
+           "  %s\n"
+           "  %-18s property <property> from the file's contents (for secrets:\n"
+           "  %-18s KAFKA_SASL_PASSWORD_FILE=$CREDENTIALS_DIRECTORY/kafka-password under systemd)\n"
            "  %-18s (Kafka's launcher and dev stack variables, KAFKA_HEAP_OPTS, KAFKA_OPTS,\n"
            "  %-18s KAFKA_LIBS_DIR, ..., are ignored: see the README)\n",
-           "KAFKA_<PROPERTY>", "", "");
+           "KAFKA_<PROPERTY>", "KAFKA_<PROPERTY>_FILE", "", "", "", "");
 }
 
 static int load_config(cm_daemon *d, cm_cfg_item *items, char *err, size_t errlen)
@@ -400,6 +416,7 @@ int cm_daemon_main(const cm_daemon_def *def, int argc, char **argv)
     cm_config_log(items, NBASE, &d.base);
     if (def->ncfg_items)
         cm_config_log(def->cfg_items, def->ncfg_items, def->cfg);
+    cm_config_kafka_log();
     cm_config_kafka_each_ignored(log_ignored, NULL);
 
     sigemptyset(&sa.sa_mask);

@@ -32,27 +32,39 @@ static int set_from_env(void *ud, const char *var, const char *prop, const char 
         return -EINVAL;
     }
     if (r != RD_KAFKA_CONF_OK) {
-        snprintf(c->err, c->errlen, "invalid %s (librdkafka property %s): %s", var, prop, e);
+        char safe[256];
+        /* librdkafka's message may quote the value: never a secret's */
+        cm_config_redact(e, safe, sizeof(safe));
+        snprintf(c->err, c->errlen, "invalid %s (librdkafka property %s): %s", var, prop,
+                 cm_config_secret_name(prop) ? "the value is not accepted (not shown: a secret)"
+                                             : safe);
         return -EINVAL;
     }
     return 0;
 }
 
+/* librdkafka's own lines may carry what it was given (a debug dump of the
+ * configuration, a broker's error text): known secrets are redacted. */
 static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
+    char safe[1024];
+
+    cm_config_redact(buf, safe, sizeof(safe));
     cm_log(level > LOG_DEBUG ? LOG_DEBUG : level, "librdkafka client=%s facility=%s msg=\"%s\"",
-           rd_kafka_name(rk), fac, buf);
+           rd_kafka_name(rk), fac, safe);
 }
 
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     cm_health *h = opaque;
+    char safe[1024];
 
     if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN && h)
         atomic_store(&h->kafka_ok, false);
+    cm_config_redact(reason, safe, sizeof(safe));
     cm_log(err == RD_KAFKA_RESP_ERR__FATAL ? LOG_ERR : LOG_WARNING,
            "kafka error client=%s code=%s reason=\"%s\"", rd_kafka_name(rk),
-           rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+           rd_kafka_err2name((rd_kafka_resp_err_t)err), safe);
 }
 
 /* Consumer statistics: the lag of every assigned partition becomes
@@ -129,7 +141,7 @@ int cm_kafka_conf(cm_kafka_role role, const char *client_id, const char *group, 
             SET(consumer_defaults[i][0], consumer_defaults[i][1]);
     }
 #undef SET
-    r = cm_config_kafka_each(set_from_env, &c);
+    r = cm_config_kafka_each(set_from_env, &c, err, errlen);
     if (r < 0) {
         rd_kafka_conf_destroy(conf);
         return r;

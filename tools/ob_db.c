@@ -3,6 +3,8 @@
  */
 #include "ob_db.h"
 
+#include "cm_config.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -23,7 +25,9 @@ PGconn *ob_db_connect(const char *conninfo)
     PGresult *res;
 
     if (!db || PQstatus(db) != CONNECTION_OK) {
-        ob_err("could not connect to the orders database (%s): %s", conninfo,
+        char shown[512];
+        cm_config_mask(conninfo, shown, sizeof(shown)); /* never its password */
+        ob_err("could not connect to the orders database (%s): %s", shown,
                db ? PQerrorMessage(db) : "out of memory");
         PQfinish(db);
         return NULL;

@@ -24,19 +24,25 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
 {
     const client_state *st = rd_kafka_opaque(rk);
 
-    if (st && st->verbose)
-        fprintf(stderr, "orderctl: librdkafka %d %s: %s\n", level, fac, buf);
+    char safe[1024];
+
+    if (st && st->verbose) {
+        cm_config_redact(buf, safe, sizeof(safe)); /* known secrets never printed */
+        fprintf(stderr, "orderctl: librdkafka %d %s: %s\n", level, fac, safe);
+    }
 }
 
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     client_state *st = opaque;
+    char safe[1024];
 
     (void)rk;
     if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
         st->brokers_down = true;
+    cm_config_redact(reason, safe, sizeof(safe));
     if (st->verbose || err == RD_KAFKA_RESP_ERR__FATAL)
-        oc_err("kafka error %s: %s", rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+        oc_err("kafka error %s: %s", rd_kafka_err2name((rd_kafka_resp_err_t)err), safe);
 }
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
@@ -80,10 +86,23 @@ static int set_from_env(void *ud, const char *var, const char *prop, const char 
         return 0;
     }
     if (r != RD_KAFKA_CONF_OK) {
-        oc_err("invalid %s (librdkafka property %s): %s", var, prop, e);
+        oc_err("invalid %s (librdkafka property %s): %s", var, prop,
+               cm_config_secret_name(prop) ? "the value is not accepted (not shown: a secret)" : e);
         return -EINVAL;
     }
     return 0;
+}
+
+/* The KAFKA_* pass-through; a KAFKA_<NAME>_FILE that cannot be used is
+ * reported here (set_from_env reports its own errors). */
+static int kafka_env(rd_kafka_conf_t *conf)
+{
+    char err[512] = "";
+    int r = cm_config_kafka_each(set_from_env, conf, err, sizeof(err));
+
+    if (r != 0 && err[0])
+        oc_err("%s", err);
+    return r;
 }
 
 static void say_ignored(void *ud, const char *var, const char *owner)
@@ -130,8 +149,7 @@ static int build_conf(const oc_opts *o, oc_kafka_role role, rd_kafka_conf_t *con
         (role != OC_KAFKA_CONSUMER &&
          set_list(conf, producer_defaults,
                   sizeof(producer_defaults) / sizeof(producer_defaults[0])) < 0) ||
-        cm_config_kafka_each(set_from_env, conf) != 0 ||
-        set_prop(conf, "bootstrap.servers", o->bootstrap) < 0)
+        kafka_env(conf) != 0 || set_prop(conf, "bootstrap.servers", o->bootstrap) < 0)
         return -EINVAL;
     if (role == OC_KAFKA_CONSUMER)
         return set_list(conf, consumer, sizeof(consumer) / sizeof(consumer[0]));
