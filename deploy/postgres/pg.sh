@@ -3,7 +3,9 @@
 # databases in it. 'ensure' uses the PostgreSQL that answers on 127.0.0.1:5432
 # (as user postgres, without password) when there is one, and otherwise
 # initialises and starts a private cluster (data in <root>/.run/pg, port 55432).
-# Idempotent; 'stop' only ever stops that private cluster.
+# Idempotent; 'stop' only ever stops that private cluster. 'ensure --secure'
+# always uses a private cluster with TLS and scram-sha-256 for the daemon
+# roles; 'passwords' gives roles random passwords and writes a pgpass file.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,18 +31,40 @@ Commands:
         DIR (default <root>/.run/pg) on 127.0.0.1:Q (default 55432), trust auth,
         unix socket in DIR. Prints PGHOST=... PGPORT=... PGUSER=postgres lines:
           set -a; eval "\$($(basename "$0") ensure)"; set +a
+  ensure --secure [--dir DIR] [--private-port Q]
+        Always a private cluster (never the server on port P), set up secure:
+        TLS on (TLS 1.2+; server certificate from a throw-away CA made with
+        openssl, SAN DNS:localhost,IP:127.0.0.1; the CA's key is deleted once it
+        signed; its certificate is DIR.ca.pem), every role but postgres only over
+        'hostssl' with scram-sha-256 (no plain TCP, no trust), postgres only over
+        the unix socket in DIR (mode 0700: root and postgres). Prints
+        PGHOST=DIR PGPORT=Q PGUSER=postgres PGSSLROOTCERT=DIR.ca.pem.
+        A daemon then uses e.g.
+          DATABASE_URL='host=localhost port=Q dbname=orders user=orders sslmode=verify-full'
+        with PGSSLROOTCERT (or sslrootcert=) and PGPASSFILE (see 'passwords').
   stop [--dir DIR]
         Stop the private cluster in DIR if it runs (never another PostgreSQL).
   status [--dir DIR] [--port P] [--private-port Q]
         Say which server 'ensure' would use and whether it runs; exit 0 if one answers.
-  create-dbs [--prefix PFX] [ensure options] NAME...
+  create-dbs [--prefix PFX] [--passfile FILE] [ensure options] NAME...
         Create databases PFX+NAME if missing (e.g. orders payments inventory),
         each owned by a login role of the same name (created if missing: no
         superuser, no CREATEDB, no CREATEROLE) that alone may connect to it;
         tables left by an older set-up pass to that role. A daemon connects as
         its database's role (the superuser keeps access for operators).
         Connects with PGHOST/PGPORT/PGUSER from the environment when PGPORT is set,
-        otherwise runs 'ensure' first.
+        otherwise runs 'ensure' first. --passfile FILE: then 'passwords' too.
+  passwords --passfile FILE [--prefix PFX] [--pass-host H] [ensure options] NAME...
+        Gives each role PFX+NAME a new random password (192 bits, [A-Za-z0-9])
+        and writes it to the libpq password file FILE (mode 0600; lines of other
+        roles are kept, the role's old line replaced):
+          H:PORT:PFX+NAME:PFX+NAME:password        (H default '*': any host)
+        The password goes to the server on psql's stdin as ALTER ROLE ...
+        PASSWORD (statement logging off for that session), never on a command
+        line or in the environment; it is stored scram-sha-256 hashed. Run it
+        again to rotate; restart the daemons afterwards (they read FILE, named by
+        PGPASSFILE, when they connect). libpq ignores FILE if group or others
+        may read it (0600 or 0400 only).
   --help
         This text.
 
@@ -48,6 +72,8 @@ Examples:
   $(basename "$0") ensure
   $(basename "$0") create-dbs orders payments inventory
   $(basename "$0") create-dbs --prefix test_ orders payments inventory
+  $(basename "$0") ensure --secure --dir /tmp/pgsec --private-port 55433
+  $(basename "$0") passwords --passfile /etc/orders/pgpass orders payments inventory
   $(basename "$0") ensure --port 1 --dir /tmp/pgtest    # force a private cluster
   $(basename "$0") stop --dir /tmp/pgtest
 USAGE
@@ -61,7 +87,7 @@ CMD="${1:-}"
 shift
 case "$CMD" in
     -h|--help|help) usage; exit 0 ;;
-    ensure|stop|status|create-dbs) ;;
+    ensure|stop|status|create-dbs|passwords) ;;
     *) die "unknown command: $CMD (see --help)" ;;
 esac
 
@@ -70,27 +96,37 @@ PROBE_PORT=5432
 PRIVATE_PORT=55432
 PREFIX=""
 NAMES=()
+SECURE=0
+PASSFILE=""
+PASS_HOST="*"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --dir) DIR="${2:?--dir needs a folder}"; shift 2 ;;
         --port) PROBE_PORT="${2:?--port needs a number}"; shift 2 ;;
         --private-port) PRIVATE_PORT="${2:?--private-port needs a number}"; shift 2 ;;
         --prefix) PREFIX="${2?--prefix needs a value}"; shift 2 ;;
+        --secure) SECURE=1; shift ;;
+        --passfile) PASSFILE="${2:?--passfile needs a file}"; shift 2 ;;
+        --pass-host) PASS_HOST="${2:?--pass-host needs a host name}"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         -*) die "unknown option: $1 (see --help)" ;;
-        *) [[ "$CMD" == create-dbs ]] || die "unexpected argument: $1"; NAMES+=("$1"); shift ;;
+        *) [[ "$CMD" == create-dbs || "$CMD" == passwords ]] || die "unexpected argument: $1"
+           NAMES+=("$1"); shift ;;
     esac
 done
 [[ "$PROBE_PORT" =~ ^[0-9]+$ && "$PRIVATE_PORT" =~ ^[0-9]+$ ]] || die "ports must be numbers"
 DIR="$(realpath -m "$DIR")"
+[[ "$PASS_HOST" =~ ^[A-Za-z0-9.*_-]+$ ]] || die "bad --pass-host: $PASS_HOST"
+SECURE_MARKER=.secure-by-pg-sh
+CA_PEM="$DIR.ca.pem"
 
 # -------------------------------------------------------------------- helpers
 answers() { # port: a server accepts connections there
     "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$1" -t 3 >/dev/null 2>&1
 }
 
-usable() { # port: user postgres gets in without a password
-    PGCONNECT_TIMEOUT=5 psql -X -w -q -h 127.0.0.1 -p "$1" -U postgres -d postgres -tAc 'select 1' >/dev/null 2>&1
+usable() { # port [host]: user postgres gets in without a password
+    PGCONNECT_TIMEOUT=5 psql -X -w -q -h "${2:-127.0.0.1}" -p "$1" -U postgres -d postgres -tAc 'select 1' >/dev/null 2>&1
 }
 
 as_postgres() { runuser -u postgres -- "$@"; }
@@ -100,7 +136,59 @@ private_running() {
 }
 
 print_env() { # port
-    printf 'PGHOST=127.0.0.1\nPGPORT=%s\nPGUSER=postgres\n' "$1"
+    if [[ -f "$DIR/$SECURE_MARKER" ]]; then
+        printf 'PGHOST=%s\nPGPORT=%s\nPGUSER=postgres\nPGSSLROOTCERT=%s\n' "$DIR" "$1" "$CA_PEM"
+    else
+        printf 'PGHOST=127.0.0.1\nPGPORT=%s\nPGUSER=postgres\n' "$1"
+    fi
+}
+
+# TLS for a secure private cluster: a throw-away CA signs the server
+# certificate (names localhost and 127.0.0.1), then its key is deleted, so
+# nothing else can ever be signed by it. The CA certificate is $CA_PEM.
+make_tls() {
+    local t
+    command -v openssl >/dev/null || die "openssl not found (apt-get install openssl)"
+    t="$(mktemp -d)"
+    (
+        set -e
+        cd "$t"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=pg.sh throw-away CA" \
+            -keyout ca.key -out ca.pem \
+            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key -out server.csr
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >ext.cnf
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+            -extfile ext.cnf -out server.pem
+    ) >"$t/log" 2>&1 || { cat "$t/log" >&2; rm -rf "$t"; die "openssl failed"; }
+    install -o postgres -g postgres -m 0600 "$t/server.key" "$DIR/server.key"
+    install -o postgres -g postgres -m 0644 "$t/server.pem" "$DIR/server.crt"
+    install -m 0644 "$t/ca.pem" "$CA_PEM"
+    rm -rf "$t"
+}
+
+secure_private() { # after initdb: TLS, scram-sha-256, hostssl only
+    make_tls
+    as_postgres tee -a "$DIR/postgresql.conf" >/dev/null <<CONF
+# ---- secure mode (pg.sh ensure --secure)
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+ssl_min_protocol_version = 'TLSv1.2'
+password_encryption = 'scram-sha-256'
+unix_socket_permissions = 0700
+CONF
+    as_postgres tee "$DIR/pg_hba.conf" >/dev/null <<'HBA'
+# Written by deploy/postgres/pg.sh ensure --secure.
+# The superuser only over the unix socket (its folder is 0700: root and postgres).
+local     all  postgres                 trust
+# Every other role: TLS and a scram-sha-256 password, nothing else.
+hostssl   all  all       127.0.0.1/32   scram-sha-256
+hostssl   all  all       ::1/128        scram-sha-256
+hostnossl all  all       0.0.0.0/0      reject
+hostnossl all  all       ::/0           reject
+HBA
+    as_postgres touch "$DIR/$SECURE_MARKER"
 }
 
 init_private() {
@@ -137,11 +225,14 @@ full_page_writes = off
 logging_collector = off
 log_min_messages = warning
 CONF
+    (( SECURE )) && secure_private
     as_postgres touch "$DIR/$MARKER_NAME"
 }
 
 ensure() { # prints env lines on stdout
-    if answers "$PROBE_PORT"; then
+    if (( SECURE )); then
+        : # always the private cluster
+    elif answers "$PROBE_PORT"; then
         if usable "$PROBE_PORT"; then
             info "using the PostgreSQL on 127.0.0.1:$PROBE_PORT"
             print_env "$PROBE_PORT"
@@ -157,6 +248,8 @@ ensure() { # prints env lines on stdout
         init_private
     elif [[ ! -f "$DIR/$MARKER_NAME" ]]; then
         die "$DIR holds a cluster that pg.sh did not create; not touching it"
+    elif (( SECURE )) && [[ ! -f "$DIR/$SECURE_MARKER" ]]; then
+        die "$DIR holds a trust-auth cluster, not a secure one; remove it or choose another --dir"
     fi
     local port
     port="$(sed -n "s/^port = \([0-9]*\).*/\1/p" "$DIR/postgresql.conf" | tail -n 1)"
@@ -171,7 +264,9 @@ ensure() { # prints env lines on stdout
         fi
     fi
     local deadline=$((SECONDS + 30))
-    until usable "$PRIVATE_PORT"; do
+    local via=127.0.0.1
+    [[ -f "$DIR/$SECURE_MARKER" ]] && via="$DIR"
+    until usable "$PRIVATE_PORT" "$via"; do
         (( SECONDS < deadline )) || die "the private cluster on port $PRIVATE_PORT does not accept connections"
         sleep 0.2
     done
@@ -211,6 +306,48 @@ END\$\$;
 SQL
 }
 
+# A new random password for each role, sent on psql's stdin (never argv or
+# the environment; statement logging off for the session, so the server log
+# never shows it), and the libpq password file $PASSFILE updated (0600).
+set_passwords() { # role...
+    local role pw port="${PGPORT:-5432}" tmp dir
+    dir="$(dirname "$(realpath -m "$PASSFILE")")"
+    mkdir -p "$dir"
+    tmp="$(mktemp "$dir/.pgpass.XXXXXX")" # 0600, in the same folder: an atomic rename
+    # keep the lines of other roles (and comments)
+    if [[ -f "$PASSFILE" ]]; then
+        local skip='^$'
+        for role in "$@"; do skip+="|^[^:]*:[^:]*:[^:]*:$role:"; done
+        grep -Ev "$skip" "$PASSFILE" >"$tmp" || true
+    fi
+    for role in "$@"; do
+        pw="$(head -c 24 /dev/urandom | base64 | tr -d '+/=\n')"
+        [[ "$pw" =~ ^[A-Za-z0-9]{20,}$ ]] || { rm -f "$tmp"; die "could not make a password"; }
+        if ! psql -X -w -q -v ON_ERROR_STOP=1 -d postgres >/dev/null 2>"$err" <<SQL; then
+SET log_statement = 'none';
+SET log_min_duration_statement = -1;
+SET password_encryption = 'scram-sha-256';
+ALTER ROLE "$role" PASSWORD '$pw';
+SQL
+            rm -f "$tmp"
+            cat "$err" >&2
+            die "cannot set the password of role $role on $PGHOST:$PGPORT"
+        fi
+        printf '%s:%s:%s:%s:%s\n' "$PASS_HOST" "$port" "$role" "$role" "$pw" >>"$tmp"
+    done
+    chmod 0600 "$tmp"
+    mv -f "$tmp" "$PASSFILE"
+    info "new passwords for ${*}; written to $PASSFILE (0600)"
+}
+
+connect_env() { # PGHOST/PGPORT/PGUSER of the server: given, or from ensure
+    if [[ -z "${PGPORT:-}" ]]; then
+        envs="$(ensure)" || exit 1
+        eval "$envs"
+    fi
+    export PGHOST="${PGHOST:-127.0.0.1}" PGPORT PGUSER="${PGUSER:-postgres}"
+}
+
 # -------------------------------------------------------------------- commands
 case "$CMD" in
     ensure)
@@ -241,11 +378,7 @@ case "$CMD" in
         ;;
     create-dbs)
         [[ ${#NAMES[@]} -gt 0 ]] || die "create-dbs needs database names"
-        if [[ -z "${PGPORT:-}" ]]; then
-            envs="$(ensure)" || exit 1
-            eval "$envs"
-        fi
-        export PGHOST="${PGHOST:-127.0.0.1}" PGPORT PGUSER="${PGUSER:-postgres}"
+        connect_env
         db_exists() { [[ "$(psql -X -w -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$1'")" == 1 ]]; }
         err="$(mktemp)"
         trap 'rm -f "$err"' EXIT
@@ -268,5 +401,21 @@ case "$CMD" in
             own_database "$db" || die "cannot give database $db its own role on $PGHOST:$PGPORT"
         done
         echo "pg.sh: databases on $PGHOST:$PGPORT: created ${created[*]:-none}; present ${present[*]:-none}; each owned by the role of its name"
+        if [[ -n "$PASSFILE" ]]; then
+            set_passwords "${created[@]}" "${present[@]}"
+        fi
+        ;;
+    passwords)
+        [[ ${#NAMES[@]} -gt 0 ]] || die "passwords needs role names"
+        [[ -n "$PASSFILE" ]] || die "passwords needs --passfile FILE"
+        connect_env
+        err="$(mktemp)"
+        trap 'rm -f "$err"' EXIT
+        roles=()
+        for n in "${NAMES[@]}"; do
+            [[ "$PREFIX$n" =~ ^[a-z_][a-z0-9_]*$ ]] || die "bad role name: $PREFIX$n (use [a-z0-9_])"
+            roles+=("$PREFIX$n")
+        done
+        set_passwords "${roles[@]}"
         ;;
 esac
