@@ -140,11 +140,13 @@ static void warn_superuser(PGconn *conn)
                     PQuser(conn));
 }
 
-/* PostgreSQL is waited for, never skipped. Returns 0 once migrated. */
+/* PostgreSQL is waited for, never skipped. Returns 0 once migrated. The
+ * same error again (a wrong password, say) is logged once, then once a
+ * minute while it lasts, not on every attempt. */
 static int wait_database(cm_daemon *d)
 {
-    long backoff = 200;
-    char err[256];
+    long backoff = 200, quiet_ms = 0;
+    char err[256], last[512] = "";
 
     while (!stop_requested) {
         PGconn *conn = NULL;
@@ -161,10 +163,17 @@ static int wait_database(cm_daemon *d)
             PQfinish(conn);
             return r;
         }
-        log_warning("waiting for database error=\"%s\"", conn ? cm_db_error(conn) : err);
+        if (strcmp(last, conn ? cm_db_error(conn) : err) != 0 || quiet_ms >= 60000) {
+            snprintf(last, sizeof(last), "%s", conn ? cm_db_error(conn) : err);
+            log_warning("waiting for database error=\"%s\"", last);
+            quiet_ms = 0;
+        } else {
+            log_debug("waiting for database error=\"%s\"", last);
+        }
         PQfinish(conn);
         for (long t = 0; t < backoff && !stop_requested; t += 100)
             nap(100);
+        quiet_ms += backoff;
         backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
     }
     return -ECANCELED;
