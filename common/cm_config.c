@@ -270,6 +270,9 @@ void cm_config_mask_value(const char *name, const char *value, char *out, size_t
 {
     if (cm_config_secret_name(name))
         snprintf(out, outlen, "***");
+    else if (ends_with_ci(name, "_file") || ends_with_ci(name, ".file") ||
+             ends_with_ci(name, "location"))
+        snprintf(out, outlen, "%s", value); /* a path, shown as it is */
     else
         cm_config_mask(value, out, outlen);
 }

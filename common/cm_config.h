@@ -85,7 +85,8 @@ void cm_config_mask(const char *s, char *out, size_t outlen);
  * not secret themselves. */
 bool cm_config_secret_name(const char *name);
 
-/* "***" for a secret name, else value through cm_config_mask. */
+/* "***" for a secret name, a path (names ending in _FILE, .file, location)
+ * as it is, else value through cm_config_mask. */
 void cm_config_mask_value(const char *name, const char *value, char *out, size_t outlen);
 
 /* Secret values shorter than this are not redacted inside free text (they

@@ -193,6 +193,8 @@ static void secret_names(void **state)
         assert_false(cm_config_secret_name(plain[i]));
     cm_config_mask_value("DATABASE_URL", "host=h password=pw", out, sizeof(out));
     assert_string_equal(out, "host=h password=***");
+    cm_config_mask_value("KAFKA_SASL_PASSWORD_FILE", "/run/kafka-password", out, sizeof(out));
+    assert_string_equal(out, "/run/kafka-password");
 }
 
 static int collect(void *ud, const char *var, const char *prop, const char *value)
