@@ -63,6 +63,8 @@ static const char *shown_default(const cm_cfg_item *it, char *buf, size_t len)
 {
     if (!it->def)
         return "required";
+    if (!it->def[0])
+        return "unset";
     if (it->secret || cm_config_secret_name(it->name))
         return "***";
     cm_config_mask(it->def, buf, len);

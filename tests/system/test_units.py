@@ -73,10 +73,26 @@ def generate(name, out_dir, exec_start=None):
     return path
 
 
-def run(*argv):
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, SYSTEMD_COLORS="0", SYSTEMD_PAGER="",
-                                   LC_ALL="C.UTF-8"))
+DROPIN = SYSTEMD_DIR / "credentials.conf.example"
+
+
+def run(*argv, unit_path=None):
+    """unit_path: a folder systemd searches for units and their drop-ins
+    (<unit>.d/*.conf) too."""
+    env = dict(os.environ, SYSTEMD_COLORS="0", SYSTEMD_PAGER="", LC_ALL="C.UTF-8")
+    if unit_path:
+        env["SYSTEMD_UNIT_PATH"] = f"{unit_path}:"  # trailing ':': and the defaults
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+
+
+def with_dropin(name, out_dir, text=None):
+    """The unit generated into out_dir with the credentials drop-in example
+    installed next to it as <unit>.d/credentials.conf."""
+    unit = generate(name, out_dir)
+    d = out_dir / f"{name}.service.d"
+    d.mkdir(exist_ok=True)
+    (d / "credentials.conf").write_text(DROPIN.read_text() if text is None else text)
+    return unit
 
 
 def directives(path):
@@ -145,11 +161,46 @@ def test_unit_settings(name):
         "ExecStart": f"@CMAKE_INSTALL_FULL_SBINDIR@/{name}",
         "EnvironmentFile": f"@CMAKE_INSTALL_FULL_SYSCONFDIR@/orders/{name}.env",
         "After": "network-online.target", "Wants": "network-online.target",
+        "ExecReload": "/bin/kill -HUP $MAINPID",
     }
     wrong = {k: d.get(k) for k, v in expected.items() if d.get(k) != [v]}
     assert not wrong, f"{name}.service.in: unexpected {wrong}"
     assert d.get("SystemCallFilter") == ["@system-service", "~@privileged @resources"]
     assert "MemoryMax" in d
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_credentials_dropin_verifies_and_keeps_exposure(name, analyze, tmp_path):
+    unit = with_dropin(name, tmp_path)
+    r = run(analyze, "verify", str(unit), unit_path=tmp_path)
+    output = (r.stdout + r.stderr).strip()
+    assert r.returncode == 0 and not BAD_OUTPUT.search(output), \
+        f"systemd-analyze verify {unit} with the credentials drop-in:\n{output}"
+    r = run(analyze, "security", "--offline=yes", "--no-pager", str(unit), unit_path=tmp_path)
+    m = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", r.stdout + r.stderr)
+    assert m and float(m.group(1)) <= MAX_EXPOSURE, r.stdout + r.stderr
+
+
+def test_verify_reads_the_dropin(analyze, tmp_path):
+    """The check above is not vacuous: a mistake in the drop-in is reported."""
+    unit = with_dropin("order-service", tmp_path,
+                       DROPIN.read_text().replace("LoadCredential=", "LoadCredentail=", 1))
+    r = run(analyze, "verify", str(unit), unit_path=tmp_path)
+    assert "LoadCredentail" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_dropin_passes_every_secret_as_a_credential():
+    """Each variable the daemons read a secret from points into the
+    credentials directory, at a credential that the drop-in loads."""
+    d = directives(DROPIN)
+    loaded = dict(v.split(":", 1) for v in d["LoadCredential"])
+    env = dict(v.split("=", 1) for v in d["Environment"])
+    assert set(env) == {"PGPASSFILE", "KAFKA_SASL_PASSWORD_FILE", "KAFKA_SSL_KEY_LOCATION",
+                        "HTTP_TLS_KEY"}, env
+    for var, path in env.items():
+        assert path.startswith("%d/") and path[3:] in loaded, (var, path, loaded)
+    for cred, src in loaded.items():
+        assert src.startswith("/etc/orders/credentials/%N/"), (cred, src)
 
 
 def help_variables(name):
@@ -166,12 +217,33 @@ def test_env_example_mirrors_help(name):
     """Every variable of the daemon is in its example file, set to its default."""
     text = (SYSTEMD_DIR / f"{name}.env.example").read_text()
     settings = dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", text, re.MULTILINE))
+    examples = dict(re.findall(r"^#\s*([A-Z][A-Z0-9_]*)=(.*)$", text, re.MULTILINE))
     for var, default in help_variables(name):
+        if default == "unset":  # no default: shown set (the secure value) or as an example
+            assert var in settings or var in examples, f"{name}.env.example lacks {var}"
+            continue
         assert settings.get(var) == default, \
             f"{name}.env.example: {var}={settings.get(var)!r}, --help says default {default!r}"
     assert settings.get("KAFKA_BOOTSTRAP_SERVERS") == "127.0.0.1:9092"
     assert re.search(r"^#\s*KAFKA_SECURITY_PROTOCOL=", text, re.MULTILINE)
     assert len(re.findall(r"^#\s*DATABASE_URL=", text, re.MULTILINE)) >= 2
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_env_example_shows_the_secure_settings_without_secrets(name):
+    text = (SYSTEMD_DIR / f"{name}.env.example").read_text()
+    examples = re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=(.*)$", text, re.MULTILINE)
+    urls = [v for k, v in examples if k == "DATABASE_URL"]
+    assert any("sslmode=verify-full" in u and "sslrootcert=" in u for u in urls), urls
+    # no password in any example: passwords are credentials (PGPASSFILE)
+    assert not [u for u in urls if re.search(r"password|://[^/@]*:[^/@]*@", u)], urls
+    shown = {k for k, _ in examples}
+    for var in ("HTTP_TOKENS_FILE", "HTTP_TLS_CERT", "HTTP_TLS_KEY", "KAFKA_SECURITY_PROTOCOL",
+                "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD_FILE", "KAFKA_SSL_CA_LOCATION",
+                "KAFKA_SSL_CERTIFICATE_LOCATION", "KAFKA_SSL_KEY_LOCATION", "PGPASSFILE"):
+        assert var in shown, f"{name}.env.example does not show {var}"
+    assert not re.search(r"^#?\s*KAFKA_SASL_PASSWORD=", text, re.MULTILINE), \
+        "a Kafka password belongs in a credential (KAFKA_SASL_PASSWORD_FILE)"
 
 
 @pytest.fixture(scope="module")
