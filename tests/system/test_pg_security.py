@@ -45,8 +45,8 @@ import psycopg
 import pytest
 import requests
 
-from conftest import (DB_PREFIX, LOG_DIR, PG_SH, PORT_OFFSET, SERVICES, port_in_use, run_script,
-                      uid, wait_until)
+from conftest import (DB_PREFIX, LOG_DIR, PG_SH, PORT_OFFSET, SERVICES, build_dir, port_in_use,
+                      run_script, uid, wait_until)
 
 PG_PORT = 25432 + PORT_OFFSET
 DAEMON_PORT = SERVICES["order-service"][0] + 40
@@ -58,6 +58,9 @@ DBS = ("orders", "payments", "inventory")
 # stack's: with bearer tokens on, /readyz and /metrics stay open and the API
 # answers 401 problem+json, which the secrets test reads as well.
 EXTRA_ENV = {"LOG_LEVEL": "info"}
+# A daemon started outside the stack (configuration checks only, it never
+# gets as far as HTTP): the one place this file switches HTTP auth off.
+STANDALONE_ENV = {"HTTP_AUTH": "none", "HTTP_PORT": "1", "DATABASE_URL": "host=127.0.0.1 port=1"}
 
 
 def openssl(*args, cwd):
@@ -369,3 +372,34 @@ def test_no_secret_in_log_metrics_help_or_problems(secure, pg, tls_key, via):
     for secret in [db_pw, sasl_pw, key_pw, *key_body]:
         for what, text in outputs.items():
             assert secret not in text, f"a secret ({secret[:4]}...) in the {what}"
+
+
+@pytest.mark.parametrize("case", ["both", "missing", "too-big"])
+def test_kafka_secret_file_mistakes_stop_daemon_and_orderctl(tmp_path, case):
+    """Config errors of KAFKA_<NAME>_FILE, before anything is reached: the
+    daemon exits 78 naming the variable, orderctl refuses too; neither
+    prints the secret."""
+    pw = scram_looking()
+    f = tmp_path / "kafka-password"
+    f.write_text(pw + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "HTTP_"))}
+    env.update(STANDALONE_ENV, KAFKA_SASL_PASSWORD_FILE=str(f))
+    if case == "both":
+        env["KAFKA_SASL_PASSWORD"] = pw
+        want = "both KAFKA_SASL_PASSWORD and KAFKA_SASL_PASSWORD_FILE are set"
+    elif case == "missing":
+        env["KAFKA_SASL_PASSWORD_FILE"] = str(tmp_path / "no-such-file")
+        want = f'cannot read KAFKA_SASL_PASSWORD_FILE="{tmp_path}/no-such-file"'
+    else:
+        f.write_text("x" * (64 * 1024 + 1))
+        want = "KAFKA_SASL_PASSWORD_FILE"
+    daemon = build_dir() / "order-service" / "order-service"
+    r = subprocess.run([str(daemon)], env=env, capture_output=True, text=True, timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode == 78 and want in out and "configuration error" in out, (r.returncode, out)
+    assert pw not in out
+    r = subprocess.run([str(build_dir() / "tools" / "orderctl"), "dlt", "depth",
+                        "--bootstrap", "127.0.0.1:1"], env=env, capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode != 0 and want in r.stderr, (r.returncode, r.stderr)
+    assert pw not in r.stdout + r.stderr
