@@ -245,10 +245,16 @@ static void mask_conninfo(const char *s, char *out, size_t outlen, size_t *len)
                 if (*s == '\\' && s[1])
                     s++;
         }
-        if (contains_ci(key, klen, "password"))
+        if (contains_ci(key, klen, "password")) {
             put(out, outlen, len, "***", 3);
-        else
+        } else if (contains_ci(v, (size_t)(s - v), "://")) {
+            /* a URI as a value (dbname=postgresql://u:pw@h/db): masked too */
+            char uri[512];
+            snprintf(uri, sizeof(uri), "%.*s", (int)(s - v), v);
+            mask_uri(uri, strstr(uri, "://"), out, outlen, len);
+        } else {
             put(out, outlen, len, v, (size_t)(s - v));
+        }
     }
 }
 

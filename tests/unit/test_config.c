@@ -157,9 +157,9 @@ static void every_password_form_is_masked(void **state)
     expect_mask("", "");
     /* not conninfo: everything from "password" on is hidden */
     expect_mask("host=db garbage password s3cret", "host=db garbage ***");
-    /* a URI inside a value is just a value */
+    /* a URI as a value (libpq expands a dbname that is one) */
     expect_mask("dbname=postgresql://u:pw@h/db password=x",
-                "dbname=postgresql://u:pw@h/db password=***");
+                "dbname=postgresql://u:***@h/db password=***");
 }
 
 static void secret_names(void **state)
