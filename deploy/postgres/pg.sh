@@ -55,7 +55,7 @@ Commands:
         Connects with PGHOST/PGPORT/PGUSER from the environment when PGPORT is set,
         otherwise runs 'ensure' first. --passfile FILE: then 'passwords' too.
   passwords --passfile FILE [--prefix PFX] [--pass-host H] [ensure options] NAME...
-        Gives each role PFX+NAME a new random password (192 bits, [A-Za-z0-9])
+        Gives each role PFX+NAME a new random password (32 of [A-Za-z0-9]: 190 bits)
         and writes it to the libpq password file FILE (mode 0600; lines of other
         roles are kept, the role's old line replaced):
           H:PORT:PFX+NAME:PFX+NAME:password        (H default '*': any host)
@@ -321,8 +321,12 @@ set_passwords() { # role...
         grep -Ev "$skip" "$PASSFILE" >"$tmp" || true
     fi
     for role in "$@"; do
-        pw="$(head -c 24 /dev/urandom | base64 | tr -d '+/=\n')"
-        [[ "$pw" =~ ^[A-Za-z0-9]{20,}$ ]] || { rm -f "$tmp"; die "could not make a password"; }
+        # 32 characters of [A-Za-z0-9]: 190 bits, nothing pgpass must escape
+        pw=""
+        while (( ${#pw} < 32 )); do
+            pw+="$(head -c 48 /dev/urandom | base64 -w0 | tr -dc 'A-Za-z0-9')"
+        done
+        pw="${pw:0:32}"
         if ! psql -X -w -q -v ON_ERROR_STOP=1 -d postgres >/dev/null 2>"$err" <<SQL; then
 SET log_statement = 'none';
 SET log_min_duration_statement = -1;

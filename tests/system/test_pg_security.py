@@ -33,6 +33,7 @@ placed through it, so the stack's daemons see nothing of it.
 
 import base64
 import os
+import re
 import secrets as pysecrets
 import shutil
 import stat
@@ -87,7 +88,7 @@ def pg():
             assert (host, port, db) == ("*", str(PG_PORT), user), line
             passwords[user] = pw
         assert set(passwords) == {DB_PREFIX + n for n in DBS}
-        assert all(len(p) >= 30 for p in passwords.values())
+        assert all(re.fullmatch(r"[A-Za-z0-9]{32}", p) for p in passwords.values()), passwords.keys()
         yield {"dir": d, "tmp": tmp, "env": env, "ca": env["PGSSLROOTCERT"],
                "passfile": passfile, "passwords": passwords}
     finally:
