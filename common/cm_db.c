@@ -3,6 +3,7 @@
  */
 #include "cm_db.h"
 
+#include "cm_config.h"
 #include "cm_log.h"
 
 #include <errno.h>
@@ -120,7 +121,8 @@ const char *cm_db_error(PGconn *conn)
     const char *m = conn ? PQerrorMessage(conn) : "no connection";
     size_t n;
 
-    snprintf(buf, sizeof(buf), "%s", m && *m ? m : "unknown error");
+    /* a password of the connection string never reaches a log line */
+    cm_config_redact(m && *m ? m : "unknown error", buf, sizeof(buf));
     n = strlen(buf);
     while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
         buf[--n] = '\0';
@@ -143,7 +145,15 @@ int cm_db_connect(const char *url, PGconn **ret, char *err, size_t errlen)
                                        "dbname",
                                        NULL};
     const char *values[] = {"5", "10", "5", "3", cm_log_ident(), url, NULL};
-    PGconn *conn = PQconnectdbParams(keys, values, 1);
+    PQconninfoOption *opts = PQconninfoParse(url, NULL);
+    PGconn *conn;
+
+    /* Its password, if the URL has one, is redacted from libpq's messages. */
+    for (PQconninfoOption *o = opts; o && o->keyword; o++)
+        if (o->val && *o->val && strstr(o->keyword, "password"))
+            cm_config_secret_add(o->val);
+    PQconninfoFree(opts);
+    conn = PQconnectdbParams(keys, values, 1);
 
     if (!conn || PQstatus(conn) != CONNECTION_OK) {
         snprintf(err, errlen, "%s", cm_db_error(conn));
