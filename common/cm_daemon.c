@@ -248,9 +248,9 @@ static int load_config(cm_daemon *d, cm_cfg_item *items, char *err, size_t errle
         r = -EINVAL;
     }
     if (r == 0)
-        r = check_http_config(&d->base, err, errlen);
-    if (r == 0)
         r = cm_kafka_check_env(err, errlen);
+    if (r == 0)
+        r = check_http_config(&d->base, err, errlen);
     return r;
 }
 
