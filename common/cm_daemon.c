@@ -81,7 +81,7 @@ static void usage(const cm_daemon_def *def, const cm_cfg_item *items)
            def->name, def->description);
     for (size_t i = 0; i < NBASE; i++)
         printf("  %-18s %s (default: %s)\n", items[i].name, items[i].help,
-               items[i].def ? (items[i].def[0] ? items[i].def : "unset") : "required");
+               items[i].def ? items[i].def : "required");
     for (size_t i = 0; i < def->ncfg_items; i++)
         printf("  %-18s %s (default: %s)\n", def->cfg_items[i].name, def->cfg_items[i].help,
                def->cfg_items[i].def ? def->cfg_items[i].def : "required");

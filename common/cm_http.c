@@ -427,15 +427,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     if (*upload_size > 0) {
         if (st->denied) {
-            /* Discarded, never stored; the chunked case is capped too. */
-            st->len += *upload_size;
-            *upload_size = 0;
-            if (st->len > h->body_max) {
-                cm_http_resp resp = st->denial;
-                st->denial = (cm_http_resp){0};
-                st->finished = true;
-                return finish(h, c, st, st->route, method, &resp, NULL);
-            }
+            /* Discarded unread; the answer goes once the upload is over
+             * (libmicrohttpd takes none while a body is still arriving). */
+            st->len = 0;
         } else if (!st->too_large && st->len + *upload_size <= h->body_max) {
             char *nb = realloc(st->body, st->len + *upload_size + 1);
             if (!nb)
