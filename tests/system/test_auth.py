@@ -322,11 +322,42 @@ def reloaded(daemon, since, what):
     return seen
 
 
+def orderctl(*args, stdin=None):
+    return subprocess.run([str(build_dir() / "tools" / "orderctl"), *args], input=stdin,
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_orderctl_token_new_and_hash():
+    cp = orderctl("token", "new", "--name", "ci.bench-1", "--scope", "orders:write,orders:read")
+    assert cp.returncode == 0, cp.stderr
+    tok, line = cp.stdout.splitlines()
+    assert tok.startswith("ot_") and len(tok) == 46, tok
+    assert base64.urlsafe_b64decode(tok[3:] + "=") and len(base64.urlsafe_b64decode(
+        tok[3:] + "=")) == 32
+    assert line + "\n" == token_line("ci.bench-1", tok, ["orders:write", "orders:read"])
+    assert tok not in cp.stderr and "shown once" in cp.stderr
+    again = orderctl("token", "new", "--name", "x", "--scope", "orders:read").stdout
+    assert again.split()[0] != tok
+    cp = orderctl("token", "hash", stdin=tok + "\n")
+    assert cp.returncode == 0 and cp.stdout.strip() == token_hash(tok), cp
+    cp = orderctl("token", "hash", "--name", "n", "--scope", "orders:read", stdin=tok)
+    assert cp.stdout == token_line("n", tok, ["orders:read"]), cp
+    for args, says in ((["--name", "a b", "--scope", "orders:read"], "--name"),
+                       (["--name", "a", "--scope", "orders:wrote"], "unknown scope"),
+                       (["--name", "a", "--scope", "orders:read,"], "unknown scope"),
+                       (["--name", "a"], "--scope"),
+                       (["--scope", "orders:read"], "--name")):
+        cp = orderctl("token", "new", *args)
+        assert cp.returncode == 2 and says in cp.stderr and not cp.stdout, (args, cp)
+    assert orderctl("token", "hash", stdin="").returncode == 2
+    assert "token new" in orderctl("--help").stdout
+
+
 def test_sighup_revokes_and_adds_tokens_without_restart(stack):
     d = stack.daemons["order-service"]
     pid = d.pid
     revoked = TOKENS["only-orders-read"][0]
-    late = new_token()
+    late = orderctl("token", "new", "--name", "late", "--scope", "orders:read").stdout.split()[0]
     oid = stack.orders.create_ok(stack.uid("hup-c"), stack.uid("hup-s"), 1, 1)
     assert call(stack, "orders", "GET", f"/orders/{oid}", bearer(revoked)).status_code == 200
     assert_401(call(stack, "orders", "GET", f"/orders/{oid}", bearer(late)), True)
