@@ -392,9 +392,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         /* Authorization first, from the headers alone: a request that may
          * not reach the route never has its body stored or parsed. */
         if (rt && !authorize(h, c, rt, method, st)) {
+            const char *expect = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Expect");
             st->route = rt->pattern;
-            if (!te &&
-                (!cl || strtoull(cl, NULL, 10) == 0 || strtoull(cl, NULL, 10) > h->body_max)) {
+            /* At once when no body follows, when the client waits for
+             * "100 Continue" before sending it, or when it is too large to
+             * drain; else after the body, so that the client, still sending,
+             * reads the answer instead of a reset. */
+            if ((expect && strncasecmp(expect, "100-continue", 12) == 0) ||
+                (!te &&
+                 (!cl || strtoull(cl, NULL, 10) == 0 || strtoull(cl, NULL, 10) > h->body_max))) {
                 cm_http_resp resp = st->denial;
                 st->denial = (cm_http_resp){0};
                 st->finished = true;

@@ -205,6 +205,23 @@ def test_two_authorization_headers_are_refused(stack):
     assert stack.payments.balance(cust) is None
 
 
+def test_refused_before_the_body_is_sent(stack):
+    """A client that waits for "100 Continue" gets the 401 instead, its body
+    never asked for; one that sends its body gets the 401 after it."""
+    port = stack.daemons["payment-service"].port
+    cust = stack.uid("expect-c")
+    head = (f"PUT /accounts/{cust} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: 18\r\n"
+            f"Expect: 100-continue\r\n\r\n").encode()
+    out = raw(port, head, timeout=5)  # the body is never sent
+    assert out.startswith(b"HTTP/1.1 401"), out[:200]
+    assert b"100 Continue" not in out, out[:200]
+    body = b'{"balanceCents":5}'
+    out = raw(port, head.replace(b"Expect: 100-continue\r\n", b"") + body)
+    assert out.startswith(b"HTTP/1.1 401"), out[:200]
+    assert stack.payments.balance(cust) is None
+
+
 def test_scheme_and_header_name_are_case_insensitive(stack):
     cust = stack.uid("case-c")
     good = TOKENS["admin"][0]
