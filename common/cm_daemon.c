@@ -11,6 +11,7 @@
 #include "ev_event.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -20,11 +21,14 @@
 #include <unistd.h>
 
 static volatile sig_atomic_t stop_requested;
+static volatile sig_atomic_t reload_requested;
 
 static void on_signal(int sig)
 {
-    (void)sig;
-    stop_requested = 1;
+    if (sig == SIGHUP)
+        reload_requested = 1;
+    else
+        stop_requested = 1;
 }
 
 #define BASE(f) offsetof(cm_base_config, f)
@@ -55,6 +59,18 @@ static const cm_cfg_item base_items[] = {
      "retries of a failing record before it is dead-lettered"},
     {"RETRY_BACKOFF", CM_CFG_DURATION, "2s", 0, 60000, BASE(retry_backoff_ms), false,
      "wait between those retries (ms, or with unit: 500ms, 2s)"},
+    {"HTTP_AUTH", CM_CFG_STRING, "tokens", 0, 0, BASE(http_auth), false,
+     "tokens (bearer tokens from HTTP_TOKENS_FILE) or none (no authentication)"},
+    {"HTTP_TOKENS_FILE", CM_CFG_STRING, "", 0, 0, BASE(http_tokens_file), false,
+     "token file: '<sha256-hex> <name> <scope>[,...]' lines; re-read on SIGHUP"},
+    {"METRICS_TOKEN_SCOPE", CM_CFG_STRING, "", 0, 0, BASE(metrics_token_scope), false,
+     "scope a token needs for /metrics (e.g. metrics:read); empty = open"},
+    {"HTTP_TLS_CERT", CM_CFG_STRING, "", 0, 0, BASE(http_tls_cert), false,
+     "PEM certificate (chain) file; with HTTP_TLS_KEY: HTTPS only, TLS 1.2+"},
+    {"HTTP_TLS_KEY", CM_CFG_STRING, "", 0, 0, BASE(http_tls_key), false,
+     "PEM private key file of HTTP_TLS_CERT (read once at start)"},
+    {"HTTP_CLIENT_CONNECTIONS", CM_CFG_INT, "128", 0, 1000, BASE(http_client_connections), false,
+     "HTTP connections at once from one client address; 0 = no limit"},
 };
 #define NBASE (sizeof(base_items) / sizeof(base_items[0]))
 
@@ -93,6 +109,142 @@ static void usage(const cm_daemon_def *def, const cm_cfg_item *items)
            "KAFKA_<PROPERTY>", "KAFKA_<PROPERTY>_FILE", "", "", "", "");
 }
 
+static bool is_loopback(const char *addr)
+{
+    return strncmp(addr, "127.", 4) == 0 || strcmp(addr, "::1") == 0 ||
+           strcmp(addr, "localhost") == 0;
+}
+
+static int check_http_config(const cm_base_config *b, char *err, size_t errlen)
+{
+    if (strcmp(b->http_auth, "tokens") != 0 && strcmp(b->http_auth, "none") != 0) {
+        snprintf(err, errlen, "invalid HTTP_AUTH=\"%s\": must be tokens or none", b->http_auth);
+        return -EINVAL;
+    }
+    if (strcmp(b->http_auth, "tokens") == 0 && !b->http_tokens_file[0]) {
+        snprintf(err, errlen,
+                 "HTTP_TOKENS_FILE is not set: the HTTP API needs a token file (make tokens with "
+                 "'orderctl token new'), or set HTTP_AUTH=none to run without authentication");
+        return -EINVAL;
+    }
+    if (b->metrics_token_scope[0] &&
+        !cm_auth_scope_valid(b->metrics_token_scope, strlen(b->metrics_token_scope))) {
+        snprintf(err, errlen,
+                 "invalid METRICS_TOKEN_SCOPE=\"%s\": must be a scope like metrics:read",
+                 b->metrics_token_scope);
+        return -EINVAL;
+    }
+    if (!b->http_tls_cert[0] != !b->http_tls_key[0]) {
+        snprintf(err, errlen, "%s is set but %s is not: HTTPS needs both",
+                 b->http_tls_cert[0] ? "HTTP_TLS_CERT" : "HTTP_TLS_KEY",
+                 b->http_tls_cert[0] ? "HTTP_TLS_KEY" : "HTTP_TLS_CERT");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Reads a whole PEM file (at most 1 MiB) into a new string. */
+static int read_pem(const char *var, const char *path, char **ret, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "re");
+    char *buf = NULL;
+    size_t len = 0;
+
+    if (!f) {
+        snprintf(err, errlen, "%s=%s: %s", var, path, strerror(errno));
+        return -errno;
+    }
+    buf = malloc(1024 * 1024 + 1);
+    if (buf)
+        len = fread(buf, 1, 1024 * 1024 + 1, f);
+    fclose(f);
+    if (!buf || len == 0 || len > 1024 * 1024) {
+        snprintf(err, errlen, "%s=%s: %s", var, path,
+                 !buf  ? "out of memory"
+                 : len ? "larger than 1 MiB"
+                       : "empty");
+        free(buf);
+        return -EINVAL;
+    }
+    buf[len] = '\0';
+    *ret = buf;
+    return 0;
+}
+
+static void free_secret(char *s)
+{
+    if (s) {
+        explicit_bzero(s, strlen(s));
+        free(s);
+    }
+}
+
+/* Token table and TLS material, before anything else starts: a daemon that
+ * cannot authenticate or serve HTTPS as configured must not start at all. */
+static int setup_http_security(cm_daemon *d, char *err, size_t errlen)
+{
+    const cm_base_config *b = &d->base;
+    size_t n = 0;
+    int r;
+
+    if (b->http_tls_cert[0]) {
+        if (!cm_http_tls_supported()) {
+            snprintf(err, errlen,
+                     "HTTP_TLS_CERT is set but this libmicrohttpd was built without TLS support");
+            return -ENOTSUP;
+        }
+        r = read_pem("HTTP_TLS_CERT", b->http_tls_cert, &d->tls_cert, err, errlen);
+        if (r == 0)
+            r = read_pem("HTTP_TLS_KEY", b->http_tls_key, &d->tls_key, err, errlen);
+        if (r < 0)
+            return r;
+    }
+    if (strcmp(b->http_auth, "none") == 0) {
+        log_warning("HTTP_AUTH=none: the HTTP API is open to anyone who can reach %s:%lld "
+                    "(funding accounts and setting stock included)",
+                    b->http_addr, b->http_port);
+        return 0;
+    }
+    if ((r = cm_auth_new(&d->auth)) < 0) {
+        snprintf(err, errlen, "out of memory");
+        return r;
+    }
+    r = cm_auth_load(d->auth, b->http_tokens_file, &n, err, errlen);
+    if (r < 0)
+        return r;
+    log_info("loaded %zu tokens from %s", n, b->http_tokens_file);
+    if (!b->http_tls_cert[0] && !is_loopback(b->http_addr))
+        log_warning("HTTP_ADDR=%s is not a loopback address and HTTPS is off: bearer tokens "
+                    "cross the network in clear text (set HTTP_TLS_CERT and HTTP_TLS_KEY)",
+                    b->http_addr);
+    return 0;
+}
+
+/* SIGHUP only sets a flag; this thread does the reload. */
+static void *reload_thread(void *arg)
+{
+    cm_daemon *d = arg;
+    char err[512];
+    size_t n = 0;
+
+    while (!stop_requested) {
+        struct timespec ts = {0, 100 * 1000000L};
+        nanosleep(&ts, NULL);
+        if (!reload_requested)
+            continue;
+        reload_requested = 0;
+        if (!d->auth) {
+            log_info("SIGHUP: nothing to reload (HTTP_AUTH=none)");
+            continue;
+        }
+        if (cm_auth_load(d->auth, d->base.http_tokens_file, &n, err, sizeof(err)) < 0)
+            log_error("token file not reloaded, keeping the tokens in force error=\"%s\"", err);
+        else
+            log_info("reloaded %zu tokens from %s", n, d->base.http_tokens_file);
+    }
+    return NULL;
+}
+
 static int load_config(cm_daemon *d, cm_cfg_item *items, char *err, size_t errlen)
 {
     static char port[8];
@@ -115,6 +267,8 @@ static int load_config(cm_daemon *d, cm_cfg_item *items, char *err, size_t errle
     }
     if (r == 0)
         r = cm_kafka_check_env(err, errlen);
+    if (r == 0)
+        r = check_http_config(&d->base, err, errlen);
     return r;
 }
 
@@ -340,9 +494,11 @@ static int run(cm_daemon *d)
 
     if (!routes)
         return -ENOMEM;
-    routes[0] = (cm_http_route){"GET", "/healthz", health_route, NULL};
-    routes[1] = (cm_http_route){"GET", "/readyz", ready_route, NULL};
-    routes[2] = (cm_http_route){"GET", "/metrics", metrics_route, NULL};
+    routes[0] = (cm_http_route){"GET", "/healthz", health_route, NULL, NULL};
+    routes[1] = (cm_http_route){"GET", "/readyz", ready_route, NULL, NULL};
+    routes[2] =
+        (cm_http_route){"GET", "/metrics", metrics_route, NULL,
+                        d->base.metrics_token_scope[0] ? d->base.metrics_token_scope : NULL};
     memcpy(routes + 3, d->def->routes, d->def->nroutes * sizeof(*routes));
 
     r = cm_dbpool_new(d->base.database_url, (size_t)d->base.db_pool_size, &d->pool);
@@ -355,10 +511,22 @@ static int run(cm_daemon *d)
         /* Requests wait for their commit suspended, not on a thread, so more
          * threads than CPUs only add context switches. */
         long threads = d->base.http_threads ? d->base.http_threads : sysconf(_SC_NPROCESSORS_ONLN);
-        r = cm_http_start(d->base.http_addr, (int)d->base.http_port, threads > 0 ? (int)threads : 1,
-                          (size_t)d->base.http_body_max, routes, nroutes, d, d->health.metrics,
-                          &d->http);
-        if (r < 0)
+        cm_http_opts ho = {
+            .addr = d->base.http_addr,
+            .port = (int)d->base.http_port,
+            .threads = threads > 0 ? (int)threads : 1,
+            .body_max = (size_t)d->base.http_body_max,
+            .per_ip_limit = (unsigned)d->base.http_client_connections,
+            .tls_cert = d->tls_cert,
+            .tls_key = d->tls_key,
+            .auth = d->auth,
+        };
+        r = cm_http_start(&ho, routes, nroutes, d, d->health.metrics, &d->http);
+        if (r == -EPROTO)
+            log_error("could not start HTTPS on %s:%lld: check that HTTP_TLS_CERT=%s and "
+                      "HTTP_TLS_KEY hold a matching PEM certificate and key",
+                      d->base.http_addr, d->base.http_port, d->base.http_tls_cert);
+        else if (r < 0)
             log_error("could not listen on %s:%lld", d->base.http_addr, d->base.http_port);
     }
     if (r == 0) {
@@ -380,8 +548,8 @@ static int run(cm_daemon *d)
         };
         cm_notify_init(&d->notify, &d->health);
         atomic_store(&d->health.started, true);
-        log_info("started http=%s:%lld group=%s", d->base.http_addr, d->base.http_port,
-                 d->base.consumer_group);
+        log_info("started http=%s://%s:%lld auth=%s group=%s", d->tls_cert ? "https" : "http",
+                 d->base.http_addr, d->base.http_port, d->base.http_auth, d->base.consumer_group);
         r = cm_consumer_run(&cc, &stop_requested);
     }
     cm_batch_stop(d->batch);
@@ -430,17 +598,34 @@ int cm_daemon_main(const cm_daemon_def *def, int argc, char **argv)
     cm_config_kafka_log();
     cm_config_kafka_each_ignored(log_ignored, NULL);
 
+    if (setup_http_security(&d, err, sizeof(err)) < 0) {
+        log_error("configuration error: %s", err);
+        cm_auth_free(d.auth);
+        free_secret(d.tls_cert);
+        free_secret(d.tls_key);
+        return 78; /* EX_CONFIG */
+    }
+
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    pthread_t reloader;
+    bool reloading = pthread_create(&reloader, NULL, reload_thread, &d) == 0;
     r = init_metrics(&d);
     if (r == 0)
         r = wait_database(&d);
     if (r == 0)
         r = run(&d);
+    stop_requested = 1;
+    if (reloading)
+        pthread_join(reloader, NULL);
     cm_metrics_free(d.health.metrics);
+    cm_auth_free(d.auth);
+    free_secret(d.tls_cert);
+    free_secret(d.tls_key);
     if (r < 0 && r != -ECANCELED) {
         log_error("exiting after error code=%d", r);
         return 1;

@@ -9,6 +9,7 @@
  *      daemon is told to stop) and apply the migrations;
  *   3. start the outbox relay, the HTTP server (with /healthz and /readyz),
  *      then run the consumer loop on the main thread;
+ *   SIGHUP reloads the HTTP token file (a bad file keeps the old tokens);
  *   4. on SIGTERM or SIGINT drain in a fixed order: stop HTTP, close the
  *      consumer (the group rebalances at once), stop the relay (flushing the
  *      producer), close the database.
@@ -40,6 +41,12 @@ typedef struct {
     long long write_batch;
     long long retry_max;
     long long retry_backoff_ms;
+    const char *http_auth;        /* "tokens" or "none" */
+    const char *http_tokens_file; /* "" = not set */
+    const char *metrics_token_scope;
+    const char *http_tls_cert;
+    const char *http_tls_key;
+    long long http_client_connections;
 } cm_base_config;
 
 typedef struct {
@@ -75,6 +82,9 @@ typedef struct {
     cm_health health;
     cm_dbpool *pool; /* for HTTP handlers */
     cm_http *http;
+    cm_auth *auth;  /* NULL with HTTP_AUTH=none */
+    char *tls_cert; /* PEM contents, read once at start */
+    char *tls_key;
     cm_batch *batch; /* when def->batch_flush is set */
     cm_notify notify;
 } cm_daemon;

@@ -5,6 +5,7 @@
 
 #include "cm_log.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <microhttpd.h>
 #include <netdb.h>
@@ -25,6 +26,7 @@ struct cm_http {
     size_t body_max;
     void *ctx;
     cm_metrics *metrics;
+    cm_auth *auth;
 };
 
 /* Per-request state, from the first callback to request completion; also
@@ -38,6 +40,12 @@ typedef struct cm_http_pending {
     const char *route;    /* pattern of the route that kept the request */
     atomic_bool answered; /* resp below holds the answer */
     cm_http_resp resp;
+    bool denied;                  /* 401/403 decided from the headers: body discarded */
+    cm_http_resp denial;          /* that answer */
+    bool audit;                   /* a state-changing route: log the outcome */
+    char token[CM_AUTH_NAME_MAX]; /* name of the token presented, "-" with auth off */
+    const char *url;              /* libmicrohttpd's, valid for the whole request */
+    bool finished;                /* answered early: ignore what else arrives */
 } reqstate;
 
 const char *cm_http_header(const cm_http_req *req, const char *name)
@@ -140,9 +148,38 @@ static enum MHD_Result send_resp(struct MHD_Connection *c, cm_http_resp *resp, c
         MHD_add_response_header(r, "Location", resp->location);
     if (allow)
         MHD_add_response_header(r, "Allow", allow);
+    if (resp->www_auth[0])
+        MHD_add_response_header(r, "WWW-Authenticate", resp->www_auth);
     ret = MHD_queue_response(c, (unsigned)resp->status, r);
     MHD_destroy_response(r);
     return ret;
+}
+
+/* Copies a client-supplied string for a log line: printable ASCII only,
+ * quotes and backslashes replaced, at most 64 characters. */
+static void log_safe(const char *s, char *out, size_t outlen)
+{
+    size_t o = 0;
+
+    for (; s && *s && o + 1 < outlen && o < 64; s++)
+        out[o++] = (*s > 0x20 && *s < 0x7f && *s != '"' && *s != '\\') ? *s : '?';
+    out[o] = '\0';
+}
+
+static void audit(const reqstate *st, const char *route, const char *method, const char *url,
+                  const cm_http_resp *resp)
+{
+    const char *param = NULL, *slash = strrchr(route, '/');
+    char p[72] = "", oid[72] = "";
+    json_t *id = resp->body ? json_object_get(resp->body, "orderId") : NULL;
+
+    if (slash && strcmp(slash, "/{}") == 0 && strlen(url) >= (size_t)(slash - route) + 1)
+        param = url + (slash - route) + 1;
+    log_safe(param, p, sizeof(p));
+    if (resp->status == 202 && json_is_string(id))
+        log_safe(json_string_value(id), oid, sizeof(oid));
+    log_notice("audit token=%s method=%s route=%s param=\"%s\" status=%d%s%s", st->token, method,
+               route, p, resp->status, oid[0] ? " order_id=" : "", oid);
 }
 
 static enum MHD_Result finish(cm_http *h, struct MHD_Connection *c, reqstate *st, const char *route,
@@ -151,6 +188,9 @@ static enum MHD_Result finish(cm_http *h, struct MHD_Connection *c, reqstate *st
     struct timespec now;
     char labels[192];
     double secs;
+
+    if (st->audit)
+        audit(st, route, method, st->url, resp);
 
     clock_gettime(CLOCK_MONOTONIC, &now);
     secs =
@@ -185,25 +225,39 @@ static bool run_async(cm_http *h, struct MHD_Connection *c, reqstate *st, const 
     return false;
 }
 
+/* The route for method on url, or NULL (then allow lists the methods of
+ * the routes whose pattern matched, if any). */
+static const cm_http_route *find_route(cm_http *h, const char *url, const char *method,
+                                       const char **param, char *allow, size_t allowlen)
+{
+    allow[0] = '\0';
+    for (size_t i = 0; i < h->nroutes; i++) {
+        const cm_http_route *rt = &h->routes[i];
+        if (!match(rt->pattern, url, param))
+            continue;
+        if (strcmp(rt->method, method) == 0)
+            return rt;
+        if (!strstr(allow, rt->method))
+            snprintf(allow + strlen(allow), allowlen - strlen(allow), "%s%s", allow[0] ? ", " : "",
+                     rt->method);
+    }
+    return NULL;
+}
+
 static enum MHD_Result dispatch(cm_http *h, struct MHD_Connection *c, const char *url,
                                 const char *method, reqstate *st)
 {
     cm_http_resp resp = {.status = 500};
     char allow[64] = "";
     const char *param;
+    const cm_http_route *rt = find_route(h, url, method, &param, allow, sizeof(allow));
 
-    for (size_t i = 0; i < h->nroutes; i++) {
-        const cm_http_route *rt = &h->routes[i];
-        if (!match(rt->pattern, url, &param))
-            continue;
-        if (strcmp(rt->method, method) != 0) {
-            if (!strstr(allow, rt->method))
-                snprintf(allow + strlen(allow), sizeof(allow) - strlen(allow), "%s%s",
-                         allow[0] ? ", " : "", rt->method);
-            continue;
-        }
+    if (rt) {
         cm_http_req req = {method, url, param, st->body, st->len, c};
-        if (st->too_large) {
+        if (st->denied) {
+            resp = st->denial;
+            st->denial = (cm_http_resp){0};
+        } else if (st->too_large) {
             cm_http_problem(&resp, 413, "Content Too Large", "request body exceeds %zu bytes",
                             h->body_max);
         } else if (st->len > 0 && !is_json_ctype(MHD_lookup_connection_value(c, MHD_HEADER_KIND,
@@ -227,6 +281,91 @@ static enum MHD_Result dispatch(cm_http *h, struct MHD_Connection *c, const char
     return finish(h, c, st, "unmatched", "other", &resp, NULL);
 }
 
+typedef struct {
+    int n;
+    const char *value;
+} auth_headers;
+
+static enum MHD_Result count_auth(void *cls, enum MHD_ValueKind kind, const char *key,
+                                  const char *value)
+{
+    auth_headers *a = cls;
+    (void)kind;
+    if (key && strcasecmp(key, "Authorization") == 0) {
+        a->n++;
+        a->value = value;
+    }
+    return MHD_YES;
+}
+
+static void client_addr(struct MHD_Connection *c, char *out, size_t outlen)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+
+    snprintf(out, outlen, "?");
+    if (!sa)
+        return;
+    getnameinfo(
+        sa, sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in),
+        out, (socklen_t)outlen, NULL, 0, NI_NUMERICHOST);
+}
+
+/* Decides from the headers whether the request may reach rt. Returns true
+ * if so; else fills st->denial (401/403) and logs the denial, never the
+ * credential presented. */
+static bool authorize(cm_http *h, struct MHD_Connection *c, const cm_http_route *rt,
+                      const char *method, reqstate *st)
+{
+    auth_headers ah = {0};
+    const char *tok = NULL;
+    size_t len = 0;
+    char addr[64];
+    cm_auth_result res = CM_AUTH_UNKNOWN;
+    const char *why;
+
+    snprintf(st->token, sizeof(st->token), "-");
+    if (!h->auth || !rt->scope)
+        return true;
+    MHD_get_connection_values(c, MHD_HEADER_KIND, count_auth, &ah);
+    if (ah.n == 0)
+        why = "no Authorization header";
+    else if (ah.n > 1)
+        why = "more than one Authorization header";
+    else if (!cm_auth_parse_bearer(ah.value, &tok, &len))
+        why = "Authorization is not \"Bearer <token>\"";
+    else if ((res = cm_auth_check(h->auth, tok, len, rt->scope, st->token, sizeof(st->token))) ==
+             CM_AUTH_UNKNOWN)
+        why = "unknown token";
+    else
+        why = "token lacks the scope";
+    if (res == CM_AUTH_OK)
+        return true;
+    client_addr(c, addr, sizeof(addr));
+    st->denied = true;
+    st->denial = (cm_http_resp){0};
+    if (res == CM_AUTH_FORBIDDEN) {
+        log_warning("http forbidden client=%s method=%s route=%s token=%s scope=%s", addr, method,
+                    rt->pattern, st->token, rt->scope);
+        cm_http_problem(&st->denial, 403, "Forbidden", "this token lacks the scope %s", rt->scope);
+        snprintf(st->denial.www_auth, sizeof(st->denial.www_auth),
+                 "Bearer realm=\"orders\", error=\"insufficient_scope\", scope=\"%s\"", rt->scope);
+    } else {
+        log_warning("http unauthorized client=%s method=%s route=%s reason=\"%s\"", addr, method,
+                    rt->pattern, why);
+        cm_http_problem(&st->denial, 401, "Unauthorized",
+                        "this resource needs \"Authorization: Bearer <token>\" with a valid token "
+                        "(scope %s)",
+                        rt->scope);
+        snprintf(st->denial.www_auth, sizeof(st->denial.www_auth),
+                 ah.n ? "Bearer realm=\"orders\", error=\"invalid_token\""
+                      : "Bearer realm=\"orders\"");
+        snprintf(st->token, sizeof(st->token), "-");
+    }
+    return false;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version, const char *upload,
                                   size_t *upload_size, void **con_cls)
@@ -237,20 +376,53 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 
     if (!st) {
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+        const char *te = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Transfer-Encoding");
+        const cm_http_route *rt;
+        const char *param;
+        char allow[64];
         st = calloc(1, sizeof(*st));
         if (!st)
             return MHD_NO;
         *con_cls = st;
+        st->url = url;
         clock_gettime(CLOCK_MONOTONIC, &st->start);
+        snprintf(st->token, sizeof(st->token), "-");
+        rt = find_route(h, url, method, &param, allow, sizeof(allow));
+        st->audit = rt && strcmp(rt->method, "GET") != 0;
+        /* Authorization first, from the headers alone: a request that may
+         * not reach the route never has its body stored or parsed. */
+        if (rt && !authorize(h, c, rt, method, st)) {
+            const char *expect = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Expect");
+            st->route = rt->pattern;
+            /* At once when no body follows, when the client waits for
+             * "100 Continue" before sending it, or when it is too large to
+             * drain; else after the body, so that the client, still sending,
+             * reads the answer instead of a reset. */
+            if ((expect && strncasecmp(expect, "100-continue", 12) == 0) ||
+                (!te &&
+                 (!cl || strtoull(cl, NULL, 10) == 0 || strtoull(cl, NULL, 10) > h->body_max))) {
+                cm_http_resp resp = st->denial;
+                st->denial = (cm_http_resp){0};
+                st->finished = true;
+                return finish(h, c, st, rt->pattern, method, &resp, NULL);
+            }
+            return MHD_YES; /* answered once the body is drained, unread */
+        }
         /* Refuse a declared oversize body before reading any of it: answer
          * now, libmicrohttpd then closes the connection unread. */
         if (cl && strtoull(cl, NULL, 10) > h->body_max) {
             cm_http_resp resp = {0};
             st->too_large = true;
+            st->finished = true;
+            st->audit = false;
             cm_http_problem(&resp, 413, "Content Too Large", "request body exceeds %zu bytes",
                             h->body_max);
             return finish(h, c, st, "unmatched", method, &resp, NULL);
         }
+        return MHD_YES;
+    }
+    if (st->finished) {
+        *upload_size = 0;
         return MHD_YES;
     }
     if (atomic_load(&st->answered)) {
@@ -260,7 +432,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return finish(h, c, st, st->route, method, &resp, NULL);
     }
     if (*upload_size > 0) {
-        if (!st->too_large && st->len + *upload_size <= h->body_max) {
+        if (st->denied) {
+            /* Discarded unread; the answer goes once the upload is over
+             * (libmicrohttpd takes none while a body is still arriving). */
+            st->len = 0;
+        } else if (!st->too_large && st->len + *upload_size <= h->body_max) {
             char *nb = realloc(st->body, st->len + *upload_size + 1);
             if (!nb)
                 return MHD_NO;
@@ -274,6 +450,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *upload_size = 0;
         return MHD_YES;
     }
+    if (st->denied)
+        st->len = 0;
     return dispatch(h, c, url, method, st);
 }
 
@@ -295,6 +473,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (st) {
         json_decref(st->resp.body);
         free(st->resp.text);
+        json_decref(st->denial.body);
+        free(st->denial.text);
         free(st->body);
         free(st);
     }
@@ -309,19 +489,28 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
     log_debug("libmicrohttpd msg=\"%s\"", msg);
 }
 
-int cm_http_start(const char *addr, int port, int threads, size_t body_max,
-                  const cm_http_route *routes, size_t nroutes, void *ctx, cm_metrics *metrics,
-                  cm_http **ret)
+bool cm_http_tls_supported(void)
+{
+    return MHD_is_feature_supported(MHD_FEATURE_TLS) == MHD_YES;
+}
+
+int cm_http_start(const cm_http_opts *o, const cm_http_route *routes, size_t nroutes, void *ctx,
+                  cm_metrics *metrics, cm_http **ret)
 {
     struct addrinfo hints = {.ai_flags = AI_NUMERICHOST | AI_PASSIVE, .ai_socktype = SOCK_STREAM};
     struct addrinfo *ai = NULL;
     char portstr[8];
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | MHD_USE_EPOLL |
                      MHD_ALLOW_SUSPEND_RESUME;
+    bool tls = o->tls_cert && o->tls_key;
+    struct MHD_OptionItem opts[16];
+    size_t n = 0;
     cm_http *h;
 
-    snprintf(portstr, sizeof(portstr), "%d", port);
-    if (getaddrinfo(addr, portstr, &hints, &ai) != 0 || !ai)
+    if (tls && !cm_http_tls_supported())
+        return -ENOTSUP;
+    snprintf(portstr, sizeof(portstr), "%d", o->port);
+    if (getaddrinfo(o->addr, portstr, &hints, &ai) != 0 || !ai)
         return -EINVAL;
     h = calloc(1, sizeof(*h));
     if (!h) {
@@ -330,20 +519,36 @@ int cm_http_start(const char *addr, int port, int threads, size_t body_max,
     }
     h->routes = routes;
     h->nroutes = nroutes;
-    h->body_max = body_max;
+    h->body_max = o->body_max;
     h->ctx = ctx;
     h->metrics = metrics;
+    h->auth = o->auth;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    h->daemon = MHD_start_daemon(
-        flags, (uint16_t)port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)threads, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
-        NULL, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, MHD_OPTION_END);
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, ai->ai_addr};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, o->threads, NULL};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT, 30, NULL};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT, 1000, NULL};
+    if (o->per_ip_limit)
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                                            (intptr_t)o->per_ip_limit, NULL};
+    if (tls) {
+        flags |= MHD_USE_TLS;
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, (void *)o->tls_cert};
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, (void *)o->tls_key};
+        /* TLS 1.2 and 1.3 only; GnuTLS's defaults otherwise. */
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_PRIORITIES, 0,
+                                            (void *)"NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"};
+    }
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+    h->daemon = MHD_start_daemon(flags, (uint16_t)o->port, NULL, NULL, on_request, h,
+                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+                                 MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, MHD_OPTION_ARRAY,
+                                 opts, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!h->daemon) {
         free(h);
-        return -EADDRINUSE;
+        return tls ? -EPROTO : -EADDRINUSE;
     }
     *ret = h;
     return 0;

@@ -9,6 +9,16 @@
  * most body_max bytes (else 413). Handlers run on libmicrohttpd's worker
  * threads and must be thread-safe.
  *
+ * A route may require a scope: with authentication on, the request must
+ * carry "Authorization: Bearer <token>" of a token that has it, else it gets
+ * 401 (no, malformed or unknown token; with WWW-Authenticate) or 403 (known
+ * token without the scope), both problem+json. This is decided from the
+ * headers alone, before the body is read into memory or the handler runs.
+ * Requests to routes whose method changes state (anything but GET) are
+ * audited: one log line with the token's name (never the token), method,
+ * route, path parameter and status; 401/403 are logged at warning with the
+ * client address.
+ *
  * A route may instead have an asynchronous handler: it either answers at
  * once (returns 0 with resp filled) or keeps the request open (returns 1)
  * and answers later, from any thread, with cm_http_complete(). The
@@ -17,9 +27,11 @@
  */
 #pragma once
 
+#include "cm_auth.h"
 #include "cm_metrics.h"
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 typedef struct {
@@ -37,6 +49,7 @@ typedef struct {
     char *text;         /* owned (malloc); sent as is when body is NULL */
     const char *ctype;  /* default application/json */
     char location[256]; /* Location header if non-empty */
+    char www_auth[160]; /* WWW-Authenticate header if non-empty */
 } cm_http_resp;
 
 typedef void (*cm_http_fn)(void *ctx, const cm_http_req *req, cm_http_resp *resp);
@@ -56,17 +69,34 @@ typedef struct {
     const char *pattern; /* "/orders" or "/orders/{}" */
     cm_http_fn handle;
     cm_http_async_fn handle_async; /* used instead of handle when set */
+    const char *scope;             /* required scope ("orders:write"), or NULL: open */
 } cm_http_route;
 
 typedef struct cm_http cm_http;
 
-/* Starts listening on addr:port with threads worker threads. routes must
- * outlive the server. Requests are counted in metrics (may be NULL) as
+typedef struct {
+    const char *addr;
+    int port;
+    int threads;
+    size_t body_max;
+    unsigned per_ip_limit; /* connections at once from one client address; 0 = no limit */
+    /* PEM certificate (chain) and private key: both set = HTTPS only (TLS 1.2
+     * and 1.3). Must stay valid until cm_http_stop(). */
+    const char *tls_cert;
+    const char *tls_key;
+    cm_auth *auth; /* token table, or NULL: authentication off, every route open */
+} cm_http_opts;
+
+/* Starts listening as o says. routes must outlive the server. Requests are
+ * counted in metrics (may be NULL) as
  * orders_http_requests_total{route,method,status} and
- * orders_http_request_duration_seconds{route}. Returns 0 or a negative errno. */
-int cm_http_start(const char *addr, int port, int threads, size_t body_max,
-                  const cm_http_route *routes, size_t nroutes, void *ctx, cm_metrics *metrics,
-                  cm_http **ret);
+ * orders_http_request_duration_seconds{route}. Returns 0 or a negative errno
+ * (-ENOTSUP: TLS asked for, libmicrohttpd built without it). */
+int cm_http_start(const cm_http_opts *o, const cm_http_route *routes, size_t nroutes, void *ctx,
+                  cm_metrics *metrics, cm_http **ret);
+
+/* True when libmicrohttpd was built with TLS support. */
+bool cm_http_tls_supported(void);
 /* Stops accepting and finishes requests in progress. NULL is fine. */
 void cm_http_stop(cm_http *http);
 

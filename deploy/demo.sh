@@ -4,6 +4,10 @@
 # one if it runs, else a private one), creates topics and databases, starts the
 # three daemons, places demo orders and prints how each settles. Then it keeps
 # running until Ctrl-C (or --no-wait) and stops everything it started.
+# The HTTP API runs with bearer tokens: each run makes two new ones with
+# orderctl token new, ORDERS_TOKEN (orders:write, orders:read) and ADMIN_TOKEN
+# (every scope), writes them to $STATE/tokens.env and their hashes to
+# $STATE/tokens (the daemons' HTTP_TOKENS_FILE), both mode 0600.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,6 +33,8 @@ Builds and starts the whole system locally and shows orders settling:
   order-service :$ORDERS_PORT, payment-service :$PAYMENTS_PORT, inventory-service :$INVENTORY_PORT
   databases ${DB_PREFIX}orders, ${DB_PREFIX}payments, ${DB_PREFIX}inventory
   logs in $STATE/logs/<daemon>.log
+  bearer tokens in $STATE/tokens.env (ORDERS_TOKEN, ADMIN_TOKEN; new every run),
+  their hashes in $STATE/tokens (the daemons' HTTP_TOKENS_FILE)
 
   --no-wait   stop everything right after the demo orders settled
 Environment: PRESET (CMake preset, default release); DEMO_PORT_OFFSET (added to
@@ -80,12 +86,33 @@ say "starting Kafka"
 BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
 "$ROOT/deploy/kafka/topics.sh" --bootstrap "$BOOTSTRAP"
 
+say "making bearer tokens"
+mkdir -p "$STATE"
+new_token() { # name scopes -> two lines: the token, its token-file line
+    "$BIN/tools/orderctl" token new --name "$1" --scope "$2" 2>/dev/null
+}
+{ read -r ORDERS_TOKEN; read -r orders_line; } < <(new_token demo-orders orders:write,orders:read)
+{ read -r ADMIN_TOKEN; read -r admin_line; } < <(new_token demo-admin \
+    orders:write,orders:read,payments:read,payments:admin,inventory:read,inventory:admin,metrics:read)
+[[ "$ORDERS_TOKEN" == ot_* && "$ADMIN_TOKEN" == ot_* ]] ||
+    { echo "demo: orderctl token new failed" >&2; exit 1; }
+(
+    umask 077
+    rm -f "$STATE/tokens" "$STATE/tokens.env"
+    printf '# <sha256 of the token> <name> <scopes>; made by deploy/demo.sh\n%s\n%s\n' \
+        "$orders_line" "$admin_line" >"$STATE/tokens"
+    printf 'ORDERS_TOKEN=%s\nADMIN_TOKEN=%s\n' "$ORDERS_TOKEN" "$ADMIN_TOKEN" >"$STATE/tokens.env"
+)
+printf '  %s: ORDERS_TOKEN (orders:write,orders:read), ADMIN_TOKEN (every scope)\n' \
+    "$STATE/tokens.env"
+
 say "starting the daemons"
 mkdir -p "$STATE/logs"
 start_daemon() { # name port database
     # The database's own role (pg.sh create-dbs): owner of that database only.
     local url="postgresql://$DB_PREFIX$3@$PGHOST:$PGPORT/$DB_PREFIX$3"
     env HTTP_PORT="$2" DATABASE_URL="$url" KAFKA_BOOTSTRAP_SERVERS="$BOOTSTRAP" \
+        HTTP_TOKENS_FILE="$STATE/tokens" \
         "$BIN/$1/$1" >"$STATE/logs/$1.log" 2>&1 &
     PIDS+=($!)
 }
@@ -101,7 +128,15 @@ for port in "$ORDERS_PORT" "$PAYMENTS_PORT" "$INVENTORY_PORT"; do
         { echo "demo: daemon on :$port is not ready; see $STATE/logs" >&2; exit 1; }
 done
 
-json() { curl -sf -X "$1" "$2" -H 'Content-Type: application/json' ${3:+-d "$3"}; }
+# The token goes in a header read from a pipe, not on curl's command line
+# (which every local user can read in /proc).
+auth() { printf 'Authorization: Bearer %s' "$1"; }
+get() { curl -sf -H @<(auth "$ADMIN_TOKEN") "$1"; } # url
+json() { # method url [body]; POST /orders and GET /orders with ORDERS_TOKEN, the rest ADMIN_TOKEN
+    local tok=$ADMIN_TOKEN
+    [[ "$2" == "http://127.0.0.1:$ORDERS_PORT/"* ]] && tok=$ORDERS_TOKEN
+    curl -sf -X "$1" "$2" -H 'Content-Type: application/json' -H @<(auth "$tok") ${3:+-d "$3"}
+}
 
 field() { # name json -> the value (string or number) of "name" in json (of the last, if several)
     printf '%s' "$2" | sed -n "s/.*\"$1\":\"\{0,1\}\([A-Za-z0-9_.-]*\).*/\1/p"
@@ -135,7 +170,7 @@ place() { # label customer sku quantity amountCents
 wait_settled() {
     local body="" deadline=$((SECONDS + SETTLE_TIMEOUT))
     while ((SECONDS < deadline)); do
-        body=$(curl -sf "http://127.0.0.1:$ORDERS_PORT/orders/$1" || true)
+        body=$(curl -sf -H @<(auth "$ORDERS_TOKEN") "http://127.0.0.1:$ORDERS_PORT/orders/$1" || true)
         if [[ "$body" == *'"status":"CONFIRMED"'* || "$body" == *'"status":"REJECTED"'* ]] &&
             [[ "$body" == *'"payment":{'* && "$body" == *'"inventory":{'* ]]; then
             printf '%s' "$body"
@@ -153,8 +188,8 @@ wait_settled() {
 compensated() {
     local pay res deadline=$((SECONDS + SETTLE_TIMEOUT))
     while ((SECONDS < deadline)); do
-        pay=$(field status "$(curl -sf "http://127.0.0.1:$PAYMENTS_PORT/payments/$1" || true)")
-        res=$(field status "$(curl -sf "http://127.0.0.1:$INVENTORY_PORT/reservations/$1" || true)")
+        pay=$(field status "$(get "http://127.0.0.1:$PAYMENTS_PORT/payments/$1" || true)")
+        res=$(field status "$(get "http://127.0.0.1:$INVENTORY_PORT/reservations/$1" || true)")
         if [[ "$2" == CONFIRMED ]]; then
             [[ "$pay" == CHARGED && "$res" == RESERVED ]] && { echo "$pay $res"; return 0; }
         elif [[ -n "$pay" && -n "$res" && "$pay" != CHARGED && "$res" != RESERVED ]]; then
@@ -198,10 +233,20 @@ for entry in "${ORDERS[@]}"; do
     printf '  %-34s payment %-9s stock %s\n' "$label" "$pay" "$res"
     i=$((i + 1))
 done
-balance() { field balanceCents "$(curl -sf "http://127.0.0.1:$PAYMENTS_PORT/accounts/$1")"; }
-available() { field available "$(curl -sf "http://127.0.0.1:$INVENTORY_PORT/stock/$1")"; }
+balance() { field balanceCents "$(get "http://127.0.0.1:$PAYMENTS_PORT/accounts/$1")"; }
+available() { field available "$(get "http://127.0.0.1:$INVENTORY_PORT/stock/$1")"; }
 printf '  balances: alice %s, bob %s; stock: BOOK-1 %s, LAMP-2 %s\n' \
     "$(balance alice)" "$(balance bob)" "$(available BOOK-1)" "$(available LAMP-2)"
+
+say "using the API: every request but /healthz, /readyz and /metrics needs a bearer token"
+cat <<HOWTO
+  set -a; . $STATE/tokens.env; set +a
+  curl -H "Authorization: Bearer \$ORDERS_TOKEN" http://127.0.0.1:$ORDERS_PORT/orders/<orderId>
+  $BIN/tools/orders-bench --url http://127.0.0.1:$ORDERS_PORT \\
+      --payment-url http://127.0.0.1:$PAYMENTS_PORT --inventory-url http://127.0.0.1:$INVENTORY_PORT \\
+      --orders-db "host=$PGHOST port=$PGPORT dbname=${DB_PREFIX}orders"
+  (no token: 401; a token without the scope, e.g. ORDERS_TOKEN on PUT /accounts: 403)
+HOWTO
 
 if [[ $WAIT == 1 ]]; then
     say "running: POST http://127.0.0.1:$ORDERS_PORT/orders; logs in $STATE/logs; Ctrl-C stops everything"

@@ -7,7 +7,8 @@ set -euo pipefail
 
 PACKAGES=(
     build-essential cmake pkg-config
-    librdkafka-dev libjansson-dev libpq-dev uuid-dev libmicrohttpd-dev libsystemd-dev libcmocka-dev
+    librdkafka-dev libjansson-dev libpq-dev uuid-dev libmicrohttpd-dev libssl-dev libsystemd-dev
+    libcmocka-dev openssl
     postgresql postgresql-client
     maven kcat
     python3-confluent-kafka python3-psycopg python3-pytest python3-requests python3-jsonschema

@@ -237,9 +237,9 @@ static void get_reservation(void *ctx, const cm_http_req *req, cm_http_resp *res
 }
 
 const cm_http_route is_routes[] = {
-    {"PUT", "/stock/{}", put_stock, NULL},
-    {"GET", "/stock/{}", get_stock, NULL},
-    {"GET", "/reservations/{}", get_reservation, NULL},
+    {"PUT", "/stock/{}", put_stock, NULL, "inventory:admin"},
+    {"GET", "/stock/{}", get_stock, NULL, "inventory:read"},
+    {"GET", "/reservations/{}", get_reservation, NULL, "inventory:read"},
 };
 const size_t is_nroutes = sizeof(is_routes) / sizeof(is_routes[0]);
 

@@ -344,7 +344,7 @@ static void get_order(void *ctx, const cm_http_req *req, cm_http_resp *resp)
 }
 
 const cm_http_route os_routes[] = {
-    {"POST", "/orders", NULL, post_order},
-    {"GET", "/orders/{}", get_order, NULL},
+    {"POST", "/orders", NULL, post_order, "orders:write"},
+    {"GET", "/orders/{}", get_order, NULL, "orders:read"},
 };
 const size_t os_nroutes = sizeof(os_routes) / sizeof(os_routes[0]);

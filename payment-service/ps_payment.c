@@ -244,9 +244,9 @@ static void get_payment(void *ctx, const cm_http_req *req, cm_http_resp *resp)
 }
 
 const cm_http_route ps_routes[] = {
-    {"PUT", "/accounts/{}", put_account, NULL},
-    {"GET", "/accounts/{}", get_account, NULL},
-    {"GET", "/payments/{}", get_payment, NULL},
+    {"PUT", "/accounts/{}", put_account, NULL, "payments:admin"},
+    {"GET", "/accounts/{}", get_account, NULL, "payments:read"},
+    {"GET", "/payments/{}", get_payment, NULL, "payments:read"},
 };
 const size_t ps_nroutes = sizeof(ps_routes) / sizeof(ps_routes[0]);
 

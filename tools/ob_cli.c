@@ -38,8 +38,15 @@ static const char usage_text[] =
     "                         sends its next order as soon as the last one was answered\n"
     "                         (default 0)\n"
     "  --connections C        keep-alive HTTP/1.1 connections (default 16)\n"
-    "  --header 'Name: value' extra header on every request, e.g. 'Authorization: Bearer\n"
-    "                         T' (repeatable, up to 16)\n"
+    "  --header 'Name: value' extra header on every request (repeatable, up to 16)\n"
+    "  --token TOKEN          bearer token for POST /orders (scope orders:write);\n"
+    "                         default $ORDERS_TOKEN\n"
+    "  --admin-token TOKEN    bearer token for funding and stock (PUT /accounts,\n"
+    "                         PUT /stock: payments:admin, inventory:admin); default\n"
+    "                         $ADMIN_TOKEN, else the --token. The run command writes\n"
+    "                         both to .run/tokens.env:\n"
+    "                           set -a; . .run/tokens.env; set +a; orders-bench ...\n"
+    "                         An 'Authorization:' --header replaces both\n"
     "  --request-timeout S    longest wait for one response, seconds (default 30)\n"
     "\n"
     "Orders (the run's customers and skus are named bench-<run id>-c<i> and -s<i>):\n"
@@ -49,7 +56,10 @@ static const char usage_text[] =
     "  --amount CENTS         amountCents per order (default 100)\n"
     "  --funds-factor F       funds and stock as a multiple of what the orders need;\n"
     "                         below 1 some orders are rejected (default 1: all confirm)\n"
-    "\n"
+    "\n";
+
+/* In two parts: C99 promises string literals of 4095 bytes only. */
+static const char usage_text2[] =
     "Where:\n"
     "  --url URL              order-service (default http://127.0.0.1:8080)\n"
     "  --payment-url URL      payment-service, to fund the customers\n"
@@ -216,6 +226,8 @@ enum {
     OPT_TIMEOUT,
     OPT_REQ_TIMEOUT,
     OPT_HEADER,
+    OPT_TOKEN,
+    OPT_ADMIN_TOKEN,
     OPT_PIDS,
     OPT_BROKER_PID,
     OPT_JSON,
@@ -240,6 +252,8 @@ static const struct option longopts[] = {
     {"timeout", required_argument, NULL, OPT_TIMEOUT},
     {"request-timeout", required_argument, NULL, OPT_REQ_TIMEOUT},
     {"header", required_argument, NULL, OPT_HEADER},
+    {"token", required_argument, NULL, OPT_TOKEN},
+    {"admin-token", required_argument, NULL, OPT_ADMIN_TOKEN},
     {"pids", required_argument, NULL, OPT_PIDS},
     {"broker-pid", required_argument, NULL, OPT_BROKER_PID},
     {"json", required_argument, NULL, OPT_JSON},
@@ -268,6 +282,19 @@ static void defaults(ob_opts *o)
     o->funds_factor = 1.0;
     o->timeout_s = 120;
     o->request_timeout_s = 30;
+    o->token = getenv("ORDERS_TOKEN");
+    o->admin_token = getenv("ADMIN_TOKEN");
+}
+
+/* A bearer token: RFC 6750's b64token characters only (it goes into a header). */
+static bool token_ok(const char *t)
+{
+    if (!t || !*t || strlen(t) > 512)
+        return false;
+    for (; *t; t++)
+        if (!isalnum((unsigned char)*t) && !strchr("-._~+/=", *t))
+            return false;
+    return true;
 }
 
 static int nonempty(const char **dst, const char *arg, const char *name)
@@ -350,6 +377,12 @@ static int apply(ob_opts *o, int opt, const char *arg)
             return r;
         o->headers[o->nheaders++] = arg;
         return -1;
+    case OPT_TOKEN:
+        o->token = arg;
+        return -1;
+    case OPT_ADMIN_TOKEN:
+        o->admin_token = arg;
+        return -1;
     case OPT_PIDS:
         return parse_pids(o, arg);
     case OPT_BROKER_PID:
@@ -365,6 +398,7 @@ static int apply(ob_opts *o, int opt, const char *arg)
         return -1;
     case 'h':
         fputs(usage_text, stdout);
+        fputs(usage_text2, stdout);
         return OB_EXIT_OK;
     case OPT_VERSION:
         printf("orders-bench %s\n", ORDERS_VERSION);
@@ -391,6 +425,15 @@ int ob_opts_parse(ob_opts *o, int argc, char **argv)
     }
     if (optind < argc)
         return usage("unexpected argument \"%s\"", argv[optind]);
+    if (o->token && !*o->token)
+        o->token = NULL;
+    if (o->admin_token && !*o->admin_token)
+        o->admin_token = NULL;
+    if (o->token && !token_ok(o->token))
+        return usage("--token (or $ORDERS_TOKEN) is not a bearer token (letters, digits, -._~+/=)");
+    if (o->admin_token && !token_ok(o->admin_token))
+        return usage("--admin-token (or $ADMIN_TOKEN) is not a bearer token (letters, digits, "
+                     "-._~+/=)");
     return -1;
 }
 

@@ -44,6 +44,8 @@ typedef struct {
     double request_timeout_s;            /* longest wait for one HTTP response */
     const char *headers[OB_MAX_HEADERS]; /* --header lines, "Name: value" */
     size_t nheaders;
+    const char *token;            /* bearer token for POST /orders (--token, $ORDERS_TOKEN) */
+    const char *admin_token;      /* for the set-up PUTs (--admin-token, $ADMIN_TOKEN) */
     ob_pid_arg pids[OB_MAX_PIDS]; /* --pids */
     size_t npids;
     int broker_pid;        /* --broker-pid, 0 = find it */

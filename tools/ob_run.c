@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 
 #define SETUP_TIMEOUT_MS 10000
@@ -27,18 +28,28 @@ static int parse_url(const char *what, const char *s, ob_url *u)
     return 0;
 }
 
-/* The --header lines as one block, each ending in "\r\n". */
-static int header_block(ob_run *run)
+/* The --header lines as one block, each ending in "\r\n", then
+ * "Authorization: Bearer <token>" unless a --header brought its own. */
+static int header_block(const ob_opts *o, const char *token, char **ret)
 {
     size_t len = 1, i, off = 0;
+    bool own = false;
+    char *b;
 
-    for (i = 0; i < run->o->nheaders; i++)
-        len += strlen(run->o->headers[i]) + 2;
-    if (!(run->headers = malloc(len)))
+    for (i = 0; i < o->nheaders; i++) {
+        len += strlen(o->headers[i]) + 2;
+        own = own || strncasecmp(o->headers[i], "Authorization:", 14) == 0;
+    }
+    if (token && !own)
+        len += strlen("Authorization: Bearer \r\n") + strlen(token);
+    if (!(b = malloc(len)))
         return -ENOMEM;
-    for (i = 0; i < run->o->nheaders; i++)
-        off += (size_t)snprintf(run->headers + off, len - off, "%s\r\n", run->o->headers[i]);
-    run->headers[off] = '\0';
+    for (i = 0; i < o->nheaders; i++)
+        off += (size_t)snprintf(b + off, len - off, "%s\r\n", o->headers[i]);
+    if (token && !own)
+        off += (size_t)snprintf(b + off, len - off, "Authorization: Bearer %s\r\n", token);
+    b[off] = '\0';
+    *ret = b;
     return 0;
 }
 
@@ -62,7 +73,8 @@ int ob_run_init(ob_run *run, const ob_opts *o)
     snprintf(run->run_id, sizeof(run->run_id), "%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3]);
     snprintf(run->prefix, sizeof(run->prefix), "bench-%s-", run->run_id);
     run->orders = calloc((size_t)run->n, sizeof(*run->orders));
-    if (!run->orders || header_block(run) < 0) {
+    if (!run->orders || header_block(o, o->token, &run->headers) < 0 ||
+        header_block(o, o->admin_token ? o->admin_token : o->token, &run->admin_headers) < 0) {
         ob_err("out of memory for %" PRId64 " orders", run->n);
         return OB_EXIT_INFRA;
     }
@@ -77,8 +89,10 @@ void ob_run_free(ob_run *run)
 {
     free(run->orders);
     free(run->headers);
+    free(run->admin_headers);
     run->orders = NULL;
     run->headers = NULL;
+    run->admin_headers = NULL;
 }
 
 void ob_run_customer(const ob_run *run, int64_t i, char *buf, size_t len)
@@ -96,14 +110,17 @@ static int put(ob_run *run, const ob_url *u, const char *path, const char *body)
     char err[200];
     int status = 0;
 
-    if (ob_http_simple(u, "PUT", path, run->headers, body, SETUP_TIMEOUT_MS, &status, err,
+    if (ob_http_simple(u, "PUT", path, run->admin_headers, body, SETUP_TIMEOUT_MS, &status, err,
                        sizeof(err)) < 0) {
         ob_err("could not PUT http://%s%s%s: %s", u->hostport, u->prefix, path, err);
         return OB_EXIT_INFRA;
     }
     if (status != 200) {
-        ob_err("PUT http://%s%s%s answered %d (expected 200)", u->hostport, u->prefix, path,
-               status);
+        ob_err("PUT http://%s%s%s answered %d (expected 200)%s", u->hostport, u->prefix, path,
+               status,
+               status == 401   ? ": no valid token (--admin-token or $ADMIN_TOKEN)"
+               : status == 403 ? ": the token lacks payments:admin/inventory:admin"
+                               : "");
         return OB_EXIT_INFRA;
     }
     return 0;

@@ -42,7 +42,8 @@ typedef struct {
     char run_id[9];  /* 8 hex digits */
     char prefix[24]; /* "bench-<run id>-": every customer and sku of the run starts so */
     ob_url url, payment_url, inventory_url;
-    char *headers; /* the --header lines, each ending in "\r\n" */
+    char *headers;       /* for POST /orders: the --header lines and the token, each + "\r\n" */
+    char *admin_headers; /* for the set-up PUTs: the same with the admin token */
     ob_order *orders;
     int64_t n;                      /* orders planned */
     int64_t t0_mono_ns, t0_real_ns; /* the load's time zero on both clocks */

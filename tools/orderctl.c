@@ -12,7 +12,8 @@
 static const char usage_text[] =
     "Usage: orderctl [common options] COMMAND [options]\n"
     "\n"
-    "Operate the dead-letter topics and the topics of the order system.\n"
+    "Operate the dead-letter topics and the topics of the order system; make\n"
+    "the HTTP API's bearer tokens.\n"
     "\n"
     "Commands:\n"
     "  dlt tail [-f]    print the records of the dead-letter topics, decoded\n"
@@ -21,6 +22,8 @@ static const char usage_text[] =
     "  dlt replay       send dead-letter records back to their original topic,\n"
     "                   each at most once\n"
     "  topics ensure    create the missing topics, report drift of existing ones\n"
+    "  token new        a new bearer token for the HTTP API and its token-file line\n"
+    "  token hash       the token-file hash of a token read from stdin\n"
     "\n"
     "\"orderctl COMMAND --help\" (e.g. orderctl dlt replay --help) shows the options\n"
     "of a command. Common options go before or after the command.\n"
@@ -35,10 +38,9 @@ typedef struct {
 } command;
 
 static const command commands[] = {
-    {"dlt", "tail", oc_cmd_dlt_tail},
-    {"dlt", "depth", oc_cmd_dlt_depth},
-    {"dlt", "replay", oc_cmd_dlt_replay},
-    {"topics", "ensure", oc_cmd_topics_ensure},
+    {"dlt", "tail", oc_cmd_dlt_tail},     {"dlt", "depth", oc_cmd_dlt_depth},
+    {"dlt", "replay", oc_cmd_dlt_replay}, {"topics", "ensure", oc_cmd_topics_ensure},
+    {"token", "new", oc_cmd_token_new},   {"token", "hash", oc_cmd_token_hash},
 };
 
 /* Parses the common options before the command; returns -1 to go on. */

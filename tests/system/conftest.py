@@ -11,6 +11,14 @@ daemon that did not exit 0 on SIGTERM.
 Tests reach everything through the `stack` object: HTTP clients for the three
 services, SQL helpers, a raw Kafka producer/consumer, `wait_until`, `uid`.
 
+The HTTP API runs with authentication on, as in production: the harness makes
+random bearer tokens for the session (TOKENS below), writes their SHA-256
+lines to a token file (TOKENS_FILE, mode 0600) given to every daemon as
+HTTP_TOKENS_FILE, and the clients send `Authorization: Bearer` by default: the
+ORDERS token (orders:write, orders:read) to order-service, the ADMIN token
+(every scope) to the other two. TOKENS_ENV holds ORDERS_TOKEN= and
+ADMIN_TOKEN= like the run command's .run/tokens.env.
+
 Environment:
   ORDERS_BUILD_DIR  build tree with the binaries (default <root>/build/dev)
   TEST_BOOTSTRAP    use this Kafka instead of starting one (host:port,...)
@@ -24,10 +32,13 @@ Environment:
 """
 
 import atexit
+import base64
 import datetime
+import hashlib
 import json
 import os
 import re
+import secrets
 import shlex
 import signal
 import socket
@@ -65,6 +76,59 @@ SERVICES = {
 }
 TOPICS = ["orders.created", "payments.completed", "inventory.reserved"]
 TYPE_ID_PREFIX = "com.devcraftly.orders.events."
+
+# Bearer tokens of this test session: name -> (token, scopes). "orders" and
+# "admin" are the run command's ORDERS_TOKEN and ADMIN_TOKEN; one token more
+# per scope, for tests of what each scope allows.
+SCOPES = ["orders:write", "orders:read", "payments:read", "payments:admin", "inventory:read",
+          "inventory:admin", "metrics:read"]
+TOKENS_DIR = RUN_DIR / f"test-tokens{PORT_OFFSET}"
+TOKENS_FILE = TOKENS_DIR / "tokens"
+TOKENS_ENV = TOKENS_DIR / "tokens.env"
+
+
+def new_token():
+    """A token shaped like orderctl's: "ot_" + 32 random bytes, base64url."""
+    return "ot_" + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+
+
+def token_hash(token):
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_line(name, token, scopes):
+    return f"{token_hash(token)} {name} {','.join(scopes)}\n"
+
+
+TOKENS = {"orders": (new_token(), ["orders:write", "orders:read"]),
+          "admin": (new_token(), list(SCOPES))}
+for _s in SCOPES:
+    TOKENS["only-" + _s.replace(":", "-")] = (new_token(), [_s])
+
+
+def bearer(name="admin"):
+    """The Authorization header of one of this session's tokens."""
+    return {"Authorization": f"Bearer {TOKENS[name][0]}"}
+
+
+def scope_token(scope):
+    """The token that has exactly this one scope."""
+    return TOKENS["only-" + scope.replace(":", "-")][0]
+
+
+def write_tokens_file(path=TOKENS_FILE, tokens=None):
+    """Writes the token file (hashes only), mode 0600; returns its path."""
+    tokens = TOKENS if tokens is None else tokens
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "# test session tokens: <sha256> <name> <scopes>\n" + "".join(
+        token_line(name, tok, scopes) for name, (tok, scopes) in tokens.items())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+    return path
+
 
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
 READY_TIMEOUT = 30.0
@@ -377,10 +441,13 @@ class Daemon:
 
 
 class Api:
-    """A small client for one service; one requests.Session per thread."""
+    """A small client for one service; one requests.Session per thread, each
+    sending the Authorization header of token `token` (a TOKENS name) unless
+    a request brings its own headers["Authorization"] (None: send none)."""
 
-    def __init__(self, base):
+    def __init__(self, base, token="admin"):
         self.base = base
+        self.token = token
         self._local = threading.local()
 
     @property
@@ -388,6 +455,7 @@ class Api:
         s = getattr(self._local, "session", None)
         if s is None:
             s = self._local.session = requests.Session()
+            s.headers.update(bearer(self.token))
         return s
 
     def request(self, method, path, **kw):
@@ -485,11 +553,15 @@ class Stack:
         self._conns = {}
         self._conn_lock = threading.Lock()
         self._torn_down = False
-        self.orders = OrdersApi(f"http://127.0.0.1:{SERVICES['order-service'][0]}")
+        self.orders = OrdersApi(f"http://127.0.0.1:{SERVICES['order-service'][0]}", "orders")
         self.payments = PaymentsApi(f"http://127.0.0.1:{SERVICES['payment-service'][0]}")
         self.inventory = InventoryApi(f"http://127.0.0.1:{SERVICES['inventory-service'][0]}")
 
     uid = staticmethod(uid)
+    bearer = staticmethod(bearer)
+    scope_token = staticmethod(scope_token)
+    tokens = TOKENS
+    tokens_file = TOKENS_FILE
     wait_until = staticmethod(wait_until)
     parse_ts = staticmethod(parse_ts)
     log_tails = staticmethod(log_tails)
@@ -508,6 +580,7 @@ class Stack:
                 raise FileNotFoundError(f"{d.binary} not found (build, or set ORDERS_BUILD_DIR)")
         self._setup_postgres()
         self._setup_kafka()
+        self._setup_tokens()
         env = self._daemon_env()
         for name, d in self.daemons.items():
             d.env = dict(env, HTTP_PORT=str(d.port),
@@ -561,12 +634,19 @@ class Stack:
         wait_until(topics_visible, 60, f"topics {TOPICS} (+ .DLT) on {self.bootstrap}",
                    interval=0.5)
 
+    def _setup_tokens(self):
+        write_tokens_file()
+        fd = os.open(TOKENS_ENV, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"ORDERS_TOKEN={TOKENS['orders'][0]}\nADMIN_TOKEN={TOKENS['admin'][0]}\n")
+
     def _daemon_env(self):
-        drop = ("KAFKA_", "HTTP_", "DATABASE_URL", "CONSUMER_GROUP", "LOG_LEVEL")
+        drop = ("KAFKA_", "HTTP_", "DATABASE_URL", "CONSUMER_GROUP", "LOG_LEVEL",
+                "METRICS_TOKEN_SCOPE")
         env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
         env.update(self.pg_env)
         env.update(KAFKA_BOOTSTRAP_SERVERS=self.bootstrap, LOG_LEVEL="info",
-                   HTTP_ADDR="127.0.0.1")
+                   HTTP_ADDR="127.0.0.1", HTTP_TOKENS_FILE=str(TOKENS_FILE))
         return env
 
     # -- teardown

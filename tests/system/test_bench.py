@@ -5,6 +5,9 @@ nothing lost or duplicated, a JSON report with the expected keys and an SVG
 picture that is well-formed XML; some orders reject when funds are short; a
 keep-alive connection that the server closes is survived by sending the
 request again; bad options and an unreachable database give their exit codes.
+Authentication is on: the tool takes its tokens from ORDERS_TOKEN and
+ADMIN_TOKEN in the environment, as `set -a; . .run/tokens.env` sets them,
+and without them it stops at its set-up with exit 3 naming the 401.
 
 Never a speed: the figures the tool prints are not checked.
 
@@ -21,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TOKENS_ENV, parse_assignments
+
 ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT = 120
 
@@ -36,12 +41,22 @@ def bench_path():
     return build / "tools" / "orders-bench"
 
 
-def run_bench(args, timeout=RUN_TIMEOUT):
+def token_env():
+    """Our environment plus the tokens file's ORDERS_TOKEN and ADMIN_TOKEN,
+    as sourcing it with `set -a` gives (written by the stack at set-up)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ORDERS_TOKEN", "ADMIN_TOKEN")}
+    if TOKENS_ENV.exists():
+        env.update(parse_assignments(TOKENS_ENV.read_text()))
+    return env
+
+
+def run_bench(args, timeout=RUN_TIMEOUT, env=None):
     path = bench_path()
     if not path.is_file():
         pytest.fail(f"{path} not found: build the orders-bench target first")
     cp = subprocess.run([str(path), *args], cwd=ROOT, stdin=subprocess.DEVNULL,
-                        capture_output=True, text=True, timeout=timeout)
+                        capture_output=True, text=True, timeout=timeout,
+                        env=token_env() if env is None else env)
     return cp
 
 
@@ -175,8 +190,20 @@ def test_closed_keepalive_connection_is_resent_once(stack, tmp_path):
     assert conns["sockets_opened"] == conns["resends"] + 2, conns
 
 
+def test_without_tokens_setup_fails_with_401(stack):
+    env = {k: v for k, v in token_env().items() if k not in ("ORDERS_TOKEN", "ADMIN_TOKEN")}
+    cp = run_bench([*stack_args(stack), "--orders", "1"], timeout=30, env=env)
+    assert cp.returncode == 3, f"exit {cp.returncode}\n{cp.stderr}"
+    assert "answered 401" in cp.stderr and "ADMIN_TOKEN" in cp.stderr, cp.stderr
+    # A token for orders only cannot fund customers.
+    cp = run_bench([*stack_args(stack), "--orders", "1", "--token",
+                    stack.tokens["orders"][0]], timeout=30, env=env)
+    assert cp.returncode == 3 and "answered 403" in cp.stderr, cp.stderr
+
+
 def test_bad_options_exit_2():
-    for args, message in ((["--rate", "fast"], "--rate"),
+    for args, message in ((["--token", "a b"], "--token"),
+                          (["--rate", "fast"], "--rate"),
                           (["--orders", "0"], "--orders"),
                           (["--header", "no colon"], "--header"),
                           (["--url", "ftp://x"], "--url"),
@@ -186,7 +213,8 @@ def test_bad_options_exit_2():
         assert message in cp.stderr, f"{args}: {cp.stderr!r}"
     cp = run_bench(["--help"], timeout=30)
     assert cp.returncode == 0
-    for option in ("--orders", "--rate", "--connections", "--header", "--orders-db", "--json",
+    for option in ("--orders", "--rate", "--connections", "--header", "--token", "--admin-token",
+                   "ORDERS_TOKEN", "ADMIN_TOKEN", "--orders-db", "--json",
                    "--svg", "--pids", "--broker-pid", "--funds-factor", "--timeout"):
         assert option in cp.stdout, f"--help does not document {option}"
 

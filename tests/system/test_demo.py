@@ -5,15 +5,20 @@ orders, prints how each settled and how each was compensated, and stops
 everything. This test runs it on ports, databases and a state folder of its
 own (derived from TEST_PORT_OFFSET, never the demo's defaults 8080-8082/9092)
 and checks that every printed outcome is what the order's label promises, and
-that the printed balances and stock follow from the printed orders.
+that the printed balances and stock follow from the printed orders. The API
+runs with authentication on: the demo made its tokens with orderctl, wrote
+them to <state>/tokens.env and their hashes to <state>/tokens (both 0600),
+printed how to use them, and no token reached a daemon log.
 
 Environment: TEST_PORT_OFFSET (see conftest.py), TEST_KAFKA_VERSION (the
 demo's broker; default the demo's own).
 """
 
+import hashlib
 import os
 import re
 import shlex
+import stat
 import subprocess
 
 import psycopg
@@ -182,6 +187,25 @@ def test_demo_prints_what_its_labels_promise():
             want_stock[o["sku"]] -= o["qty"]
     assert pairs(final[0][1]) == want_bal, final[0][0]
     assert pairs(final[0][2]) == want_stock, final[0][0]
+
+    # Its tokens: in tokens.env and, hashed, in the daemons' token file; both
+    # 0600; the how-to printed; no token in any log.
+    env_file, tokens_file = STATE_DIR / "tokens.env", STATE_DIR / "tokens"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(tokens_file.stat().st_mode) == 0o600
+    toks = parse_assignments(env_file.read_text())
+    assert set(toks) == {"ORDERS_TOKEN", "ADMIN_TOKEN"}, toks
+    lines = [ln.split() for ln in tokens_file.read_text().splitlines() if not ln.startswith("#")]
+    assert {ln[1] for ln in lines} == {"demo-orders", "demo-admin"}, lines
+    for name, tok in toks.items():
+        assert re.fullmatch(r"ot_[A-Za-z0-9_-]{43}", tok), name
+        assert hashlib.sha256(tok.encode()).hexdigest() in {ln[0] for ln in lines}, name
+        for path in (STATE_DIR / "logs").glob("*.log"):
+            assert tok not in path.read_text(errors="replace"), f"{name} in {path}"
+        assert tok not in cp.stdout and tok not in cp.stderr, f"{name} printed"
+    howto = "\n".join(section(secs, "using the API"))
+    assert f"set -a; . {env_file}; set +a" in howto, howto
+    assert 'Authorization: Bearer $ORDERS_TOKEN' in howto, howto
 
     # It stopped everything it started.
     busy = [p for p in ports if port_in_use(p)]

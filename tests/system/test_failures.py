@@ -12,12 +12,13 @@ import time
 import pytest
 import requests
 
+from conftest import bearer
 from helpers import (CONSUMERS, SPRING_CAUSE_POISON, SPRING_CAUSE_PROCESSING,
                          SPRING_LISTENER, Postgres, decode_dlt, end_offsets, header_map,
                          headers, metric, produce_raw, quiet, read_all, reconcile, dlt_records,
                      value)
 
-JSON = {"Content-Type": "application/json"}
+JSON = {"Content-Type": "application/json", **bearer("orders")}
 
 # Each topic's event type and a valid value for an order id.
 EVENTS = {

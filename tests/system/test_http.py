@@ -2,6 +2,11 @@
 Hostile and malformed HTTP requests against the real daemons. Each bad request
 must get a clear 4xx with an application/problem+json body whose "status"
 matches, and must create nothing (the orders table is counted before and after).
+
+Authentication is on: the hostile cases run twice (fixture `who`), first
+without a token, where each must meet a 401 (decided from the headers, before
+the body is looked at), then with a valid token, where each gets the answer of
+its own fault (400, 413, 415, ...).
 """
 
 import http.client
@@ -13,6 +18,8 @@ import uuid
 
 import pytest
 import requests
+
+from conftest import TOKENS
 
 VALID = {"customerId": "c-http", "sku": "s-http", "quantity": 1, "amountCents": 100}
 MISSING = object()
@@ -55,6 +62,31 @@ def assert_problem(r, status):
     return doc
 
 
+@pytest.fixture(params=["no-token", "token"])
+def who(request):
+    return request.param
+
+
+def auth(who, **headers):
+    """Request headers: with who == "no-token" the client's Authorization
+    header is dropped (None), else the client's own token goes."""
+    if who == "no-token":
+        headers["Authorization"] = None
+    return headers
+
+
+def expect(who, status):
+    return 401 if who == "no-token" else status
+
+
+def assert_denied_or(r, who, status):
+    doc = assert_problem(r, expect(who, status))
+    if who == "no-token":
+        headers = r[1] if isinstance(r, tuple) else r.headers
+        assert headers.get("WWW-Authenticate", "").startswith("Bearer realm="), headers
+    return doc
+
+
 def order_count(stack):
     return stack.sql_one("orders", "SELECT count(*) FROM orders")
 
@@ -87,8 +119,10 @@ def raw_exchange(port, head, parts=(), delay=0.0, timeout=10.0):
         return resp.status, {k: v for k, v in resp.getheaders()}, body
 
 
-def post_head(length=None, ctype="application/json", extra=""):
+def post_head(length=None, ctype="application/json", extra="", who="token"):
     h = "POST /orders HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+    if who == "token":
+        h += f"Authorization: Bearer {TOKENS['orders'][0]}\r\n"
     if ctype:
         h += f"Content-Type: {ctype}\r\n"
     if length is not None:
@@ -165,9 +199,10 @@ BAD_BODIES = {
 
 
 @pytest.mark.parametrize("body", list(BAD_BODIES.values()), ids=list(BAD_BODIES))
-def test_bad_order_body_is_rejected(stack, creates_nothing, body):
-    r = stack.orders.post("/orders", data=body, headers={"Content-Type": "application/json"})
-    assert_problem(r, 400)
+def test_bad_order_body_is_rejected(stack, creates_nothing, who, body):
+    r = stack.orders.post("/orders", data=body,
+                          headers=auth(who, **{"Content-Type": "application/json"}))
+    assert_denied_or(r, who, 400)
 
 
 def test_unknown_fields_are_ignored(stack):
@@ -204,26 +239,27 @@ def test_body_of_exactly_64k_is_accepted(stack):
 
 
 @pytest.mark.parametrize("size", [MAX_BODY + 1, 1024 * 1024])
-def test_body_over_64k_is_413(stack, creates_nothing, size):
+def test_body_over_64k_is_413(stack, creates_nothing, who, size):
     body = valid_json_of_size(size)
-    resp = raw_exchange(stack.daemons["order-service"].port, post_head(len(body)), [body])
-    assert_problem(resp, 413)
+    resp = raw_exchange(stack.daemons["order-service"].port, post_head(len(body), who=who),
+                        [body])
+    assert_denied_or(resp, who, 413)
 
 
-def test_huge_declared_length_is_413_without_reading_it(stack, creates_nothing):
+def test_huge_declared_length_is_413_without_reading_it(stack, creates_nothing, who):
     # The client announces 100 MB and sends nothing: the answer must not wait for it.
-    resp = raw_exchange(stack.daemons["order-service"].port, post_head(100 * 1024 * 1024),
-                        timeout=10)
-    assert_problem(resp, 413)
+    resp = raw_exchange(stack.daemons["order-service"].port,
+                        post_head(100 * 1024 * 1024, who=who), timeout=10)
+    assert_denied_or(resp, who, 413)
 
 
-def test_chunked_body_over_64k_is_413(stack, creates_nothing):
+def test_chunked_body_over_64k_is_413(stack, creates_nothing, who):
     body = valid_json_of_size(200 * 1024)
     chunks = [body[i:i + 8192] for i in range(0, len(body), 8192)]
     parts = [b"%x\r\n%s\r\n" % (len(c), c) for c in chunks] + [b"0\r\n\r\n"]
     resp = raw_exchange(stack.daemons["order-service"].port,
-                        post_head(extra="Transfer-Encoding: chunked\r\n"), parts)
-    assert_problem(resp, 413)
+                        post_head(extra="Transfer-Encoding: chunked\r\n", who=who), parts)
+    assert_denied_or(resp, who, 413)
 
 
 # ---------------------------------------------------------------- content type -> 415
@@ -231,15 +267,15 @@ def test_chunked_body_over_64k_is_413(stack, creates_nothing):
 
 @pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded",
                                    "application/xml", "application/jsonx"])
-def test_wrong_content_type_is_415(stack, creates_nothing, ctype):
-    r = stack.orders.post("/orders", data=order_body(), headers={"Content-Type": ctype})
-    assert_problem(r, 415)
+def test_wrong_content_type_is_415(stack, creates_nothing, who, ctype):
+    r = stack.orders.post("/orders", data=order_body(), headers=auth(who, **{"Content-Type": ctype}))
+    assert_denied_or(r, who, 415)
 
 
-def test_missing_content_type_is_rejected(stack, creates_nothing):
-    r = stack.orders.post("/orders", data=order_body())
+def test_missing_content_type_is_rejected(stack, creates_nothing, who):
+    r = stack.orders.post("/orders", data=order_body(), headers=auth(who))
     assert "Content-Type" not in r.request.headers
-    assert_problem(r, {400, 415})
+    assert_denied_or(r, who, {400, 415})
 
 
 # ---------------------------------------------------------------- methods and paths
@@ -275,13 +311,20 @@ def test_unknown_order_is_404(stack):
 
 @pytest.mark.parametrize("oid", ["not-a-uuid", "a" * 300, "%00", "..%2f..%2fetc", "%ff%fe",
                                  "12345678-1234-1234-1234-1234567890abX", "%20"])
-def test_invalid_order_id_is_404_or_400(stack, oid):
-    assert_problem(stack.orders.get(f"/orders/{oid}"), {400, 404})
+def test_invalid_order_id_is_404_or_400(stack, who, oid):
+    r = stack.orders.get(f"/orders/{oid}", headers=auth(who))
+    if oid in ("%00", "..%2f..%2fetc"):
+        # Decoded, these are "/orders/" and "/orders/../../etc": no route at all, so
+        # 404 before any authentication.
+        assert_problem(r, 404)
+    else:
+        assert_denied_or(r, who, {400, 404})
 
 
-def test_very_long_path(stack):
-    r = stack.orders.get("/orders/" + "a" * 20000)
-    assert_problem(r, {400, 404, 414, 431})
+def test_very_long_path(stack, who):
+    r = stack.orders.get("/orders/" + "a" * 20000, headers=auth(who))
+    # libmicrohttpd itself refuses a request line this long, before any route.
+    assert_problem(r, {400, 401, 404, 414, 431})
 
 
 # ---------------------------------------------------------------- payment / inventory APIs
@@ -292,11 +335,11 @@ def test_very_long_path(stack):
                                   b"{}", b'{"balanceCents":1,"balanceCents":2}'],
                          ids=["malformed", "array", "negative", "string", "real", "overflow",
                               "missing", "duplicate"])
-def test_bad_account_put_creates_nothing(stack, body):
+def test_bad_account_put_creates_nothing(stack, who, body):
     cust = stack.uid("cust")
     r = stack.payments.put(f"/accounts/{cust}", data=body,
-                           headers={"Content-Type": "application/json"})
-    assert_problem(r, 400)
+                           headers=auth(who, **{"Content-Type": "application/json"}))
+    assert_denied_or(r, who, 400)
     assert_problem(stack.payments.get(f"/accounts/{cust}"), 404)
 
 
@@ -305,20 +348,22 @@ def test_bad_account_put_creates_nothing(stack, body):
                                   b'{"available":1,"available":2}'],
                          ids=["malformed", "array", "negative", "string", "real", "overflow",
                               "missing", "duplicate"])
-def test_bad_stock_put_creates_nothing(stack, body):
+def test_bad_stock_put_creates_nothing(stack, who, body):
     sku = stack.uid("sku")
     r = stack.inventory.put(f"/stock/{sku}", data=body,
-                            headers={"Content-Type": "application/json"})
-    assert_problem(r, 400)
+                            headers=auth(who, **{"Content-Type": "application/json"}))
+    assert_denied_or(r, who, 400)
     assert_problem(stack.inventory.get(f"/stock/{sku}"), 404)
 
 
-def test_put_with_wrong_content_type_is_415(stack):
+def test_put_with_wrong_content_type_is_415(stack, who):
     cust, sku = stack.uid("cust"), stack.uid("sku")
-    assert_problem(stack.payments.put(f"/accounts/{cust}", data=b'{"balanceCents":1}',
-                                      headers={"Content-Type": "text/plain"}), 415)
-    assert_problem(stack.inventory.put(f"/stock/{sku}", data=b'{"available":1}',
-                                       headers={"Content-Type": "text/plain"}), 415)
+    assert_denied_or(stack.payments.put(f"/accounts/{cust}", data=b'{"balanceCents":1}',
+                                        headers=auth(who, **{"Content-Type": "text/plain"})),
+                     who, 415)
+    assert_denied_or(stack.inventory.put(f"/stock/{sku}", data=b'{"available":1}',
+                                         headers=auth(who, **{"Content-Type": "text/plain"})),
+                     who, 415)
     assert stack.payments.balance(cust) is None and stack.inventory.stock(sku) is None
 
 
@@ -332,7 +377,7 @@ def test_unknown_ids_on_payment_and_inventory_are_404(stack):
 # ---------------------------------------------------------------- slow clients
 
 
-def test_slow_client_within_timeout_works(stack):
+def test_slow_client_within_timeout_works(stack, who):
     """Headers first, then the body in pieces over ~1.5 s: still a normal answer
     (or a clean problem response), and other clients are served meanwhile."""
     port = stack.daemons["order-service"].port
@@ -344,8 +389,8 @@ def test_slow_client_within_timeout_works(stack):
 
     def slow():
         try:
-            result["resp"] = raw_exchange(port, post_head(len(body)), pieces, delay=delay,
-                                          timeout=20)
+            result["resp"] = raw_exchange(port, post_head(len(body), who=who), pieces,
+                                          delay=delay, timeout=20)
         except Exception as e:  # reported below
             result["err"] = e
 
@@ -363,7 +408,9 @@ def test_slow_client_within_timeout_works(stack):
         t.join(30)
     assert "err" not in result, f"slow client got a broken connection: {result.get('err')!r}"
     status, headers, rbody = result["resp"]
-    if status == 202:
+    if who == "no-token":
+        assert_denied_or(result["resp"], who, 401)
+    elif status == 202:
         oid = json.loads(rbody)["orderId"]
         assert stack.orders.order(oid)["customerId"] == cust
     else:

@@ -12,10 +12,12 @@ import jsonschema
 import pytest
 import requests
 
-from conftest import ROOT
+from conftest import ROOT, bearer
 
 DOC = json.loads((ROOT / "schemas" / "openapi.json").read_text())
 JSON = {"Content-Type": "application/json"}
+ORDERS = bearer("orders")
+ADMIN = bearer("admin")
 
 
 def validate(path, method, response):
@@ -42,17 +44,17 @@ def test_document_is_valid_json_schema_per_component():
 def test_order_lifecycle_matches_document(stack):
     cust, sku = stack.uid("c"), stack.uid("s")
     pay = requests.put(stack.payments.base + f"/accounts/{cust}", json={"balanceCents": 900},
-                       headers=JSON, timeout=5)
+                       headers={**JSON, **ADMIN}, timeout=5)
     validate("/accounts/{customerId}", "PUT", pay)
     inv = requests.put(stack.inventory.base + f"/stock/{sku}", json={"available": 3},
-                       headers=JSON, timeout=5)
+                       headers={**JSON, **ADMIN}, timeout=5)
     validate("/stock/{sku}", "PUT", inv)
-    r = requests.post(stack.orders.base + "/orders", headers=JSON, timeout=5,
+    r = requests.post(stack.orders.base + "/orders", headers={**JSON, **ORDERS}, timeout=5,
                       json={"customerId": cust, "sku": sku, "quantity": 1, "amountCents": 300})
     validate("/orders", "POST", r)
     oid = r.json()["orderId"]
     validate("/orders/{orderId}", "GET", requests.get(stack.orders.base + f"/orders/{oid}",
-                                                      timeout=5))
+                                                      headers=ORDERS, timeout=5))
     stack.orders.wait_settled(oid, need=("payment", "inventory"))
     for base, path, tmpl in (
             (stack.orders.base, f"/orders/{oid}", "/orders/{orderId}"),
@@ -60,7 +62,7 @@ def test_order_lifecycle_matches_document(stack):
             (stack.payments.base, f"/payments/{oid}", "/payments/{orderId}"),
             (stack.inventory.base, f"/stock/{sku}", "/stock/{sku}"),
             (stack.inventory.base, f"/reservations/{oid}", "/reservations/{orderId}")):
-        validate(tmpl, "GET", requests.get(base + path, timeout=5))
+        validate(tmpl, "GET", requests.get(base + path, headers=ADMIN, timeout=5))
 
 
 @pytest.mark.parametrize("name", ["order-service", "payment-service", "inventory-service"])
@@ -72,18 +74,29 @@ def test_health_endpoints_match_document(stack, name):
 
 def test_errors_match_document(stack):
     o = stack.orders.base
+    oj = {**JSON, **ORDERS}
     cases = [
-        ("/orders", "POST", requests.post(o + "/orders", data="{", headers=JSON, timeout=5)),
-        ("/orders", "POST", requests.post(o + "/orders", data="x" * 70000, headers=JSON,
+        ("/orders", "POST", requests.post(o + "/orders", data="{", headers=oj, timeout=5)),
+        ("/orders", "POST", requests.post(o + "/orders", data="x" * 70000, headers=oj,
                                           timeout=5)),
         ("/orders", "POST", requests.post(o + "/orders", data="{}", timeout=5,
-                                          headers={"Content-Type": "text/plain"})),
-        ("/orders/{orderId}", "GET", requests.get(o + "/orders/nope", timeout=5)),
+                                          headers={"Content-Type": "text/plain", **ORDERS})),
+        ("/orders/{orderId}", "GET", requests.get(o + "/orders/nope", headers=ORDERS,
+                                                  timeout=5)),
         ("/accounts/{customerId}", "GET",
-         requests.get(stack.payments.base + "/accounts/nobody", timeout=5)),
+         requests.get(stack.payments.base + "/accounts/nobody", headers=ADMIN, timeout=5)),
         ("/stock/{sku}", "PUT", requests.put(stack.inventory.base + "/stock/x",
-                                             json={"available": -1}, headers=JSON,
+                                             json={"available": -1}, headers={**JSON, **ADMIN},
                                              timeout=5)),
+        # Authentication: no token, an unknown one, a token without the scope.
+        ("/orders", "POST", requests.post(o + "/orders", data="{}", headers=JSON, timeout=5)),
+        ("/orders/{orderId}", "GET", requests.get(o + "/orders/nope", timeout=5,
+                                                  headers={"Authorization": "Bearer ot_nope"})),
+        ("/accounts/{customerId}", "PUT",
+         requests.put(stack.payments.base + "/accounts/x", json={"balanceCents": 1},
+                      headers={**JSON, **bearer("only-payments-read")}, timeout=5)),
+        ("/stock/{sku}", "GET", requests.get(stack.inventory.base + "/stock/x", timeout=5,
+                                             headers=bearer("orders"))),
     ]
     for tmpl, method, r in cases:
         assert r.status_code >= 400
@@ -99,7 +112,7 @@ def test_every_documented_path_is_served(stack):
                     stack.orders.base)
         concrete = re.sub(r"\{[^}]+\}", "x", path)
         for method in ops:
-            r = requests.request(method.upper(), base + concrete, timeout=5,
+            r = requests.request(method.upper(), base + concrete, timeout=5, headers=ADMIN,
                                  json={} if method in ("post", "put") else None)
             assert r.status_code != 405, f"{method.upper()} {path} is not served"
             if r.status_code == 404:

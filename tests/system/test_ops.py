@@ -17,6 +17,7 @@ import time
 import pytest
 import requests
 
+from conftest import bearer
 from helpers import headers, metric, produce_raw, value
 
 PROMTOOL = shutil.which("promtool")
@@ -212,7 +213,7 @@ def test_log_lines_carry_record_fields_and_one_trace(stack):
     trace = os.urandom(16).hex()
     r = requests.post(stack.orders.base + "/orders", timeout=10,
                       json={"customerId": cust, "sku": sku, "quantity": 1, "amountCents": 100},
-                      headers={"Content-Type": "application/json",
+                      headers={"Content-Type": "application/json", **bearer("orders"),
                                "traceparent": f"00-{trace}-{os.urandom(8).hex()}-01"})
     assert r.status_code == 202
     oid = r.json()["orderId"]
