@@ -21,11 +21,17 @@ typedef struct {
     atomic_llong dead_lettered;
     atomic_llong retries;
     atomic_llong outbox_backlog; /* rows seen in the outbox by the last relay pass */
-    cm_metrics *metrics;         /* the daemon's registry (owned by cm_daemon) */
+    /* The last Kafka authentication or authorization failure (an
+     * rd_kafka_resp_err_t, 0 = none): set by cm_kafka_access_failed, cleared
+     * by cm_kafka_access_ok once records flow again. Not ready while set. */
+    atomic_int kafka_denied;
+    atomic_int kafka_denied_seen;     /* causes logged since the last success (bits) */
+    atomic_llong kafka_denied_logged; /* monotonic s (+1) of the last such error line */
+    cm_metrics *metrics;              /* the daemon's registry (owned by cm_daemon) */
 } cm_health;
 
 static inline bool cm_health_ready(cm_health *h)
 {
     return atomic_load(&h->started) && atomic_load(&h->db_ok) && atomic_load(&h->kafka_ok) &&
-           atomic_load(&h->relay_db_ok);
+           atomic_load(&h->relay_db_ok) && atomic_load(&h->kafka_denied) == 0;
 }

@@ -10,6 +10,8 @@
 #include <jansson.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
+#include <time.h>
 
 struct set_ctx {
     rd_kafka_conf_t *conf;
@@ -38,8 +40,13 @@ static int set_from_env(void *ud, const char *var, const char *prop, const char 
     return 0;
 }
 
+/* A broker connection failure ("FAIL") reaches on_error too, which logs it
+ * (an access failure once): librdkafka's own line about it, repeated at
+ * every reconnect, goes to the debug level. */
 static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
+    if (strcmp(fac, "FAIL") == 0)
+        level = LOG_DEBUG;
     cm_log(level > LOG_DEBUG ? LOG_DEBUG : level, "librdkafka client=%s facility=%s msg=\"%s\"",
            rd_kafka_name(rk), fac, buf);
 }
@@ -50,9 +57,135 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 
     if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN && h)
         atomic_store(&h->kafka_ok, false);
+    if (cm_kafka_is_access_error((rd_kafka_resp_err_t)err, reason)) {
+        cm_kafka_access_failed(h, rk, (rd_kafka_resp_err_t)err, reason);
+        return;
+    }
     cm_log(err == RD_KAFKA_RESP_ERR__FATAL ? LOG_ERR : LOG_WARNING,
            "kafka error client=%s code=%s reason=\"%s\"", rd_kafka_name(rk),
            rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+}
+
+bool cm_kafka_is_access_error(rd_kafka_resp_err_t err, const char *reason)
+{
+    switch (err) {
+    case RD_KAFKA_RESP_ERR__AUTHENTICATION:
+    case RD_KAFKA_RESP_ERR__SSL:
+    case RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+        return true;
+    case RD_KAFKA_RESP_ERR__TRANSPORT:
+        /* With TLS 1.3 the broker rejects a client certificate after the
+         * client's side of the handshake is done: the alert arrives as a
+         * receive failure ("sslv3 alert bad certificate", "certificate
+         * required", "unknown ca"). */
+        return reason && strstr(reason, "SSL") && strstr(reason, "alert");
+    default:
+        return false;
+    }
+}
+
+/* The principal rk presents, for the log line: "user NAME" (SASL) or
+ * "certificate FILE" (mTLS), or "no credentials". */
+static void principal_of(const rd_kafka_t *rk, char *out, size_t outlen)
+{
+    const rd_kafka_conf_t *conf = rd_kafka_conf((rd_kafka_t *)rk);
+    char proto[32] = "", v[256] = "";
+    size_t n = sizeof(proto);
+
+    rd_kafka_conf_get(conf, "security.protocol", proto, &n);
+    n = sizeof(v);
+    if (strncasecmp(proto, "sasl", 4) == 0 &&
+        rd_kafka_conf_get(conf, "sasl.username", v, &n) == RD_KAFKA_CONF_OK && *v) {
+        snprintf(out, outlen, "user %s (%s)", v, proto);
+        return;
+    }
+    n = sizeof(v);
+    if (strcasecmp(proto, "ssl") == 0 &&
+        rd_kafka_conf_get(conf, "ssl.certificate.location", v, &n) == RD_KAFKA_CONF_OK && *v) {
+        snprintf(out, outlen, "certificate %s (%s)", v, proto);
+        return;
+    }
+    snprintf(out, outlen, "no credentials (%s)", *proto ? proto : "plaintext");
+}
+
+static const char *access_cause(rd_kafka_resp_err_t err)
+{
+    switch (err) {
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+        return "Kafka denied access to a topic";
+    case RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED:
+        return "Kafka denied access to the consumer group";
+    case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+        return "Kafka denied a cluster operation";
+    case RD_KAFKA_RESP_ERR__SSL:
+    case RD_KAFKA_RESP_ERR__TRANSPORT:
+        return "Kafka TLS handshake failed";
+    default:
+        return "Kafka authentication failed";
+    }
+}
+
+#define ACCESS_RELOG_S 600
+
+/* One bit per cause of access_cause, for "logged in this episode". */
+static int cause_bit(rd_kafka_resp_err_t err)
+{
+    const char *c = access_cause(err);
+    static const char *const causes[] = {
+        "Kafka authentication failed", "Kafka TLS handshake failed",
+        "Kafka denied access to a topic", "Kafka denied access to the consumer group",
+        "Kafka denied a cluster operation"};
+
+    for (size_t i = 0; i < sizeof(causes) / sizeof(causes[0]); i++)
+        if (strcmp(c, causes[i]) == 0)
+            return 1 << i;
+    return 1;
+}
+
+void cm_kafka_access_failed(cm_health *h, const rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                            const char *reason)
+{
+    struct timespec ts;
+    long long now, last;
+    int bit = cause_bit(err);
+    char who[320];
+    bool loud = true;
+
+    principal_of(rk, who, sizeof(who));
+    if (h) {
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        now = (long long)ts.tv_sec + 1; /* never 0: 0 means "not logged" */
+        atomic_store(&h->kafka_denied, (int)err);
+        /* Loud the first time a cause shows in this episode (the first of the
+         * daemon's clients to fail), then at most every ACCESS_RELOG_S. */
+        loud = (atomic_fetch_or(&h->kafka_denied_seen, bit) & bit) == 0;
+        last = atomic_load(&h->kafka_denied_logged);
+        if (loud || now - last >= ACCESS_RELOG_S)
+            loud = atomic_compare_exchange_strong(&h->kafka_denied_logged, &last, now) || loud;
+    }
+    cm_log(loud ? LOG_ERR : LOG_DEBUG, "%s for %s client=%s code=%s reason=\"%s\"%s",
+           access_cause(err), who, rd_kafka_name(rk), rd_kafka_err2name(err), reason,
+           loud && h ? " (not ready while this lasts; repeated at most every 10 min)" : "");
+}
+
+void cm_kafka_access_ok(cm_health *h)
+{
+    int prev;
+
+    if (!h || atomic_load(&h->kafka_denied) == 0)
+        return;
+    prev = atomic_exchange(&h->kafka_denied, 0);
+    if (prev != 0) {
+        atomic_store(&h->kafka_denied_seen, 0);
+        atomic_store(&h->kafka_denied_logged, 0);
+        log_info("kafka access works again (was code=%s)",
+                 rd_kafka_err2name((rd_kafka_resp_err_t)prev));
+    }
 }
 
 /* Consumer statistics: the lag of every assigned partition becomes
