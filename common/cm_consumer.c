@@ -431,7 +431,7 @@ static void collect(loop *l)
             continue;
         }
         atomic_store(&l->cfg->health->kafka_ok, true);
-        cm_kafka_access_ok(l->cfg->health);
+        cm_kafka_access_ok(l->cfg->health, l->rk);
         slot_fill(&l->batch[l->n++], m);
     }
 }

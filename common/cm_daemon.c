@@ -190,7 +190,7 @@ static void metrics_route(void *ctx, const cm_http_req *req, cm_http_resp *resp)
     cm_metrics_set(h->metrics, "orders_dependency_up", "dependency=\"database\"",
                    atomic_load(&h->db_ok) && atomic_load(&h->relay_db_ok) ? 1 : 0);
     cm_metrics_set(h->metrics, "orders_dependency_up", "dependency=\"kafka\"",
-                   atomic_load(&h->kafka_ok) && atomic_load(&h->kafka_denied) == 0 ? 1 : 0);
+                   atomic_load(&h->kafka_ok) && cm_health_kafka_denied(h) == 0 ? 1 : 0);
     resp->text = cm_metrics_render(h->metrics);
     resp->status = resp->text ? 200 : 500;
     resp->ctype = "text/plain; version=0.0.4; charset=utf-8";
@@ -223,7 +223,7 @@ static void ready_route(void *ctx, const cm_http_req *req, cm_http_resp *resp)
     cm_daemon *d = ctx;
     cm_health *h = &d->health;
     bool ready = cm_health_ready(h);
-    int denied = atomic_load(&h->kafka_denied);
+    int denied = cm_health_kafka_denied(h);
     (void)req;
     resp->status = ready ? 200 : 503;
     /* kafkaAccess: "ok", or the error code of the last authentication or

@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 
 struct set_ctx {
     rd_kafka_conf_t *conf;
@@ -60,6 +59,16 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
     if (cm_kafka_is_access_error((rd_kafka_resp_err_t)err, reason)) {
         cm_kafka_access_failed(h, rk, (rd_kafka_resp_err_t)err, reason);
         return;
+    }
+    if (err == RD_KAFKA_RESP_ERR__FATAL) {
+        /* e.g. the idempotent producer's InitProducerId refused
+         * (CLUSTER_AUTHORIZATION_FAILED): the relay recreates the producer,
+         * the cause counts as an access failure meanwhile. */
+        char why[512];
+        rd_kafka_resp_err_t fe = rd_kafka_fatal_error(rk, why, sizeof(why));
+
+        if (cm_kafka_is_access_error(fe, why))
+            cm_kafka_access_failed(h, rk, fe, why);
     }
     cm_log(err == RD_KAFKA_RESP_ERR__FATAL ? LOG_ERR : LOG_WARNING,
            "kafka error client=%s code=%s reason=\"%s\"", rd_kafka_name(rk),
@@ -131,6 +140,7 @@ static const char *access_cause(rd_kafka_resp_err_t err)
 }
 
 #define ACCESS_RELOG_S 600
+#define RECOVERY_LOGGED (1 << 30) /* in kafka_denied_seen */
 
 /* One bit per cause of access_cause, for "logged in this episode". */
 static int cause_bit(rd_kafka_resp_err_t err)
@@ -147,10 +157,14 @@ static int cause_bit(rd_kafka_resp_err_t err)
     return 1;
 }
 
+static int role_bit(rd_kafka_type_t type)
+{
+    return type == RD_KAFKA_PRODUCER ? 1 : 2;
+}
+
 void cm_kafka_access_failed(cm_health *h, const rd_kafka_t *rk, rd_kafka_resp_err_t err,
                             const char *reason)
 {
-    struct timespec ts;
     long long now, last;
     int bit = cause_bit(err);
     char who[320];
@@ -158,12 +172,17 @@ void cm_kafka_access_failed(cm_health *h, const rd_kafka_t *rk, rd_kafka_resp_er
 
     principal_of(rk, who, sizeof(who));
     if (h) {
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        now = (long long)ts.tv_sec + 1; /* never 0: 0 means "not logged" */
+        now = cm_health_now_s();
+        /* A failure after a quiet spell (the last one lapsed) starts a new
+         * episode: its causes are logged again. */
+        if (now - atomic_exchange(&h->kafka_denied_at, now) > CM_KAFKA_DENIED_HOLD_S)
+            atomic_store(&h->kafka_denied_seen, 0);
         atomic_store(&h->kafka_denied, (int)err);
+        atomic_fetch_or(&h->kafka_denied_roles, role_bit(rd_kafka_type(rk)));
         /* Loud the first time a cause shows in this episode (the first of the
          * daemon's clients to fail), then at most every ACCESS_RELOG_S. */
         loud = (atomic_fetch_or(&h->kafka_denied_seen, bit) & bit) == 0;
+        atomic_fetch_and(&h->kafka_denied_seen, ~RECOVERY_LOGGED);
         last = atomic_load(&h->kafka_denied_logged);
         if (loud || now - last >= ACCESS_RELOG_S)
             loud = atomic_compare_exchange_strong(&h->kafka_denied_logged, &last, now) || loud;
@@ -173,19 +192,22 @@ void cm_kafka_access_failed(cm_health *h, const rd_kafka_t *rk, rd_kafka_resp_er
            loud && h ? " (not ready while this lasts; repeated at most every 10 min)" : "");
 }
 
-void cm_kafka_access_ok(cm_health *h)
+void cm_kafka_access_ok(cm_health *h, const rd_kafka_t *rk)
 {
-    int prev;
+    int bit = role_bit(rd_kafka_type(rk)), prev;
 
-    if (!h || atomic_load(&h->kafka_denied) == 0)
+    /* A consumer that reads proves nothing about a producer that may not
+     * write, and the other way round: each type clears its own failures. */
+    if (!h || (atomic_load(&h->kafka_denied_roles) & bit) == 0)
         return;
-    prev = atomic_exchange(&h->kafka_denied, 0);
-    if (prev != 0) {
-        atomic_store(&h->kafka_denied_seen, 0);
-        atomic_store(&h->kafka_denied_logged, 0);
+    prev = atomic_fetch_and(&h->kafka_denied_roles, ~bit);
+    /* The episode (what was logged) ends only when failures stop for
+     * CM_KAFKA_DENIED_HOLD_S: a group that may not commit while its fetches
+     * work fails and succeeds in turn, and must not log every turn. */
+    if ((prev & bit) && (prev & ~bit) == 0 &&
+        (atomic_fetch_or(&h->kafka_denied_seen, RECOVERY_LOGGED) & RECOVERY_LOGGED) == 0)
         log_info("kafka access works again (was code=%s)",
-                 rd_kafka_err2name((rd_kafka_resp_err_t)prev));
-    }
+                 rd_kafka_err2name((rd_kafka_resp_err_t)atomic_load(&h->kafka_denied)));
 }
 
 /* Consumer statistics: the lag of every assigned partition becomes

@@ -50,6 +50,8 @@ bool cm_kafka_is_access_error(rd_kafka_resp_err_t err, const char *reason);
 void cm_kafka_access_failed(cm_health *h, const rd_kafka_t *rk, rd_kafka_resp_err_t err,
                             const char *reason);
 
-/* Clears a recorded access failure (records were produced or consumed), with
- * an info line when there was one. h may be NULL. */
-void cm_kafka_access_ok(cm_health *h);
+/* Clears the access failures recorded by clients of rk's type (a producer's
+ * records were acknowledged, a consumer got records), with an info line when
+ * none is left. h may be NULL. Without traffic a failure
+ * also stops counting CM_KAFKA_DENIED_HOLD_S after the last one (cm_health.h). */
+void cm_kafka_access_ok(cm_health *h, const rd_kafka_t *rk);

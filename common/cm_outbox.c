@@ -385,7 +385,7 @@ static int relay_pass(cm_relay *r)
         atomic_fetch_add(&r->health->produced, n - failed);
         if (n - failed > 0) {
             atomic_store(&r->health->kafka_ok, true);
-            cm_kafka_access_ok(r->health);
+            cm_kafka_access_ok(r->health, r->producer);
         }
     }
     free(slots);
