@@ -533,3 +533,36 @@ def test_orderctl_dlt_tail_as_operator_via_config(sec):
     # the operator principal can not write what only a daemon writes
     err = try_produce(rk_conf(client_env("orderctl", "mtls")), "orders.created.DLT", timeout=8)
     assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, err
+
+
+def test_orderctl_config_file_syntax_and_precedence(tmp_path):
+    """--config: KAFKA_* lines (comments, quotes) become settings, a variable
+    set in the environment wins, --bootstrap wins over both, a bad line is a
+    usage error, a world-readable file with a password gets a warning."""
+    cfg = tmp_path / "orderctl.env"
+    cfg.write_text('# comment\n\n  ; also a comment\nKAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1"\n'
+                   "KAFKA_SASL_PASSWORD='not-used'\nDATABASE_URL=skipped\n")
+    cfg.chmod(0o644)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")}
+
+    def run(*args, **env):
+        cp = subprocess.run([str(ORDERCTL), *args, "--timeout", "1", "dlt", "depth"],
+                            capture_output=True, text=True, timeout=30, env=dict(base, **env))
+        return cp.returncode, cp.stderr
+
+    rc, err = run("--config", str(cfg))
+    assert rc == 3 and "brokers 127.0.0.1:1:" in err, err
+    assert "readable by others" in err, err
+    rc, err = run("--config", str(cfg), KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:2")
+    assert rc == 3 and "brokers 127.0.0.1:2:" in err, err
+    rc, err = run("--bootstrap", "127.0.0.1:3", "--config", str(cfg))
+    assert rc == 3 and "brokers 127.0.0.1:3:" in err, err
+    cfg.chmod(0o600)
+    rc, err = run("--config", str(cfg))
+    assert "readable by others" not in err, err
+    bad = tmp_path / "bad.env"
+    bad.write_text("KAFKA_OK=1\nthis is no assignment\n")
+    rc, err = run("--config", str(bad))
+    assert rc == 2 and "bad.env:2: not a KEY=VALUE line" in err, err
+    rc, err = run("--config", str(tmp_path / "missing.env"))
+    assert rc == 2 and "cannot read --config" in err, err
