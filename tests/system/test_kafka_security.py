@@ -516,6 +516,12 @@ def test_acls_ensure_reports_and_repairs_drift(sec):
     assert sec.last_rc == 0 and "1 removed" in out, out
     out = sec.orderctl("acls", "ensure")
     assert sec.last_rc == 0 and "acls: 26 ok, 0 created, 0 extra" in out, out
+    # another CONSUMER_GROUP: its ACL is missing, the default group's is extra
+    out = sec.orderctl("acls", "ensure", "--dry-run", "--group", "payment-service=pay-2")
+    assert sec.last_rc == 1, out
+    assert "would create: User:payment-service ALLOW READ GROUP:pay-2" in out, out
+    assert "extra: User:payment-service ALLOW READ GROUP:payment-service" in out, out
+    assert "acls: 25 ok, 1 to create, 1 extra" in out, out
 
 
 def test_orderctl_dlt_tail_as_operator_via_config(sec):
