@@ -422,13 +422,16 @@ static void collect(loop *l)
             break;
         }
         if (m->err) {
-            if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            if (cm_kafka_is_access_error(m->err, rd_kafka_message_errstr(m)))
+                cm_kafka_access_failed(l->cfg->health, l->rk, m->err, rd_kafka_message_errstr(m));
+            else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
                 log_warning("consumer error code=%s reason=\"%s\"", rd_kafka_err2name(m->err),
                             rd_kafka_message_errstr(m));
             rd_kafka_message_destroy(m);
             continue;
         }
         atomic_store(&l->cfg->health->kafka_ok, true);
+        cm_kafka_access_ok(l->cfg->health, l->rk);
         slot_fill(&l->batch[l->n++], m);
     }
 }

@@ -371,7 +371,7 @@ static void metrics_route(void *ctx, const cm_http_req *req, cm_http_resp *resp)
     cm_metrics_set(h->metrics, "orders_dependency_up", "dependency=\"database\"",
                    atomic_load(&h->db_ok) && atomic_load(&h->relay_db_ok) ? 1 : 0);
     cm_metrics_set(h->metrics, "orders_dependency_up", "dependency=\"kafka\"",
-                   atomic_load(&h->kafka_ok) ? 1 : 0);
+                   atomic_load(&h->kafka_ok) && cm_health_kafka_denied(h) == 0 ? 1 : 0);
     resp->text = cm_metrics_render(h->metrics);
     resp->status = resp->text ? 200 : 500;
     resp->ctype = "text/plain; version=0.0.4; charset=utf-8";
@@ -404,12 +404,17 @@ static void ready_route(void *ctx, const cm_http_req *req, cm_http_resp *resp)
     cm_daemon *d = ctx;
     cm_health *h = &d->health;
     bool ready = cm_health_ready(h);
+    int denied = cm_health_kafka_denied(h);
     (void)req;
     resp->status = ready ? 200 : 503;
-    resp->body = json_pack("{s:s, s:b, s:b, s:b, s:b}", "status", ready ? "ready" : "not ready",
-                           "started", atomic_load(&h->started), "database",
-                           atomic_load(&h->db_ok) && atomic_load(&h->relay_db_ok), "kafka",
-                           atomic_load(&h->kafka_ok), "outbox", atomic_load(&h->relay_db_ok));
+    /* kafkaAccess: "ok", or the error code of the last authentication or
+     * authorization failure (the log has the details). */
+    resp->body =
+        json_pack("{s:s, s:b, s:b, s:b, s:b, s:s}", "status", ready ? "ready" : "not ready",
+                  "started", atomic_load(&h->started), "database",
+                  atomic_load(&h->db_ok) && atomic_load(&h->relay_db_ok), "kafka",
+                  atomic_load(&h->kafka_ok) && denied == 0, "outbox", atomic_load(&h->relay_db_ok),
+                  "kafkaAccess", denied ? rd_kafka_err2name((rd_kafka_resp_err_t)denied) : "ok");
 }
 
 PGconn *cm_daemon_db(cm_daemon *d, cm_http_resp *resp)

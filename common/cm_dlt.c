@@ -92,6 +92,10 @@ int cm_dlt_publish(rd_kafka_t *producer, const rd_kafka_message_t *m, const char
     while (state == 0)
         rd_kafka_poll(producer, 50);
     if (state != 1) {
+        rd_kafka_resp_err_t e = (rd_kafka_resp_err_t)(-(state + 1000000));
+
+        if (cm_kafka_is_access_error(e, NULL))
+            cm_kafka_access_failed(rd_kafka_opaque(producer), producer, e, rd_kafka_err2str(e));
         log_error("could not publish to %s partition=%d offset=%lld error=\"%s\"", topic,
                   (int)m->partition, (long long)m->offset,
                   rd_kafka_err2str((rd_kafka_resp_err_t)(-(state + 1000000))));

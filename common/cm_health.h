@@ -10,6 +10,17 @@
 
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <time.h>
+
+#define CM_KAFKA_DENIED_HOLD_S 30
+
+/* Monotonic seconds + 1 (never 0: 0 means "never" in the fields below). */
+static inline long long cm_health_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec + 1;
+}
 
 typedef struct {
     atomic_bool db_ok;       /* the consumer's database connection works */
@@ -21,11 +32,33 @@ typedef struct {
     atomic_llong dead_lettered;
     atomic_llong retries;
     atomic_llong outbox_backlog; /* rows seen in the outbox by the last relay pass */
-    cm_metrics *metrics;         /* the daemon's registry (owned by cm_daemon) */
+    /* The last Kafka authentication or authorization failure (an
+     * rd_kafka_resp_err_t, 0 = none) and when it happened: set by
+     * cm_kafka_access_failed, cleared by cm_kafka_access_ok once records flow
+     * again through a client of the type that failed. It counts (not ready) while failures keep
+     * coming: librdkafka retries every few seconds, so a lasting failure is renewed all the time,
+     * while a passing one (ACLs that reach a broker a moment after a client) lapses after
+     * CM_KAFKA_DENIED_HOLD_S without traffic. */
+    atomic_int kafka_denied;
+    atomic_int kafka_denied_roles;    /* bit per failing client type: 1 producer, 2 consumer */
+    atomic_llong kafka_denied_at;     /* monotonic s (+1) of the last failure */
+    atomic_int kafka_denied_seen;     /* causes logged in this episode (bits) */
+    atomic_llong kafka_denied_logged; /* monotonic s (+1) of the last such error line */
+    cm_metrics *metrics;              /* the daemon's registry (owned by cm_daemon) */
 } cm_health;
+
+/* The Kafka access failure that counts now (0: none, or it lapsed). */
+static inline int cm_health_kafka_denied(cm_health *h)
+{
+    int err = atomic_load(&h->kafka_denied_roles) ? atomic_load(&h->kafka_denied) : 0;
+
+    if (err && cm_health_now_s() - atomic_load(&h->kafka_denied_at) > CM_KAFKA_DENIED_HOLD_S)
+        return 0;
+    return err;
+}
 
 static inline bool cm_health_ready(cm_health *h)
 {
     return atomic_load(&h->started) && atomic_load(&h->db_ok) && atomic_load(&h->kafka_ok) &&
-           atomic_load(&h->relay_db_ok);
+           atomic_load(&h->relay_db_ok) && cm_health_kafka_denied(h) == 0;
 }

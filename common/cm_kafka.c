@@ -10,6 +10,7 @@
 #include <jansson.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 struct set_ctx {
     rd_kafka_conf_t *conf;
@@ -44,11 +45,16 @@ static int set_from_env(void *ud, const char *var, const char *prop, const char 
 }
 
 /* librdkafka's own lines may carry what it was given (a debug dump of the
- * configuration, a broker's error text): known secrets are redacted. */
+ * configuration, a broker's error text): known secrets are redacted. A
+ * broker connection failure ("FAIL") reaches on_error too, which logs it (an
+ * access failure once): librdkafka's own line about it, repeated at every
+ * reconnect, goes to the debug level. */
 static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
     char safe[1024];
 
+    if (strcmp(fac, "FAIL") == 0)
+        level = LOG_DEBUG;
     cm_config_redact(buf, safe, sizeof(safe));
     cm_log(level > LOG_DEBUG ? LOG_DEBUG : level, "librdkafka client=%s facility=%s msg=\"%s\"",
            rd_kafka_name(rk), fac, safe);
@@ -62,9 +68,159 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
     if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN && h)
         atomic_store(&h->kafka_ok, false);
     cm_config_redact(reason, safe, sizeof(safe));
+    if (cm_kafka_is_access_error((rd_kafka_resp_err_t)err, safe)) {
+        cm_kafka_access_failed(h, rk, (rd_kafka_resp_err_t)err, safe);
+        return;
+    }
+    if (err == RD_KAFKA_RESP_ERR__FATAL) {
+        /* e.g. the idempotent producer's InitProducerId refused
+         * (CLUSTER_AUTHORIZATION_FAILED): the relay recreates the producer,
+         * the cause counts as an access failure meanwhile. */
+        char why[512], why_safe[512];
+        rd_kafka_resp_err_t fe = rd_kafka_fatal_error(rk, why, sizeof(why));
+
+        cm_config_redact(why, why_safe, sizeof(why_safe));
+        if (cm_kafka_is_access_error(fe, why_safe))
+            cm_kafka_access_failed(h, rk, fe, why_safe);
+    }
     cm_log(err == RD_KAFKA_RESP_ERR__FATAL ? LOG_ERR : LOG_WARNING,
            "kafka error client=%s code=%s reason=\"%s\"", rd_kafka_name(rk),
            rd_kafka_err2name((rd_kafka_resp_err_t)err), safe);
+}
+
+bool cm_kafka_is_access_error(rd_kafka_resp_err_t err, const char *reason)
+{
+    switch (err) {
+    case RD_KAFKA_RESP_ERR__AUTHENTICATION:
+    case RD_KAFKA_RESP_ERR__SSL:
+    case RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+        return true;
+    case RD_KAFKA_RESP_ERR__TRANSPORT:
+        /* With TLS 1.3 the broker rejects a client certificate after the
+         * client's side of the handshake is done: the alert arrives as a
+         * receive failure ("sslv3 alert bad certificate", "certificate
+         * required", "unknown ca"). */
+        return reason && strstr(reason, "SSL") && strstr(reason, "alert");
+    default:
+        return false;
+    }
+}
+
+/* The principal rk presents, for the log line: "user NAME" (SASL) or
+ * "certificate FILE" (mTLS), or "no credentials". */
+static void principal_of(const rd_kafka_t *rk, char *out, size_t outlen)
+{
+    const rd_kafka_conf_t *conf = rd_kafka_conf((rd_kafka_t *)rk);
+    char proto[32] = "", v[256] = "";
+    size_t n = sizeof(proto);
+
+    rd_kafka_conf_get(conf, "security.protocol", proto, &n);
+    n = sizeof(v);
+    if (strncasecmp(proto, "sasl", 4) == 0 &&
+        rd_kafka_conf_get(conf, "sasl.username", v, &n) == RD_KAFKA_CONF_OK && *v) {
+        snprintf(out, outlen, "user %s (%s)", v, proto);
+        return;
+    }
+    n = sizeof(v);
+    if (strcasecmp(proto, "ssl") == 0 &&
+        rd_kafka_conf_get(conf, "ssl.certificate.location", v, &n) == RD_KAFKA_CONF_OK && *v) {
+        snprintf(out, outlen, "certificate %s (%s)", v, proto);
+        return;
+    }
+    snprintf(out, outlen, "no credentials (%s)", *proto ? proto : "plaintext");
+}
+
+static const char *access_cause(rd_kafka_resp_err_t err)
+{
+    switch (err) {
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+        return "Kafka denied access to a topic";
+    case RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED:
+        return "Kafka denied access to the consumer group";
+    case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+        return "Kafka denied a cluster operation";
+    case RD_KAFKA_RESP_ERR__SSL:
+    case RD_KAFKA_RESP_ERR__TRANSPORT:
+        return "Kafka TLS handshake failed";
+    default:
+        return "Kafka authentication failed";
+    }
+}
+
+#define ACCESS_RELOG_S 600
+#define RECOVERY_LOGGED (1 << 30) /* in kafka_denied_seen */
+
+/* One bit per cause of access_cause, for "logged in this episode". */
+static int cause_bit(rd_kafka_resp_err_t err)
+{
+    const char *c = access_cause(err);
+    static const char *const causes[] = {
+        "Kafka authentication failed", "Kafka TLS handshake failed",
+        "Kafka denied access to a topic", "Kafka denied access to the consumer group",
+        "Kafka denied a cluster operation"};
+
+    for (size_t i = 0; i < sizeof(causes) / sizeof(causes[0]); i++)
+        if (strcmp(c, causes[i]) == 0)
+            return 1 << i;
+    return 1;
+}
+
+static int role_bit(rd_kafka_type_t type)
+{
+    return type == RD_KAFKA_PRODUCER ? 1 : 2;
+}
+
+void cm_kafka_access_failed(cm_health *h, const rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                            const char *reason)
+{
+    long long now, last;
+    int bit = cause_bit(err);
+    char who[320];
+    bool loud = true;
+
+    principal_of(rk, who, sizeof(who));
+    if (h) {
+        now = cm_health_now_s();
+        /* A failure after a quiet spell (the last one lapsed) starts a new
+         * episode: its causes are logged again. */
+        if (now - atomic_exchange(&h->kafka_denied_at, now) > CM_KAFKA_DENIED_HOLD_S)
+            atomic_store(&h->kafka_denied_seen, 0);
+        atomic_store(&h->kafka_denied, (int)err);
+        atomic_fetch_or(&h->kafka_denied_roles, role_bit(rd_kafka_type(rk)));
+        /* Loud the first time a cause shows in this episode (the first of the
+         * daemon's clients to fail), then at most every ACCESS_RELOG_S. */
+        loud = (atomic_fetch_or(&h->kafka_denied_seen, bit) & bit) == 0;
+        atomic_fetch_and(&h->kafka_denied_seen, ~RECOVERY_LOGGED);
+        last = atomic_load(&h->kafka_denied_logged);
+        if (loud || now - last >= ACCESS_RELOG_S)
+            loud = atomic_compare_exchange_strong(&h->kafka_denied_logged, &last, now) || loud;
+    }
+    cm_log(loud ? LOG_ERR : LOG_DEBUG, "%s for %s client=%s code=%s reason=\"%s\"%s",
+           access_cause(err), who, rd_kafka_name(rk), rd_kafka_err2name(err), reason,
+           loud && h ? " (not ready while this lasts; repeated at most every 10 min)" : "");
+}
+
+void cm_kafka_access_ok(cm_health *h, const rd_kafka_t *rk)
+{
+    int bit = role_bit(rd_kafka_type(rk)), prev;
+
+    /* A consumer that reads proves nothing about a producer that may not
+     * write, and the other way round: each type clears its own failures. */
+    if (!h || (atomic_load(&h->kafka_denied_roles) & bit) == 0)
+        return;
+    prev = atomic_fetch_and(&h->kafka_denied_roles, ~bit);
+    /* The episode (what was logged) ends only when failures stop for
+     * CM_KAFKA_DENIED_HOLD_S: a group that may not commit while its fetches
+     * work fails and succeeds in turn, and must not log every turn. */
+    if ((prev & bit) && (prev & ~bit) == 0 &&
+        (atomic_fetch_or(&h->kafka_denied_seen, RECOVERY_LOGGED) & RECOVERY_LOGGED) == 0)
+        log_info("kafka access works again (was code=%s)",
+                 rd_kafka_err2name((rd_kafka_resp_err_t)atomic_load(&h->kafka_denied)));
 }
 
 /* Consumer statistics: the lag of every assigned partition becomes

@@ -10,6 +10,7 @@
 #include "cm_health.h"
 
 #include <librdkafka/rdkafka.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 typedef enum {
@@ -34,3 +35,23 @@ int cm_kafka_check_env(char *err, size_t errlen);
 /* Creates a client from conf (which it takes, even on failure). */
 int cm_kafka_new(cm_kafka_role role, rd_kafka_conf_t *conf, rd_kafka_t **ret, char *err,
                  size_t errlen);
+
+/* True for the errors that mean the brokers refused who we are or what we
+ * asked for: SASL authentication, a TLS handshake the broker or we rejected
+ * (certificate), and topic/group/cluster/transactional-id authorization.
+ * reason is the error string (a TLS rejection shows as a transport error). */
+bool cm_kafka_is_access_error(rd_kafka_resp_err_t err, const char *reason);
+
+/* Records an access failure of client rk in h (the daemon is not ready
+ * while one is recorded) and logs it as one error line naming the cause and
+ * the principal (SASL user or certificate); the same failure is logged again
+ * at most every 10 minutes, other clients of the daemon failing the same way
+ * only at debug level. h may be NULL. */
+void cm_kafka_access_failed(cm_health *h, const rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                            const char *reason);
+
+/* Clears the access failures recorded by clients of rk's type (a producer's
+ * records were acknowledged, a consumer got records), with an info line when
+ * none is left. h may be NULL. Without traffic a failure
+ * also stops counting CM_KAFKA_DENIED_HOLD_S after the last one (cm_health.h). */
+void cm_kafka_access_ok(cm_health *h, const rd_kafka_t *rk);

@@ -304,6 +304,9 @@ static int delete_acked(cm_relay *r, PGresult *res, relay_slot *slots, int n, in
             cm_metrics_add(r->health->metrics, "orders_records_produced_total", labels, 1);
         }
         if (slots[i].state != 1) {
+            if (cm_kafka_is_access_error(slots[i].err, NULL))
+                cm_kafka_access_failed(r->health, r->producer, slots[i].err,
+                                       rd_kafka_err2str(slots[i].err));
             if (failed++ == 0)
                 log_warning("outbox row not delivered id=%s topic=%s key=%s error=\"%s\"",
                             PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), PQgetvalue(res, i, 2),
@@ -380,8 +383,10 @@ static int relay_pass(cm_relay *r)
     log_debug("outbox relay published count=%d failed=%d", n - failed, failed);
     if (rc == 0) {
         atomic_fetch_add(&r->health->produced, n - failed);
-        if (n - failed > 0)
+        if (n - failed > 0) {
             atomic_store(&r->health->kafka_ok, true);
+            cm_kafka_access_ok(r->health, r->producer);
+        }
     }
     free(slots);
     PQclear(res);

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 volatile sig_atomic_t oc_stop = 0;
@@ -28,6 +29,80 @@ void oc_opts_default(oc_opts *o)
     o->bootstrap = env && *env ? env : "127.0.0.1:9092";
     o->timeout_ms = 10000;
     o->verbose = false;
+    o->bootstrap_set = false;
+}
+
+/* One line of a config file: 1 set (or kept), 0 nothing on it, -1 malformed. */
+static int config_line(char *line, const char *path, int lineno, bool *secret)
+{
+    char *k = line, *v, *end;
+    size_t n;
+
+    while (isspace((unsigned char)*k))
+        k++;
+    if (!*k || *k == '#' || *k == ';')
+        return 0;
+    v = strchr(k, '=');
+    if (!v || v == k)
+        goto bad;
+    *v++ = '\0';
+    for (char *c = k; *c; c++)
+        if (!(isalnum((unsigned char)*c) || *c == '_') || isdigit((unsigned char)*k))
+            goto bad;
+    n = strlen(v);
+    while (n > 0 && isspace((unsigned char)v[n - 1]))
+        v[--n] = '\0';
+    while (isspace((unsigned char)*v))
+        v++, n--;
+    if (n >= 2 && (v[0] == '"' || v[0] == '\'') && v[n - 1] == v[0]) {
+        v[n - 1] = '\0';
+        v++;
+    }
+    if (strncmp(k, "KAFKA_", 6) != 0)
+        return 0;
+    end = k + strlen(k);
+    if (end - k > 9 && (strstr(k, "PASSWORD") || strstr(k, "SECRET")) &&
+        strcmp(end - 5, "_FILE") != 0)
+        *secret = true;
+    if (setenv(k, v, 0) < 0) {
+        oc_err("%s:%d: could not set %s", path, lineno, k);
+        return -1;
+    }
+    return 1;
+bad:
+    oc_err("%s:%d: not a KEY=VALUE line", path, lineno);
+    return -1;
+}
+
+int oc_config_load(const char *path)
+{
+    FILE *f = fopen(path, "re");
+    char *line = NULL;
+    size_t cap = 0;
+    int lineno = 0, r = 0;
+    bool secret = false;
+    struct stat st;
+
+    if (!f) {
+        oc_err("cannot read --config %s: %s", path, strerror(errno));
+        return -1;
+    }
+    while (r == 0 && getline(&line, &cap, f) >= 0) {
+        size_t n = strlen(line);
+
+        lineno++;
+        if (n > 0 && line[n - 1] == '\n')
+            line[n - 1] = '\0';
+        if (config_line(line, path, lineno, &secret) < 0)
+            r = -1;
+    }
+    if (r == 0 && secret && fstat(fileno(f), &st) == 0 && (st.st_mode & 0077))
+        oc_err("warning: %s holds a password and is readable by others (chmod 600, or use "
+               "KAFKA_SASL_PASSWORD_FILE)",
+               path);
+    free(line);
+    fclose(f);
+    return r;
 }
 
 int oc_opts_common(oc_opts *o, int opt, const char *arg)
@@ -41,7 +116,18 @@ int oc_opts_common(oc_opts *o, int opt, const char *arg)
             return -1;
         }
         o->bootstrap = arg;
+        o->bootstrap_set = true;
         return 1;
+    case OC_OPT_CONFIG: {
+        const char *env;
+
+        if (oc_config_load(arg) < 0)
+            return -1;
+        env = getenv("KAFKA_BOOTSTRAP_SERVERS");
+        if (!o->bootstrap_set && env && *env)
+            o->bootstrap = env;
+        return 1;
+    }
     case OC_OPT_TIMEOUT:
         if (oc_parse_i64(arg, 1, 3600, &v) < 0) {
             oc_usage("--timeout must be a number of seconds between 1 and 3600");

@@ -25,6 +25,7 @@ typedef struct {
     const char *bootstrap; /* --bootstrap, else $KAFKA_BOOTSTRAP_SERVERS, else 127.0.0.1:9092 */
     int timeout_ms;        /* --timeout: deadline of each broker request */
     bool verbose;          /* --verbose: librdkafka's own log lines on stderr */
+    bool bootstrap_set;    /* --bootstrap given: --config does not change it */
 } oc_opts;
 
 /* Set by SIGINT/SIGTERM; the only mutable global of the program. */
@@ -32,6 +33,12 @@ extern volatile sig_atomic_t oc_stop;
 
 /* Installs the SIGINT/SIGTERM handler that sets oc_stop. */
 void oc_signals_install(void);
+
+/* Reads the KAFKA_* lines of a KEY=VALUE file (systemd EnvironmentFile
+ * syntax: blank lines, '#'/';' comments, optionally quoted values) into the
+ * environment; variables already set keep their value. Returns 0, or -1
+ * (reported: unreadable file, malformed line). */
+int oc_config_load(const char *path);
 
 /* Fills o with the defaults (environment included). */
 void oc_opts_default(oc_opts *o);
@@ -45,8 +52,10 @@ int oc_opts_common(oc_opts *o, int opt, const char *arg);
 #define OC_OPT_BOOTSTRAP 0x100
 #define OC_OPT_TIMEOUT 0x101
 #define OC_OPT_VERBOSE 0x102
+#define OC_OPT_CONFIG 0x103
 #define OC_COMMON_LONGOPTS                                                                         \
     {"bootstrap", required_argument, NULL, OC_OPT_BOOTSTRAP},                                      \
+        {"config", required_argument, NULL, OC_OPT_CONFIG},                                        \
         {"timeout", required_argument, NULL, OC_OPT_TIMEOUT},                                      \
         {"verbose", no_argument, NULL, OC_OPT_VERBOSE},                                            \
     {                                                                                              \
@@ -57,6 +66,9 @@ int oc_opts_common(oc_opts *o, int opt, const char *arg);
     "  --bootstrap HOST:PORT[,...]  brokers (default $KAFKA_BOOTSTRAP_SERVERS, else\n"             \
     "                               127.0.0.1:9092); KAFKA_<PROPERTY> variables pass\n"            \
     "                               librdkafka properties through (KAFKA_SECURITY_PROTOCOL=...)\n" \
+    "  --config FILE                KAFKA_*=VALUE lines (a daemon's EnvironmentFile: '#'\n"        \
+    "                               comments, optional quotes; other names are skipped);\n"        \
+    "                               a variable already set in the environment wins\n"              \
     "  --timeout SECONDS            deadline of each broker request (default 10)\n"                \
     "  --verbose                    show librdkafka's log lines\n"                                 \
     "  --help                       this text\n"

@@ -24,13 +24,16 @@ static const char usage_text[] =
     "  topics ensure    create the missing topics, report drift of existing ones\n"
     "  token new        a new bearer token for the HTTP API and its token-file line\n"
     "  token hash       the token-file hash of a token read from stdin\n"
+    "  acls show        print the least-privilege ACLs of the system's principals\n"
+    "  acls ensure      create the missing ACLs, report (--prune: delete) extra ones\n"
     "\n"
     "\"orderctl COMMAND --help\" (e.g. orderctl dlt replay --help) shows the options\n"
     "of a command. Common options go before or after the command.\n"
     "\n" OC_COMMON_HELP "  --version                    print the version\n"
     "\n"
     "Exit status: 0 ok, 1 finding (DLT depth above threshold, topic drift, a record\n"
-    "that could not be replayed), 2 usage error, 3 broker or infrastructure error.\n";
+    "that could not be replayed, ACL drift), 2 usage error, 3 broker or infrastructure\n"
+    "error.\n";
 
 typedef struct {
     const char *group, *name;
@@ -41,6 +44,7 @@ static const command commands[] = {
     {"dlt", "tail", oc_cmd_dlt_tail},     {"dlt", "depth", oc_cmd_dlt_depth},
     {"dlt", "replay", oc_cmd_dlt_replay}, {"topics", "ensure", oc_cmd_topics_ensure},
     {"token", "new", oc_cmd_token_new},   {"token", "hash", oc_cmd_token_hash},
+    {"acls", "show", oc_cmd_acls_show},   {"acls", "ensure", oc_cmd_acls_ensure},
 };
 
 /* Parses the common options before the command; returns -1 to go on. */

@@ -15,10 +15,14 @@ JAVA="${JAVA:-java}"
 HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xmx512m -Xms256m}"
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
 STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-30}"
+# Secure mode: the principals that get a SCRAM user and a client certificate
+# (one per daemon, the operator tool, the admin super user), and the brokers'.
+PRINCIPALS="order-service payment-service inventory-service orderctl admin"
+BROKER_PRINCIPAL="kafka-broker"
 
 usage() {
     cat <<USAGE
-Usage: $(basename "$0") COMMAND [--nodes 1|3] [--dir DIR] [--port BASEPORT]
+Usage: $(basename "$0") COMMAND [--nodes 1|3] [--dir DIR] [--port BASEPORT] [--secure]
 
 Commands:
   start          format storage if needed, start every node that is not running,
@@ -36,6 +40,8 @@ Options:
   --dir DIR      state folder (default <root>/.run/kafka)
   --port P       client port of node 1 (default 9092); node i uses P+i-1 for clients
                  and P+100+i-1 for its controller listener
+  --secure       secure mode (recorded in DIR at first start, like --nodes): no
+                 unauthenticated listener; see "Secure mode" below
   --help         this text
 
 Environment: KAFKA_VERSION (3.9.x, default $KAFKA_DEFAULT_VERSION, or 4.1.x; recorded in
@@ -47,10 +53,25 @@ KAFKA_STOP_TIMEOUT.
 Layout: DIR/cluster.env, DIR/node-i/{server.properties,log4j.properties (3.x) or
 log4j2.properties (4.x),pid,server.log,console.log,data/}.
 
+Secure mode (--secure): a throw-away CA and PEM certificates made with openssl
+in DIR/tls (broker: SAN IP:127.0.0.1,DNS:localhost; one client certificate per
+principal: $PRINCIPALS), random SCRAM-SHA-512 passwords in
+DIR/secrets/<principal>.password (0600), created as SCRAM users at format time.
+Listeners of node i: SASL_SSL (SCRAM-SHA-512) on P+i-1, SSL with client
+certificates required (mTLS, also the inter-broker listener) on P+200+i-1, the
+controller listener on P+100+i-1 is mTLS too. Certificate subjects CN=<name> map
+to User:<name>. StandardAuthorizer, allow.everyone.if.no.acl.found=false,
+super.users=User:admin;User:$BROKER_PRINCIPAL: every other principal needs
+ACLs (orderctl acls ensure). Ready-to-source client settings (KAFKA_* variables
+of the daemons and orderctl): DIR/clients/<principal>-scram.env (password as
+KAFKA_SASL_PASSWORD_FILE) and DIR/clients/<principal>-mtls.env; DIR/clients/
+admin.properties for Kafka's Java tools (mTLS).
+
 Examples:
   $(basename "$0") start                                  # 1 node on 127.0.0.1:9092
   KAFKA_VERSION=4.1.1 $(basename "$0") start --port 39092 --dir /tmp/k4
   $(basename "$0") start --nodes 3 --port 29092 --dir /tmp/k3
+  $(basename "$0") start --secure --port 19092 --dir /tmp/ks  # SASL_SSL 19092, mTLS 19292
   $(basename "$0") kill-node 2 --dir /tmp/k3
   $(basename "$0") stop --dir /tmp/k3
 USAGE
@@ -75,13 +96,14 @@ case "$CMD" in
     *) die "unknown command: $CMD (see --help)" ;;
 esac
 
-OPT_NODES="" OPT_PORT=""
+OPT_NODES="" OPT_PORT="" OPT_SECURE=""
 DIR="$ROOT/.run/kafka"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --nodes) OPT_NODES="${2:?--nodes needs a number}"; shift 2 ;;
         --dir) DIR="${2:?--dir needs a folder}"; shift 2 ;;
         --port) OPT_PORT="${2:?--port needs a number}"; shift 2 ;;
+        --secure) OPT_SECURE=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
@@ -93,11 +115,15 @@ CLUSTER_ENV="$DIR/cluster.env"
 
 # The cluster's shape and Kafka version are recorded at first start; later
 # commands reuse them.
-NODES="" BASEPORT="" CLUSTER_ID="" VERSION=""
+NODES="" BASEPORT="" CLUSTER_ID="" VERSION="" SECURE=""
 if [[ -f "$CLUSTER_ENV" ]]; then
     # shellcheck source=/dev/null
     . "$CLUSTER_ENV"
     VERSION="${VERSION:-3.9.1}" # recorded before versions were selectable
+    SECURE="${SECURE:-0}"
+    if [[ -n "$OPT_SECURE" && "$SECURE" != 1 && "$CMD" != clean ]]; then
+        die "$DIR holds a plaintext cluster; use another --dir or '$(basename "$0") clean --dir $DIR' first"
+    fi
     if [[ -n "$WANT_VERSION" && "$WANT_VERSION" != "$VERSION" ]] && [[ "$CMD" == start || "$CMD" == start-node ]]; then
         die "$DIR holds a Kafka $VERSION cluster, not $WANT_VERSION; unset KAFKA_VERSION, use another --dir, or '$(basename "$0") clean --dir $DIR' first"
     fi
@@ -108,21 +134,32 @@ else
     NODES="${OPT_NODES:-1}"
     BASEPORT="${OPT_PORT:-9092}"
     VERSION="${WANT_VERSION:-$KAFKA_DEFAULT_VERSION}"
+    SECURE="${OPT_SECURE:-0}"
 fi
 [[ -z "$WANT_VERSION" ]] || kafka_check_version "$WANT_VERSION"
 [[ "$CMD" != start && "$CMD" != start-node ]] || kafka_check_version "$VERSION"
 LIBS="${KAFKA_LIBS_DIR:-$ROOT/.run/kafka-libs/$VERSION}"
 MAJOR="$(kafka_major "$VERSION")"
-(( BASEPORT + 100 + NODES <= 65535 )) || die "port $BASEPORT out of range"
+(( BASEPORT + 200 + NODES <= 65535 )) || die "port $BASEPORT out of range"
 [[ -z "$NODE" ]] || (( NODE <= NODES )) || die "node $NODE does not exist (cluster has $NODES node(s))"
 
 client_port() { echo $((BASEPORT + $1 - 1)); }
 controller_port() { echo $((BASEPORT + 100 + $1 - 1)); }
+mtls_port() { echo $((BASEPORT + 200 + $1 - 1)); }
 node_dir() { echo "$DIR/node-$1"; }
 bootstrap() {
     local i out=""
     for ((i = 1; i <= NODES; i++)); do out+="${out:+,}127.0.0.1:$(client_port "$i")"; done
     echo "$out"
+}
+bootstrap_mtls() {
+    local i out=""
+    for ((i = 1; i <= NODES; i++)); do out+="${out:+,}127.0.0.1:$(mtls_port "$i")"; done
+    echo "$out"
+}
+print_bootstrap() {
+    echo "bootstrap=$(bootstrap)"
+    [[ "$SECURE" != 1 ]] || echo "bootstrap_mtls=$(bootstrap_mtls)"
 }
 
 # ---------------------------------------------------------------- processes
@@ -173,7 +210,7 @@ write_env() {
         [[ "$id" != -* ]] && break
     done
     CLUSTER_ID="$id"
-    printf 'NODES=%s\nBASEPORT=%s\nCLUSTER_ID=%s\nVERSION=%s\n' "$NODES" "$BASEPORT" "$CLUSTER_ID" "$VERSION" >"$CLUSTER_ENV.tmp"
+    printf 'NODES=%s\nBASEPORT=%s\nCLUSTER_ID=%s\nVERSION=%s\nSECURE=%s\n' "$NODES" "$BASEPORT" "$CLUSTER_ID" "$VERSION" "$SECURE" >"$CLUSTER_ENV.tmp"
     mv "$CLUSTER_ENV.tmp" "$CLUSTER_ENV"
 }
 
@@ -189,10 +226,7 @@ write_node_config() { # node
 process.roles=broker,controller
 node.id=$n
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:$(client_port "$n"),CONTROLLER://127.0.0.1:$(controller_port "$n")
-advertised.listeners=PLAINTEXT://127.0.0.1:$(client_port "$n")
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-inter.broker.listener.name=PLAINTEXT
+$(listener_props "$n")
 controller.listener.names=CONTROLLER
 log.dirs=$nd/data
 num.partitions=6
@@ -215,6 +249,138 @@ PROPS
     fi
     mv "$nd/server.properties.tmp" "$nd/server.properties"
     if [[ "$MAJOR" == 3 ]]; then write_log4j1 "$nd"; else write_log4j2 "$nd"; fi
+}
+
+listener_props() { # node
+    local n="$1" t="$DIR/tls"
+    if [[ "$SECURE" != 1 ]]; then
+        cat <<PROPS
+listeners=PLAINTEXT://127.0.0.1:$(client_port "$n"),CONTROLLER://127.0.0.1:$(controller_port "$n")
+advertised.listeners=PLAINTEXT://127.0.0.1:$(client_port "$n")
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+PROPS
+        return 0
+    fi
+    cat <<PROPS
+# Secure mode: no unauthenticated listener. Clients: SASL_SSL (SCRAM-SHA-512)
+# or MTLS (TLS client certificate required); brokers and controllers talk
+# over mTLS with the broker certificate (User:$BROKER_PRINCIPAL, a super user).
+listeners=SASL_SSL://127.0.0.1:$(client_port "$n"),MTLS://127.0.0.1:$(mtls_port "$n"),CONTROLLER://127.0.0.1:$(controller_port "$n")
+advertised.listeners=SASL_SSL://127.0.0.1:$(client_port "$n"),MTLS://127.0.0.1:$(mtls_port "$n")
+listener.security.protocol.map=SASL_SSL:SASL_SSL,MTLS:SSL,CONTROLLER:SSL
+inter.broker.listener.name=MTLS
+ssl.keystore.type=PEM
+ssl.keystore.location=$t/broker-keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$t/ca.pem
+ssl.endpoint.identification.algorithm=https
+ssl.enabled.protocols=TLSv1.2,TLSv1.3
+listener.name.mtls.ssl.client.auth=required
+listener.name.controller.ssl.client.auth=required
+listener.name.sasl_ssl.ssl.client.auth=none
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.principal.mapping.rules=RULE:^CN=([A-Za-z0-9._-]+)\$/\$1/,DEFAULT
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:admin;User:$BROKER_PRINCIPAL
+PROPS
+}
+
+# ---------------------------------------------------------------- secure mode material
+# A throw-away CA, the broker's certificate and one client certificate per
+# principal, all PEM; made once (first start), kept across restarts.
+make_tls() {
+    local t="$DIR/tls" p
+    [[ -f "$t/done" ]] && return 0
+    command -v openssl >/dev/null || die "openssl not found"
+    mkdir -p "$t"
+    chmod 700 "$t"
+    (
+        umask 077
+        cd "$t"
+        openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 -keyout ca.key -out ca.pem \
+            -subj "/CN=orders dev CA $(basename "$DIR")" \
+            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+        issue() { # name extensions
+            openssl req -newkey rsa:2048 -nodes -sha256 -keyout "$1.key.tmp" -out "$1.csr" -subj "/CN=$1" 2>/dev/null
+            openssl pkcs8 -topk8 -nocrypt -in "$1.key.tmp" -out "$1.key"
+            rm -f "$1.key.tmp"
+            printf '%s\n' "$2" >"$1.ext"
+            openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 -sha256 \
+                -extfile "$1.ext" -out "$1.pem" 2>/dev/null
+            rm -f "$1.csr" "$1.ext"
+        }
+        issue "$BROKER_PRINCIPAL" "subjectAltName=IP:127.0.0.1,DNS:localhost
+extendedKeyUsage=serverAuth,clientAuth
+keyUsage=critical,digitalSignature,keyEncipherment"
+        cat "$BROKER_PRINCIPAL.key" "$BROKER_PRINCIPAL.pem" >broker-keystore.pem
+        for p in $PRINCIPALS; do
+            issue "$p" "extendedKeyUsage=clientAuth
+keyUsage=critical,digitalSignature,keyEncipherment"
+        done
+        chmod 644 ca.pem ./*.pem
+        chmod 600 ./*.key ca.key broker-keystore.pem
+        touch done
+    ) || die "could not make the certificates in $t"
+}
+
+make_secrets() {
+    local s="$DIR/secrets" p
+    mkdir -p "$s"
+    chmod 700 "$s"
+    for p in $PRINCIPALS; do
+        [[ -s "$s/$p.password" ]] && continue
+        # 24 random bytes, URL-safe base64: no ',', ']' or '=' that --add-scram would trip on
+        (umask 077; head -c 24 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' >"$s/$p.password.tmp")
+        mv "$s/$p.password.tmp" "$s/$p.password"
+    done
+}
+
+write_clients() {
+    local c="$DIR/clients" p t="$DIR/tls" s="$DIR/secrets"
+    mkdir -p "$c"
+    for p in $PRINCIPALS; do
+        cat >"$c/$p-scram.env.tmp" <<ENV
+# $p over SASL_SSL with SCRAM-SHA-512 (generated by kafka.sh; KEY=VALUE for
+# systemd's EnvironmentFile=, orderctl --config or 'set -a; . FILE').
+KAFKA_BOOTSTRAP_SERVERS=$(bootstrap)
+KAFKA_SECURITY_PROTOCOL=SASL_SSL
+KAFKA_SASL_MECHANISMS=SCRAM-SHA-512
+KAFKA_SASL_USERNAME=$p
+KAFKA_SASL_PASSWORD_FILE=$s/$p.password
+KAFKA_SSL_CA_LOCATION=$t/ca.pem
+ENV
+        cat >"$c/$p-mtls.env.tmp" <<ENV
+# $p over TLS with a client certificate (CN=$p -> User:$p; generated by kafka.sh).
+KAFKA_BOOTSTRAP_SERVERS=$(bootstrap_mtls)
+KAFKA_SECURITY_PROTOCOL=SSL
+KAFKA_SSL_CA_LOCATION=$t/ca.pem
+KAFKA_SSL_CERTIFICATE_LOCATION=$t/$p.pem
+KAFKA_SSL_KEY_LOCATION=$t/$p.key
+ENV
+        mv "$c/$p-scram.env.tmp" "$c/$p-scram.env"
+        mv "$c/$p-mtls.env.tmp" "$c/$p-mtls.env"
+    done
+    # Kafka's Java tools (kafka-acls, kafka-configs ...) as admin over mTLS.
+    cat "$t/admin.key" "$t/admin.pem" >"$t/admin-keystore.pem"
+    chmod 600 "$t/admin-keystore.pem"
+    cat >"$c/admin.properties" <<PROPS
+security.protocol=SSL
+ssl.keystore.type=PEM
+ssl.keystore.location=$t/admin-keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$t/ca.pem
+PROPS
+}
+
+scram_args() { # -> --add-scram arguments for every principal (format time)
+    local p
+    for p in $PRINCIPALS; do
+        printf '%s\n' "--add-scram" "SCRAM-SHA-512=[name=$p,password=$(cat "$DIR/secrets/$p.password")]"
+    done
 }
 
 # Kafka 3.x logs through reload4j (log4j 1.x configuration).
@@ -276,10 +442,14 @@ format_node() { # node (no-op when already formatted)
     local n="$1" nd
     nd="$(node_dir "$n")"
     [[ -f "$nd/data/meta.properties" ]] && return 0
+    local extra=()
+    # The passwords go on the JVM's command line for this one short run
+    # (StorageTool has no other way); a dev/test broker only.
+    [[ "$SECURE" != 1 ]] || mapfile -t extra < <(scram_args)
     # shellcheck disable=SC2086
     if ! "$JAVA" -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC ${KAFKA_OPTS:-} "$(log_opt "$nd")" -cp "$LIBS/*" \
             kafka.tools.StorageTool format -t "$CLUSTER_ID" -c "$nd/server.properties" --ignore-formatted \
-            >"$nd/format.log" 2>&1; then
+            "${extra[@]}" >"$nd/format.log" 2>&1; then
         cat "$nd/format.log" >&2
         die "formatting storage of node $n failed"
     fi
@@ -310,9 +480,16 @@ launch_node() { # node: start the JVM in its own session, record its pid
 }
 
 node_answers() { # node: its own metadata lists itself as an alive broker
-    local n="$1" out
-    out="$(timeout 5 kcat -L -b "127.0.0.1:$(client_port "$n")" -t __kafka_sh_probe -m 2 2>/dev/null || true)"
-    grep -Eq "^  broker $n at 127\.0\.0\.1:$(client_port "$n")" <<<"$out"
+    local n="$1" out port sec=()
+    port="$(client_port "$n")"
+    if [[ "$SECURE" == 1 ]]; then
+        # as admin over mTLS (SCRAM of Debian 12's kcat fails against 4.x)
+        port="$(mtls_port "$n")"
+        sec=(-X security.protocol=ssl -X "ssl.ca.location=$DIR/tls/ca.pem"
+            -X "ssl.certificate.location=$DIR/tls/admin.pem" -X "ssl.key.location=$DIR/tls/admin.key")
+    fi
+    out="$(timeout 5 kcat -L -b "127.0.0.1:$port" "${sec[@]}" -t __kafka_sh_probe -m 2 2>/dev/null || true)"
+    grep -Eq "^  broker $n at 127\.0\.0\.1:$port" <<<"$out"
 }
 
 show_failure() { # node
@@ -357,12 +534,14 @@ start_nodes() { # nodes...
     local n to_start=() pids=() p
     for n in "$@"; do
         if node_running "$n"; then continue; fi
-        if port_busy "$(client_port "$n")" || port_busy "$(controller_port "$n")"; then
-            die "node $n: port $(client_port "$n") or $(controller_port "$n") is in use by another process"
+        if port_busy "$(client_port "$n")" || port_busy "$(controller_port "$n")" ||
+            { [[ "$SECURE" == 1 ]] && port_busy "$(mtls_port "$n")"; }; then
+            die "node $n: port $(client_port "$n"), $(controller_port "$n") or $(mtls_port "$n") is in use by another process"
         fi
         to_start+=("$n")
     done
     if [[ ${#to_start[@]} -eq 0 ]]; then info "already running"; return 0; fi
+    if [[ "$SECURE" == 1 ]]; then make_tls; make_secrets; write_clients; fi
     for n in "${to_start[@]}"; do write_node_config "$n"; done
     # Formatting is one JVM per node: run them in parallel.
     for n in "${to_start[@]}"; do format_node "$n" & pids+=($!); done
@@ -413,14 +592,16 @@ case "$CMD" in
         t0=$SECONDS
         mapfile -t nodes < <(all_nodes)
         start_nodes "${nodes[@]}"
-        info "$NODES node(s) of Kafka $VERSION up in $DIR ($((SECONDS - t0)) s)"
-        echo "bootstrap=$(bootstrap)"
+        mode=""
+        [[ "$SECURE" != 1 ]] || mode=", secure mode: clients in $DIR/clients"
+        info "$NODES node(s) of Kafka $VERSION up in $DIR ($((SECONDS - t0)) s)$mode"
+        print_bootstrap
         ;;
     start-node)
         [[ -n "$CLUSTER_ID" ]] || die "no cluster in $DIR (run start first)"
         preflight
         start_nodes "$NODE"
-        echo "bootstrap=$(bootstrap)"
+        print_bootstrap
         ;;
     stop)
         mapfile -t nodes < <(all_nodes)
@@ -439,11 +620,12 @@ case "$CMD" in
                 echo "node $n: stopped"
             fi
         done
-        echo "bootstrap=$(bootstrap)"
+        print_bootstrap
         echo "version=$VERSION"
+        echo "secure=$SECURE"
         if (( up == NODES )); then exit 0; elif (( up == 0 )); then exit 3; else exit 1; fi
         ;;
-    bootstrap) echo "bootstrap=$(bootstrap)" ;;
+    bootstrap) print_bootstrap ;;
     clean)
         mapfile -t nodes < <(all_nodes)
         # stop every node dir found, whatever the recorded shape says
