@@ -138,6 +138,24 @@ SCRIPT_TIMEOUT = 300.0
 _STACK = None
 
 
+def make_pki(d, hosts=("127.0.0.1",)):
+    """A throw-away CA (d/ca.pem) and a server certificate d/server.pem with
+    key d/server.key (0600) for the IP addresses `hosts`, signed by it."""
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=orders test CA")
+    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj",
+            f"/CN={hosts[0]}")
+    (Path(d) / "san.ext").write_text("subjectAltName=" + ",".join(f"IP:{h}" for h in hosts)
+                                     + "\nextendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext")
+    os.chmod(Path(d) / "server.key", 0o600)
+    return Path(d)
+
+
 def build_dir():
     return Path(os.environ.get("ORDERS_BUILD_DIR", str(ROOT / "build" / "dev")))
 
@@ -298,10 +316,17 @@ class Daemon:
         self.proc = None
         self.expect_down = True  # False while it should be running
         self._log_truncated = False
+        self.ca = None  # CA file when the daemon serves HTTPS (HTTP_TLS_CERT)
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca else 'http'}://127.0.0.1:{self.port}"
+
+    def http_get(self, path, **kw):
+        """GET path from the daemon (over HTTPS, verified, when self.ca)."""
+        kw.setdefault("timeout", 5)
+        kw.setdefault("verify", self.ca or True)
+        return requests.get(self.url + path, **kw)
 
     @property
     def pid(self):
@@ -344,7 +369,7 @@ class Daemon:
                 raise AssertionError(f"{self.name} exited with code {rc} before it was ready\n"
                                      f"{self.log_tail(60)}")
             try:
-                r = requests.get(self.url + "/readyz", timeout=2)
+                r = self.http_get("/readyz", timeout=2)
                 last = f"{r.status_code} {r.text[:200]}"
                 if r.status_code == 200:
                     return self
@@ -445,9 +470,10 @@ class Api:
     sending the Authorization header of token `token` (a TOKENS name) unless
     a request brings its own headers["Authorization"] (None: send none)."""
 
-    def __init__(self, base, token="admin"):
+    def __init__(self, base, token="admin", ca=None):
         self.base = base
         self.token = token
+        self.ca = ca  # CA file to verify an https base with
         self._local = threading.local()
 
     @property
@@ -460,6 +486,8 @@ class Api:
 
     def request(self, method, path, **kw):
         kw.setdefault("timeout", 10)
+        if self.ca:  # per request: REQUESTS_CA_BUNDLE would beat Session.verify
+            kw.setdefault("verify", self.ca)
         return self.session.request(method, self.base + path, **kw)
 
     def get(self, path, **kw):

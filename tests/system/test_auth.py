@@ -24,8 +24,8 @@ import warnings
 import pytest
 import requests
 
-from conftest import (SCOPES, SERVICES, TOKENS, TOKENS_FILE, build_dir, new_token, token_hash,
-                      token_line, write_tokens_file)
+from conftest import (SCOPES, SERVICES, TOKENS, TOKENS_FILE, build_dir, make_pki, new_token,
+                      token_hash, token_line, write_tokens_file)
 from helpers import end_offsets
 
 EX_CONFIG = 78
@@ -522,24 +522,10 @@ def test_metrics_token_scope(stack):
 # ---------------------------------------------------------------- HTTPS
 
 
-def openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     """A throw-away CA and a server certificate for IP 127.0.0.1 signed by it."""
-    d = tmp_path_factory.mktemp("pki")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=orders test CA", cwd=d)
-    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1",
-            cwd=d)
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext", cwd=d)
-    os.chmod(d / "server.key", 0o600)
-    return d
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def tls_client(pki, minimum=None, maximum=None, legacy=False):

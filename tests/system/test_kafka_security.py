@@ -12,7 +12,15 @@ unauthenticated listener) and the ACLs of `orderctl acls ensure`:
   ready, logs one clear error, keeps what it accepted in its outbox and
   publishes it once fixed and restarted;
 - `orderctl acls ensure` reports and repairs drift; `orderctl --config` with
-  the operator principal tails the DLTs.
+  the operator principal tails the DLTs;
+- after everything, no SASL password, private key or HTTP token is in any
+  daemon's log or /metrics.
+
+Everything else is secured too, as in production: the daemons serve HTTPS
+(a throw-away CA, verified by the clients) with bearer tokens (the session's
+token file, conftest.TOKENS), take their SASL password from a file
+(KAFKA_SASL_PASSWORD_FILE) and connect to PostgreSQL as their own roles (no
+superuser).
 
 This file starts its own broker (port 19392 + TEST_PORT_OFFSET, 19692 + offset
 on Kafka 4.x, folder .run/test-kafka-secure[-4]), its own databases (prefix
@@ -36,13 +44,11 @@ import requests
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 import conftest
-from conftest import (KAFKA_SH, LOG_DIR, PG_SH, PORT_OFFSET, ROOT, RUN_DIR, Daemon, InventoryApi,
-                      OrdersApi, PaymentsApi, build_dir, check_broker_version, kafka_sh_env,
-                      parse_assignments, run_script, uid, wait_until)
+from conftest import (KAFKA_SH, LOG_DIR, PG_SH, PORT_OFFSET, ROOT, RUN_DIR, TOKENS, TOKENS_FILE,
+                      Daemon, InventoryApi, OrdersApi, PaymentsApi, build_dir,
+                      check_broker_version, kafka_sh_env, make_pki, parse_assignments,
+                      run_script, uid, wait_until, write_tokens_file)
 
-# The daemons' HTTP API without tokens for now: the one place to switch to
-# HTTP_AUTH=tokens (helper "http") when both land together.
-HTTP_AUTH = {"HTTP_AUTH": "none"}
 
 
 def _default_version():
@@ -86,19 +92,28 @@ def env_file(principal, mode):
 
 
 def client_env(principal, mode, password=None):
-    """The KAFKA_* settings of principal from kafka.sh's client file. The file
-    names the password as KAFKA_SASL_PASSWORD_FILE (secret-from-file, helper
-    pgsec's cm_config); until that is on this branch the daemons get the
-    password itself (or `password`, to test a wrong one)."""
+    """The KAFKA_* settings of principal from kafka.sh's client file, which
+    names the SASL password's file (KAFKA_SASL_PASSWORD_FILE); `password`
+    (to test a wrong one) goes into a file of its own instead."""
     env = parse_assignments(env_file(principal, mode).read_text())
-    pw_file = env.pop("KAFKA_SASL_PASSWORD_FILE", None)
-    if pw_file:
-        env["KAFKA_SASL_PASSWORD"] = password or Path(pw_file).read_text().strip()
+    if password and "KAFKA_SASL_PASSWORD_FILE" in env:
+        f = KDIR / "secrets" / f"{principal}.test-password"
+        f.write_text(password + "\n")
+        f.chmod(0o600)
+        env["KAFKA_SASL_PASSWORD_FILE"] = str(f)
     return env
+
+
+def sasl_password(principal):
+    return (KDIR / "secrets" / f"{principal}.password").read_text().strip()
 
 
 def rk_conf(env, **extra):
     """librdkafka properties (python client) from KAFKA_* variables."""
+    env = dict(env)
+    pw_file = env.pop("KAFKA_SASL_PASSWORD_FILE", None)
+    if pw_file:
+        env["KAFKA_SASL_PASSWORD"] = Path(pw_file).read_text().strip()
     conf = {k[len("KAFKA_"):].lower().replace("_", "."): v for k, v in env.items()}
     conf.update(extra)
     return conf
@@ -114,18 +129,25 @@ class SecureStack:
         self.daemons = {}
         self.pg_env = {}
         self.mode = None
-        self.orders = OrdersApi(f"http://127.0.0.1:{SERVICES['order-service'][0]}")
-        self.payments = PaymentsApi(f"http://127.0.0.1:{SERVICES['payment-service'][0]}")
-        self.inventory = InventoryApi(f"http://127.0.0.1:{SERVICES['inventory-service'][0]}")
+        self.pki = None
+        self.orders = self.payments = self.inventory = None
         self.kafka_started = False
 
     # -- set-up
 
-    def setup(self):
+    def setup(self, pki_dir):
         LOG_DIR.mkdir(parents=True, exist_ok=True)
+        write_tokens_file()
+        self.pki = make_pki(pki_dir)
+        ca = str(self.pki / "ca.pem")
         for name, (port, _) in SERVICES.items():
             self.daemons[name] = Daemon(name, build_dir() / name / name, port, None,
                                         LOG_DIR / f"ksec-{name}.log")
+            self.daemons[name].ca = ca
+        base = {name: d.url for name, d in self.daemons.items()}
+        self.orders = OrdersApi(base["order-service"], token="orders", ca=ca)
+        self.payments = PaymentsApi(base["payment-service"], ca=ca)
+        self.inventory = InventoryApi(base["inventory-service"], ca=ca)
         for d in self.daemons.values():
             d.kill_leftover()
         self._setup_postgres()
@@ -173,7 +195,9 @@ class SecureStack:
         env.update(LOG_LEVEL="info", HTTP_ADDR="127.0.0.1", HTTP_PORT=str(SERVICES[name][0]),
                    DATABASE_URL=self.dsn_raw(DB_PREFIX + SERVICES[name][1],
                                              user=DB_PREFIX + SERVICES[name][1]),
-                   **HTTP_AUTH)
+                   HTTP_AUTH="tokens", HTTP_TOKENS_FILE=str(TOKENS_FILE),
+                   HTTP_TLS_CERT=str(self.pki / "server.pem"),
+                   HTTP_TLS_KEY=str(self.pki / "server.key"))
         env.update(client_env(name, mode, password))
         return env
 
@@ -220,11 +244,11 @@ class SecureStack:
 
 
 @pytest.fixture(scope="module")
-def sec():
+def sec(tmp_path_factory):
     st = SecureStack()
     conftest._STACK = st  # wait_until fails fast when one of our daemons dies
     try:
-        st.setup()
+        st.setup(tmp_path_factory.mktemp("pki"))
         yield st
     finally:
         problems = st.teardown()
@@ -317,7 +341,8 @@ def test_flow_with_own_principals(sec, mode):
     for d in sec.daemons.values():
         assert "Kafka authentication failed" not in log_text(d)
         assert "Kafka denied" not in log_text(d)
-        r = requests.get(d.url + "/readyz", timeout=5)
+        assert "superuser" not in log_text(d), f"{d.name} connected as a superuser"
+        r = d.http_get("/readyz", timeout=5)
         assert r.status_code == 200 and r.json()["kafkaAccess"] == "ok", r.text
 
 
@@ -375,16 +400,16 @@ def _one_error_then_fixed(sec, mode, bad_env, pattern, hold=12):
     d.env = bad_env
     d.start()
     # not ready, with the cause named once
-    wait_until(lambda: (requests.get(d.url + "/readyz", timeout=2).status_code == 503
-                        and requests.get(d.url + "/readyz", timeout=2).json()["kafkaAccess"]
-                        != "ok", requests.get(d.url + "/readyz", timeout=2).text),
+    wait_until(lambda: (d.http_get("/readyz", timeout=2).status_code == 503
+                        and d.http_get("/readyz", timeout=2).json()["kafkaAccess"]
+                        != "ok", d.http_get("/readyz", timeout=2).text),
                30, "order-service /readyz 503 with kafkaAccess set")
-    m = requests.get(d.url + "/metrics", timeout=5).text
+    m = d.http_get("/metrics", timeout=5).text
     assert re.search(r"^orders_ready 0$", m, re.M), m
     # orders accepted meanwhile wait in the outbox
     ids = place_three(sec)
     time.sleep(hold)  # several reconnect rounds of every client
-    r = requests.get(d.url + "/readyz", timeout=2)
+    r = d.http_get("/readyz", timeout=2)
     assert r.status_code == 503, f"ready again after {hold} s of failures: {r.text}"
     assert d.running(), "order-service died on the authentication failure"
     text = log_text(d).split("=== test harness: starting")[-1]
@@ -439,7 +464,7 @@ def _denied_then_restored(sec, daemon, acl, pattern, code, blocks=True):
         ids = place_three(sec)
 
         def denied():
-            r = requests.get(d.url + "/readyz", timeout=2)
+            r = d.http_get("/readyz", timeout=2)
             return r.status_code == 503 and r.json()["kafkaAccess"] == code, r.text
         wait_until(denied, 60, f"{daemon} not ready with kafkaAccess {code}")
         time.sleep(5)
@@ -451,7 +476,7 @@ def _denied_then_restored(sec, daemon, acl, pattern, code, blocks=True):
         out = sec.orderctl("acls", "ensure")
         assert "1 created" in out, out
     check_three(sec, ids, timeout=120)
-    wait_until(lambda: requests.get(d.url + "/readyz", timeout=2).status_code == 200, 60,
+    wait_until(lambda: d.http_get("/readyz", timeout=2).status_code == 200, 60,
                f"{daemon} ready again")
 
 
@@ -572,3 +597,31 @@ def test_orderctl_config_file_syntax_and_precedence(tmp_path):
     assert rc == 2 and "bad.env:2: not a KEY=VALUE line" in err, err
     rc, err = run("--config", str(tmp_path / "missing.env"))
     assert rc == 2 and "cannot read --config" in err, err
+
+
+# ---------------------------------------------------------------- secrets
+
+
+def _pem_body_lines(path):
+    return [ln for ln in Path(path).read_text().splitlines()
+            if ln and not ln.startswith("-----") and len(ln) >= 16]
+
+
+def test_zz_no_secret_in_any_log_or_metrics(sec):
+    """After everything above (the flows, the failures, the restarts): no
+    SASL password, private key or HTTP token in a daemon's log or /metrics."""
+    sec.use(sec.mode or "mtls")
+    secrets = {f"sasl password of {p.stem}": p.read_text().strip()
+               for p in (KDIR / "secrets").glob("*.password")}
+    secrets.update({f"token {name}": tok for name, (tok, _) in TOKENS.items()})
+    keys = [sec.pki / "server.key", *(KDIR / "tls").glob("*.key")]
+    for k in keys:
+        for i, ln in enumerate(_pem_body_lines(k)):
+            secrets[f"line {i + 1} of {k.name}"] = ln
+    assert len(secrets) > 10, secrets.keys()
+    for d in sec.daemons.values():
+        texts = {"log": log_text(d), "/metrics": d.http_get("/metrics").text}
+        for where, text in texts.items():
+            found = [what for what, value in secrets.items() if value in text]
+            assert not found, f"{d.name}'s {where} holds {found}"
+
