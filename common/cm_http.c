@@ -178,8 +178,8 @@ static void audit(const reqstate *st, const char *route, const char *method, con
     log_safe(param, p, sizeof(p));
     if (resp->status == 202 && json_is_string(id))
         log_safe(json_string_value(id), oid, sizeof(oid));
-    log_notice("audit token=%s method=%s route=%s param=\"%s\" status=%d%s%s", st->token, method,
-               route, p, resp->status, oid[0] ? " order_id=" : "", oid);
+    cm_log_audit("audit token=%s method=%s route=%s param=\"%s\" status=%d%s%s", st->token, method,
+                 route, p, resp->status, oid[0] ? " order_id=" : "", oid);
 }
 
 static enum MHD_Result finish(cm_http *h, struct MHD_Connection *c, reqstate *st, const char *route,

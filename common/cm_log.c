@@ -68,14 +68,12 @@ static const char *level_name(int priority)
     }
 }
 
-void cm_logv(int priority, const char *fmt, va_list ap)
+static void emit(int priority, const char *fmt, va_list ap)
 {
     char line[4096];
     size_t n = 0;
     int w;
 
-    if (!cm_log_enabled(priority))
-        return;
     if (log_journal) {
         w = snprintf(line, sizeof(line), "<%d>", priority);
     } else {
@@ -101,6 +99,20 @@ void cm_logv(int priority, const char *fmt, va_list ap)
             line[i] = ' ';
     line[n++] = '\n';
     (void)!write(STDERR_FILENO, line, n);
+}
+
+void cm_logv(int priority, const char *fmt, va_list ap)
+{
+    if (cm_log_enabled(priority))
+        emit(priority, fmt, ap);
+}
+
+void cm_log_audit(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    emit(LOG_NOTICE, fmt, ap);
+    va_end(ap);
 }
 
 void cm_log(int priority, const char *fmt, ...)

@@ -24,6 +24,10 @@ const char *cm_log_ident(void);
 void cm_log(int priority, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void cm_logv(int priority, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 
+/* Writes one line at notice priority whatever LOG_LEVEL says: audit records
+ * (who changed what) are never filtered out. */
+void cm_log_audit(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* Logs with " error=\"<strerror(-r)>\"" appended and returns r (which is
  * negative), so that "return cm_log_errno(r, ...)" logs and fails in one step. */
 int cm_log_errno(int priority, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

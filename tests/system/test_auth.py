@@ -486,6 +486,23 @@ def restore(d, normal):
     d.wait_ready()
 
 
+def test_audit_lines_are_written_whatever_the_log_level(stack):
+    d, normal = restart_with(stack, "inventory-service", LOG_LEVEL="error")
+    try:
+        d.wait_ready()
+        sku = stack.uid("quiet-s")
+        r = call(stack, "inventory", "PUT", f"/stock/{sku}", bearer(TOKENS["admin"][0]),
+                 {"available": 2})
+        assert r.status_code == 200, r.text
+        lines = this_start(d).splitlines()
+        assert not [ln for ln in lines if " info: " in ln], "LOG_LEVEL=error wrote info lines"
+        audit = [ln for ln in lines if "audit token=admin method=PUT route=/stock/{}" in ln
+                 and f'param="{sku}"' in ln and "status=200" in ln]
+        assert len(audit) == 1, lines[-20:]
+    finally:
+        restore(d, normal)
+
+
 def test_http_auth_none_works_with_a_warning(stack):
     d, normal = restart_with(stack, "inventory-service", HTTP_AUTH="none")
     try:
