@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -27,7 +28,18 @@ struct cm_http {
     void *ctx;
     cm_metrics *metrics;
     cm_auth *auth;
+    /* Refused requests are logged through a token bucket (DENIAL_LOG_BURST
+     * lines, then DENIAL_LOG_RATE a second): a flood of bad credentials
+     * cannot fill the journal (or trip journald's own rate limit, which
+     * would drop real audit lines). What was left out is counted. */
+    pthread_mutex_t denial_mu;
+    double denial_credit;
+    struct timespec denial_last;
+    unsigned long denial_suppressed;
 };
+
+#define DENIAL_LOG_BURST 100.0
+#define DENIAL_LOG_RATE 20.0
 
 /* Per-request state, from the first callback to request completion; also
  * the cm_http_pending of an asynchronous handler. */
@@ -41,6 +53,7 @@ typedef struct cm_http_pending {
     atomic_bool answered; /* resp below holds the answer */
     cm_http_resp resp;
     bool denied;                  /* 401/403 decided from the headers: body discarded */
+    bool denial_quiet;            /* that refusal is not logged (rate limit) */
     cm_http_resp denial;          /* that answer */
     bool audit;                   /* a state-changing route: log the outcome */
     char token[CM_AUTH_NAME_MAX]; /* name of the token presented, "-" with auth off */
@@ -166,6 +179,38 @@ static void log_safe(const char *s, char *out, size_t outlen)
     out[o] = '\0';
 }
 
+/* Whether a refused request may be logged now. The first one allowed after
+ * some were left out says how many. */
+static bool denial_log_allowed(cm_http *h)
+{
+    struct timespec now;
+    unsigned long left_out = 0;
+    bool ok;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    pthread_mutex_lock(&h->denial_mu);
+    h->denial_credit += ((double)(now.tv_sec - h->denial_last.tv_sec) +
+                         (double)(now.tv_nsec - h->denial_last.tv_nsec) / 1e9) *
+                        DENIAL_LOG_RATE;
+    if (h->denial_credit > DENIAL_LOG_BURST)
+        h->denial_credit = DENIAL_LOG_BURST;
+    h->denial_last = now;
+    ok = h->denial_credit >= 1.0;
+    if (ok) {
+        h->denial_credit -= 1.0;
+        left_out = h->denial_suppressed;
+        h->denial_suppressed = 0;
+    } else {
+        h->denial_suppressed++;
+    }
+    pthread_mutex_unlock(&h->denial_mu);
+    if (left_out)
+        log_warning("http refused requests not logged count=%lu (more than %.0f a second; all "
+                    "are counted in orders_http_requests_total)",
+                    left_out, DENIAL_LOG_RATE);
+    return ok;
+}
+
 static void audit(const reqstate *st, const char *route, const char *method, const char *url,
                   const cm_http_resp *resp)
 {
@@ -189,7 +234,7 @@ static enum MHD_Result finish(cm_http *h, struct MHD_Connection *c, reqstate *st
     char labels[192];
     double secs;
 
-    if (st->audit)
+    if (st->audit && !st->denial_quiet)
         audit(st, route, method, st->url, resp);
 
     clock_gettime(CLOCK_MONOTONIC, &now);
@@ -344,16 +389,19 @@ static bool authorize(cm_http *h, struct MHD_Connection *c, const cm_http_route 
         return true;
     client_addr(c, addr, sizeof(addr));
     st->denied = true;
+    st->denial_quiet = !denial_log_allowed(h);
     st->denial = (cm_http_resp){0};
     if (res == CM_AUTH_FORBIDDEN) {
-        log_warning("http forbidden client=%s method=%s route=%s token=%s scope=%s", addr, method,
-                    rt->pattern, st->token, rt->scope);
+        if (!st->denial_quiet)
+            log_warning("http forbidden client=%s method=%s route=%s token=%s scope=%s", addr,
+                        method, rt->pattern, st->token, rt->scope);
         cm_http_problem(&st->denial, 403, "Forbidden", "this token lacks the scope %s", rt->scope);
         snprintf(st->denial.www_auth, sizeof(st->denial.www_auth),
                  "Bearer realm=\"orders\", error=\"insufficient_scope\", scope=\"%s\"", rt->scope);
     } else {
-        log_warning("http unauthorized client=%s method=%s route=%s reason=\"%s\"", addr, method,
-                    rt->pattern, why);
+        if (!st->denial_quiet)
+            log_warning("http unauthorized client=%s method=%s route=%s reason=\"%s\"", addr,
+                        method, rt->pattern, why);
         cm_http_problem(&st->denial, 401, "Unauthorized",
                         "this resource needs \"Authorization: Bearer <token>\" with a valid token "
                         "(scope %s)",
@@ -523,6 +571,9 @@ int cm_http_start(const cm_http_opts *o, const cm_http_route *routes, size_t nro
     h->ctx = ctx;
     h->metrics = metrics;
     h->auth = o->auth;
+    pthread_mutex_init(&h->denial_mu, NULL);
+    h->denial_credit = DENIAL_LOG_BURST;
+    clock_gettime(CLOCK_MONOTONIC, &h->denial_last);
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, ai->ai_addr};
@@ -547,6 +598,7 @@ int cm_http_start(const cm_http_opts *o, const cm_http_route *routes, size_t nro
                                  opts, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!h->daemon) {
+        pthread_mutex_destroy(&h->denial_mu);
         free(h);
         return tls ? -EPROTO : -EADDRINUSE;
     }
@@ -559,5 +611,6 @@ void cm_http_stop(cm_http *http)
     if (!http)
         return;
     MHD_stop_daemon(http->daemon);
+    pthread_mutex_destroy(&http->denial_mu);
     free(http);
 }

@@ -14,6 +14,7 @@ The stack's token file holds, besides ORDERS and ADMIN, one token per scope
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -303,6 +304,44 @@ def test_denials_are_counted_and_logged_without_the_credential(stack):
     forbidden = [ln for ln in log.splitlines() if "http forbidden" in ln]
     assert any("token=only-orders-read" in ln and "scope=orders:write" in ln
                for ln in forbidden), forbidden[-3:]
+
+
+def test_a_flood_of_refused_requests_is_logged_rate_limited_and_counted(stack):
+    """400 requests without a token: all get 401 and are counted in
+    /metrics, but at most the burst (100) plus 20 a second are logged one by
+    one; the rest are reported as a count, so the numbers add up."""
+    d, normal = restart_with(stack, "order-service")  # a fresh log budget
+    try:
+        d.wait_ready()
+        since = len(d.log_path.read_text(errors="replace"))
+        route = 'orders_http_requests_total{route="/orders/{}",method="GET",status="401"}'
+
+        def count401():
+            for ln in d.http_get("/metrics").text.splitlines():
+                if ln.startswith(route + " "):
+                    return int(float(ln.split()[1]))
+            return 0
+        before = count401()
+        flood = 400
+        t0 = time.monotonic()
+        with requests.Session() as s:
+            for i in range(flood):
+                r = s.get(f"{d.url}/orders/flood-{i}", timeout=10)
+                assert r.status_code == 401
+        took = time.monotonic() - t0
+        time.sleep(1.2)  # the budget refills: the next refusal is logged with the count
+        assert call(stack, "orders", "GET", "/orders/flood-last").status_code == 401
+        assert count401() - before == flood + 1
+        log = d.log_path.read_text(errors="replace")[since:]
+        one_by_one = [ln for ln in log.splitlines()
+                      if "http unauthorized" in ln and "route=/orders/{}" in ln]
+        counts = [int(m) for m in re.findall(r"http refused requests not logged count=(\d+)", log)]
+        assert counts, "no line said how many refusals were not logged"
+        assert len(one_by_one) <= 100 + 20 * (took + 1.5) + 1, (len(one_by_one), took)
+        assert len(one_by_one) < flood
+        assert len(one_by_one) + sum(counts) == flood + 1, (len(one_by_one), counts)
+    finally:
+        restore(d, normal)
 
 
 def test_writes_are_audited_with_the_token_name(stack):
