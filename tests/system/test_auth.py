@@ -12,6 +12,7 @@ The stack's token file holds, besides ORDERS and ADMIN, one token per scope
 """
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -310,8 +311,7 @@ def test_a_flood_of_refused_requests_is_logged_rate_limited_and_counted(stack):
     """400 requests without a token: all get 401 and are counted in
     /metrics, but at most the burst (100) plus 20 a second are logged one by
     one; the rest are reported as a count, so the numbers add up."""
-    d, normal = restart_with(stack, "order-service")  # a fresh log budget
-    try:
+    with restarted(stack, "order-service") as d:  # a fresh log budget
         d.wait_ready()
         since = len(d.log_path.read_text(errors="replace"))
         route = 'orders_http_requests_total{route="/orders/{}",method="GET",status="401"}'
@@ -340,8 +340,6 @@ def test_a_flood_of_refused_requests_is_logged_rate_limited_and_counted(stack):
         assert len(one_by_one) <= 100 + 20 * (took + 1.5) + 1, (len(one_by_one), took)
         assert len(one_by_one) < flood
         assert len(one_by_one) + sum(counts) == flood + 1, (len(one_by_one), counts)
-    finally:
-        restore(d, normal)
 
 
 def test_writes_are_audited_with_the_token_name(stack):
@@ -508,26 +506,27 @@ def test_bad_token_files_exit_78(tmp_path):
         assert says in line, line
 
 
-def restart_with(stack, name, **env):
+@contextlib.contextmanager
+def restarted(stack, name, **env):
+    """The daemon `name` restarted with `env` on top of its environment for
+    the block; afterwards restarted as it was, and ready."""
     d = stack.daemons[name]
     normal = d.env
     d.stop()
     d.env = dict(normal, **env)
     d.start()
-    return d, normal
-
-
-def restore(d, normal):
-    if d.running():
-        d.stop()
-    d.env = normal
-    d.start()
-    d.wait_ready()
+    try:
+        yield d
+    finally:
+        if d.running():
+            d.stop()
+        d.env = normal
+        d.start()
+        d.wait_ready()
 
 
 def test_audit_lines_are_written_whatever_the_log_level(stack):
-    d, normal = restart_with(stack, "inventory-service", LOG_LEVEL="error")
-    try:
+    with restarted(stack, "inventory-service", LOG_LEVEL="error") as d:
         d.wait_ready()
         sku = stack.uid("quiet-s")
         r = call(stack, "inventory", "PUT", f"/stock/{sku}", bearer(TOKENS["admin"][0]),
@@ -538,13 +537,10 @@ def test_audit_lines_are_written_whatever_the_log_level(stack):
         audit = [ln for ln in lines if "audit token=admin method=PUT route=/stock/{}" in ln
                  and f'param="{sku}"' in ln and "status=200" in ln]
         assert len(audit) == 1, lines[-20:]
-    finally:
-        restore(d, normal)
 
 
 def test_http_auth_none_works_with_a_warning(stack):
-    d, normal = restart_with(stack, "inventory-service", HTTP_AUTH="none")
-    try:
+    with restarted(stack, "inventory-service", HTTP_AUTH="none") as d:
         d.wait_ready()
         sku = stack.uid("none-s")
         r = call(stack, "inventory", "PUT", f"/stock/{sku}", {}, {"available": 4})
@@ -555,13 +551,10 @@ def test_http_auth_none_works_with_a_warning(stack):
         assert len(warn) == 1 and (" warning: " in warn[0] or warn[0].startswith("<4>")), warn
         audit = [ln for ln in lines if "audit token=- method=PUT" in ln and sku in ln]
         assert len(audit) == 1, audit
-    finally:
-        restore(d, normal)
 
 
 def test_metrics_token_scope(stack):
-    d, normal = restart_with(stack, "payment-service", METRICS_TOKEN_SCOPE="metrics:read")
-    try:
+    with restarted(stack, "payment-service", METRICS_TOKEN_SCOPE="metrics:read") as d:
         d.wait_ready()
         assert_401(call(stack, "payments", "GET", "/metrics"), False)
         assert_403(call(stack, "payments", "GET", "/metrics", bearer(TOKENS["orders"][0])),
@@ -571,8 +564,6 @@ def test_metrics_token_scope(stack):
         assert call(stack, "payments", "GET", "/healthz").status_code == 200
         # The other daemons are unchanged: /metrics open.
         assert call(stack, "orders", "GET", "/metrics").status_code == 200
-    finally:
-        restore(d, normal)
 
 
 # ---------------------------------------------------------------- HTTPS
@@ -604,11 +595,10 @@ def tls_handshake(port, ctx):
 
 
 def test_https_serves_the_flow_tls12_and_13_only(stack, pki):
-    d, normal = restart_with(stack, "order-service", HTTP_TLS_CERT=str(pki / "server.pem"),
-                             HTTP_TLS_KEY=str(pki / "server.key"))
-    base = f"https://127.0.0.1:{d.port}"
-    ca = str(pki / "ca.pem")
-    try:
+    with restarted(stack, "order-service", HTTP_TLS_CERT=str(pki / "server.pem"),
+                   HTTP_TLS_KEY=str(pki / "server.key")) as d:
+        base = f"https://127.0.0.1:{d.port}"
+        ca = str(pki / "ca.pem")
         stack.wait_until(lambda: requests.get(base + "/readyz", verify=ca, timeout=2)
                          .status_code == 200, 30, "order-service ready over HTTPS")
         cust, sku = stack.uid("tls-c"), stack.uid("tls-s")
@@ -663,60 +653,54 @@ def test_https_serves_the_flow_tls12_and_13_only(stack, pki):
         assert f"started http=https://127.0.0.1:{d.port}" in log, log[-2000:]
         key_body = "".join((pki / "server.key").read_text().splitlines()[1:-1])
         assert key_body[:40] not in log
-    finally:
-        restore(d, normal)
 
 
 def test_plain_http_on_a_public_address_warns(stack):
     # 0.0.0.0 is not loopback: tokens would cross the network in clear text.
-    d, normal = restart_with(stack, "inventory-service", HTTP_ADDR="0.0.0.0")
-    try:
+    with restarted(stack, "inventory-service", HTTP_ADDR="0.0.0.0") as d:
         d.wait_ready()
         warn = [ln for ln in this_start(d).splitlines() if "clear text" in ln]
         assert len(warn) == 1 and "HTTP_TLS_CERT" in warn[0], warn
-    finally:
-        restore(d, normal)
 
 
 # ---------------------------------------------------------------- connection limit
 
 
 def test_per_client_connection_limit(stack):
-    d, normal = restart_with(stack, "payment-service", HTTP_CLIENT_CONNECTIONS="4")
-    req = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-    held = []
-    try:
-        d.wait_ready()
-        time.sleep(0.5)  # the readiness probe's connection is closed by now
-        for _ in range(4):
-            s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
-            s.sendall(req)
-            assert s.recv(4096).startswith(b"HTTP/1.1 200")
-            held.append(s)
-        # A fifth from the same address is closed without an answer...
-        with socket.create_connection(("127.0.0.1", d.port), timeout=5) as extra:
-            try:
-                extra.sendall(req)
-                got = extra.recv(4096)
-            except (ConnectionResetError, BrokenPipeError):
-                got = b""
-            assert got == b"", got[:100]
-        # ...while the first four still work, and another address is served.
-        for s in held:
-            s.sendall(req)
-            assert s.recv(4096).startswith(b"HTTP/1.1 200")
-        out = raw(d.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                  source="127.0.0.2")
-        assert out.startswith(b"HTTP/1.1 200"), out[:100]
-        # One closed: a slot is free again.
-        held.pop().close()
-        time.sleep(0.3)
-        out = raw(d.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        assert out.startswith(b"HTTP/1.1 200"), out[:100]
-    finally:
-        for s in held:
-            s.close()
-        restore(d, normal)
+    with restarted(stack, "payment-service", HTTP_CLIENT_CONNECTIONS="4") as d:
+        req = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        held = []
+        try:
+            d.wait_ready()
+            time.sleep(0.5)  # the readiness probe's connection is closed by now
+            for _ in range(4):
+                s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+                s.sendall(req)
+                assert s.recv(4096).startswith(b"HTTP/1.1 200")
+                held.append(s)
+            # A fifth from the same address is closed without an answer...
+            with socket.create_connection(("127.0.0.1", d.port), timeout=5) as extra:
+                try:
+                    extra.sendall(req)
+                    got = extra.recv(4096)
+                except (ConnectionResetError, BrokenPipeError):
+                    got = b""
+                assert got == b"", got[:100]
+            # ...while the first four still work, and another address is served.
+            for s in held:
+                s.sendall(req)
+                assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            out = raw(d.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                      source="127.0.0.2")
+            assert out.startswith(b"HTTP/1.1 200"), out[:100]
+            # One closed: a slot is free again.
+            held.pop().close()
+            time.sleep(0.3)
+            out = raw(d.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert out.startswith(b"HTTP/1.1 200"), out[:100]
+        finally:
+            for s in held:
+                s.close()
 
 
 # ---------------------------------------------------------------- secrets

@@ -99,32 +99,36 @@ static void test_empty_table_knows_nobody(void **state)
 
 static void test_malformed_lines_name_file_and_line(void **state)
 {
+    /* Each file: a format taking hash_a and hash_b (%1$s, %2$s), and a
+     * part of the error it must give. */
+    static const struct {
+        const char *fmt, *err;
+    } cases[] = {
+        {"\n\nnothex app orders:write\n", "tokens:3: first field"},
+        {"%1$.63sg app orders:write\n", "tokens:1: first field is not hexadecimal"},
+        {"%1$s\n", "tokens:1: missing token name"},
+        {"%1$s app\n", "tokens:1: missing scopes"},
+        {"%1$s a/b orders:write\n", "tokens:1: token name"},
+        {"%1$s app Orders:write\n", "tokens:1: invalid scope \"Orders:write\""},
+        {"%1$s app orders:write,\n", "tokens:1: invalid scope \"\""},
+        {"%1$s app orders\n", "invalid scope \"orders\""},
+        {"%1$s app orders:write, orders:read\n", "tokens:1: invalid scope"},
+        {"%1$s app orders:write extra\n", "tokens:1: unexpected fourth field"},
+        {"%1$s app orders:write\n%1$s app2 orders:read\n",
+         "tokens:2: the same token hash as token \"app\""},
+        {"%1$s app orders:write\n%2$s app orders:read\n",
+         "tokens:2: token name \"app\" used twice"},
+    };
     char text[512];
     (void)state;
 
-    cm_auth_free(load("\n\nnothex app orders:write\n", -EINVAL, 0, "tokens:3: first field"));
-    snprintf(text, sizeof(text), "%.63sg app orders:write\n", hash_a);
-    cm_auth_free(load(text, -EINVAL, 0, "tokens:1: first field is not hexadecimal"));
-    snprintf(text, sizeof(text), "%s\n", hash_a);
-    cm_auth_free(load(text, -EINVAL, 0, "tokens:1: missing token name"));
-    snprintf(text, sizeof(text), "%s app\n", hash_a);
-    cm_auth_free(load(text, -EINVAL, 0, "tokens:1: missing scopes"));
-    snprintf(text, sizeof(text), "%s a/b orders:write\n", hash_a);
-    cm_auth_free(load(text, -EINVAL, 0, "tokens:1: token name"));
-    snprintf(text, sizeof(text), "%s app Orders:write\n", hash_a);
-    cm_auth_free(load(text, -EINVAL, 0, "tokens:1: invalid scope \"Orders:write\""));
-    snprintf(text, sizeof(text), "%s app orders:write,\n", hash_a);
-    cm_auth_free(load(text, -EINVAL, 0, "tokens:1: invalid scope \"\""));
-    snprintf(text, sizeof(text), "%s app orders\n", hash_a);
-    cm_auth_free(load(text, -EINVAL, 0, "invalid scope \"orders\""));
-    snprintf(text, sizeof(text), "%s app orders:write, orders:read\n", hash_a);
-    cm_auth_free(load(text, -EINVAL, 0, "tokens:1: invalid scope"));
-    snprintf(text, sizeof(text), "%s app orders:write extra\n", hash_a);
-    cm_auth_free(load(text, -EINVAL, 0, "tokens:1: unexpected fourth field"));
-    snprintf(text, sizeof(text), "%s app orders:write\n%s app2 orders:read\n", hash_a, hash_a);
-    cm_auth_free(load(text, -EINVAL, 0, "tokens:2: the same token hash as token \"app\""));
-    snprintf(text, sizeof(text), "%s app orders:write\n%s app orders:read\n", hash_a, hash_b);
-    cm_auth_free(load(text, -EINVAL, 0, "tokens:2: token name \"app\" used twice"));
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+        snprintf(text, sizeof(text), cases[i].fmt, hash_a, hash_b);
+#pragma GCC diagnostic pop
+        cm_auth_free(load(text, -EINVAL, 0, cases[i].err));
+    }
 }
 
 static void test_bad_reload_keeps_the_old_table(void **state)
