@@ -477,14 +477,44 @@ static void tick(void *arg)
     cm_notify_tick(arg);
 }
 
+/* How long a stop waits for the HTTP requests already taken to be answered:
+ * well inside the units' TimeoutStopSec (30 s), with the consumer, relay and
+ * producers still to close after it. */
+#define HTTP_DRAIN_MS 5000
+
+/* A graceful stop of the front door: no request taken may be cut off after
+ * its effect committed. New connections are refused at once; requests in
+ * progress (group commits included) run to their answer, every answer saying
+ * "Connection: close"; requests that still arrive on kept-alive connections
+ * are then refused with 503 before anything runs; the last group commit is
+ * flushed and answered; only then are the connections closed. */
 static void stop_http(void *arg)
 {
     cm_daemon *d = arg;
+    struct timespec deadline;
+    int open;
+
+    if (!d->http) {
+        cm_batch_stop(d->batch);
+        return;
+    }
     cm_notify_stopping(&d->notify);
-    log_info("stopping: http server");
+    log_info("stopping: http server (refusing new connections, answering requests taken)");
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += HTTP_DRAIN_MS / 1000;
+    cm_http_quiesce(d->http);
+    cm_http_drain(d->http, &deadline);
+    cm_http_refuse(d->http);
     /* Requests waiting for a group commit are answered first: the server
      * may stop only when none is suspended. */
     cm_batch_stop(d->batch);
+    open = cm_http_drain(d->http, &deadline);
+    if (open > 0)
+        log_warning("stopping: http requests still open after %d ms count=%d (their answers are "
+                    "lost)",
+                    HTTP_DRAIN_MS, open);
+    else
+        log_info("stopping: http server drained, every request taken was answered");
     cm_http_stop(d->http);
     d->http = NULL;
     log_info("stopping: kafka consumer");
@@ -557,9 +587,7 @@ static int run(cm_daemon *d)
                  d->base.http_addr, d->base.http_port, d->base.http_auth, d->base.consumer_group);
         r = cm_consumer_run(&cc, &stop_requested);
     }
-    cm_batch_stop(d->batch);
-    cm_http_stop(d->http);
-    d->http = NULL;
+    stop_http(d); /* nothing left to do if the consumer's teardown did it */
     cm_batch_free(d->batch);
     d->batch = NULL;
     log_info("stopping: outbox relay");

@@ -19,6 +19,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 struct cm_http {
     struct MHD_Daemon *daemon;
@@ -28,6 +29,12 @@ struct cm_http {
     void *ctx;
     cm_metrics *metrics;
     cm_auth *auth;
+    /* The graceful stop (cm_http_quiesce, cm_http_refuse, cm_http_drain):
+     * requests taken and not yet answered, the listening socket once
+     * libmicrohttpd handed it back, and the phase. */
+    atomic_int open;
+    MHD_socket listen_fd;
+    atomic_int phase; /* RUNNING, DRAINING (Connection: close), REFUSING (503) */
     /* Refused requests are logged through a token bucket (DENIAL_LOG_BURST
      * lines, then DENIAL_LOG_RATE a second): a flood of bad credentials
      * cannot fill the journal (or trip journald's own rate limit, which
@@ -37,6 +44,8 @@ struct cm_http {
     struct timespec denial_last;
     unsigned long denial_suppressed;
 };
+
+enum { RUNNING, DRAINING, REFUSING };
 
 #define DENIAL_LOG_BURST 100.0
 #define DENIAL_LOG_RATE 20.0
@@ -136,7 +145,8 @@ static bool match(const char *pattern, const char *path, const char **param)
     return strcmp(pattern, path) == 0;
 }
 
-static enum MHD_Result send_resp(struct MHD_Connection *c, cm_http_resp *resp, const char *allow)
+static enum MHD_Result send_resp(struct MHD_Connection *c, cm_http_resp *resp, const char *allow,
+                                 bool close_after)
 {
     char *text = resp->body ? json_dumps(resp->body, JSON_COMPACT) : resp->text;
     struct MHD_Response *r;
@@ -163,6 +173,10 @@ static enum MHD_Result send_resp(struct MHD_Connection *c, cm_http_resp *resp, c
         MHD_add_response_header(r, "Allow", allow);
     if (resp->www_auth[0])
         MHD_add_response_header(r, "WWW-Authenticate", resp->www_auth);
+    /* Stopping: the client is told to reconnect (to another instance, or to
+     * this one once restarted) rather than send more on this connection. */
+    if (close_after)
+        MHD_add_response_header(r, "Connection", "close");
     ret = MHD_queue_response(c, (unsigned)resp->status, r);
     MHD_destroy_response(r);
     return ret;
@@ -245,7 +259,7 @@ static enum MHD_Result finish(cm_http *h, struct MHD_Connection *c, reqstate *st
     cm_metrics_add(h->metrics, "orders_http_requests_total", labels, 1);
     snprintf(labels, sizeof(labels), "route=\"%s\"", route);
     cm_metrics_observe(h->metrics, "orders_http_request_duration_seconds", labels, secs);
-    return send_resp(c, resp, allow);
+    return send_resp(c, resp, allow, atomic_load(&h->phase) != RUNNING);
 }
 
 static bool is_json_ctype(const char *ct)
@@ -432,10 +446,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!st)
             return MHD_NO;
         *con_cls = st;
+        atomic_fetch_add(&h->open, 1);
         st->url = url;
         clock_gettime(CLOCK_MONOTONIC, &st->start);
         snprintf(st->token, sizeof(st->token), "-");
         rt = find_route(h, url, method, &param, allow, sizeof(allow));
+        /* Stopping, past the drain: a request that arrives on a kept-alive
+         * connection now is not run at all, so it cannot commit anything
+         * whose answer the stop could cut off. */
+        if (atomic_load(&h->phase) == REFUSING) {
+            cm_http_resp resp = {0};
+            st->finished = true;
+            cm_http_problem(&resp, 503, "Service Unavailable",
+                            "the server is stopping; nothing was done: send the request again");
+            return finish(h, c, st, rt ? rt->pattern : "unmatched", method, &resp, NULL);
+        }
         st->audit = rt && strcmp(rt->method, "GET") != 0;
         /* Authorization first, from the headers alone: a request that may
          * not reach the route never has its body stored or parsed. */
@@ -514,11 +539,12 @@ void cm_http_complete(cm_http_pending *pending, cm_http_resp *resp)
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
+    cm_http *h = cls;
     reqstate *st = *con_cls;
-    (void)cls;
     (void)c;
     (void)toe;
     if (st) {
+        atomic_fetch_sub(&h->open, 1);
         json_decref(st->resp.body);
         free(st->resp.text);
         json_decref(st->denial.body);
@@ -548,8 +574,9 @@ int cm_http_start(const cm_http_opts *o, const cm_http_route *routes, size_t nro
     struct addrinfo hints = {.ai_flags = AI_NUMERICHOST | AI_PASSIVE, .ai_socktype = SOCK_STREAM};
     struct addrinfo *ai = NULL;
     char portstr[8];
+    /* MHD_USE_ITC: MHD_quiesce_daemon() needs it with a thread pool. */
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | MHD_USE_EPOLL |
-                     MHD_ALLOW_SUSPEND_RESUME;
+                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC;
     bool tls = o->tls_cert && o->tls_key;
     struct MHD_OptionItem opts[16];
     size_t n = 0;
@@ -571,6 +598,7 @@ int cm_http_start(const cm_http_opts *o, const cm_http_route *routes, size_t nro
     h->ctx = ctx;
     h->metrics = metrics;
     h->auth = o->auth;
+    h->listen_fd = MHD_INVALID_SOCKET;
     pthread_mutex_init(&h->denial_mu, NULL);
     h->denial_credit = DENIAL_LOG_BURST;
     clock_gettime(CLOCK_MONOTONIC, &h->denial_last);
@@ -592,10 +620,10 @@ int cm_http_start(const cm_http_opts *o, const cm_http_route *routes, size_t nro
                                             (void *)"NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"};
     }
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
-    h->daemon = MHD_start_daemon(flags, (uint16_t)o->port, NULL, NULL, on_request, h,
-                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-                                 MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, MHD_OPTION_ARRAY,
-                                 opts, MHD_OPTION_END);
+    h->daemon =
+        MHD_start_daemon(flags, (uint16_t)o->port, NULL, NULL, on_request, h,
+                         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_EXTERNAL_LOGGER,
+                         on_mhd_log, NULL, MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!h->daemon) {
         pthread_mutex_destroy(&h->denial_mu);
@@ -606,11 +634,51 @@ int cm_http_start(const cm_http_opts *o, const cm_http_route *routes, size_t nro
     return 0;
 }
 
+void cm_http_quiesce(cm_http *http)
+{
+    if (!http || atomic_load(&http->phase) != RUNNING)
+        return;
+    atomic_store(&http->phase, DRAINING);
+    http->listen_fd = MHD_quiesce_daemon(http->daemon);
+    /* The socket stays open until the server stops (its threads may still
+     * look at it), but stops listening now: connection attempts are refused
+     * at once instead of waiting in the backlog for a reset. */
+    if (http->listen_fd != MHD_INVALID_SOCKET)
+        shutdown(http->listen_fd, SHUT_RDWR);
+    else
+        log_warning("http server could not stop accepting connections before stopping");
+}
+
+void cm_http_refuse(cm_http *http)
+{
+    if (http)
+        atomic_store(&http->phase, REFUSING);
+}
+
+int cm_http_drain(cm_http *http, const struct timespec *deadline)
+{
+    struct timespec now, nap = {0, 5 * 1000000L};
+    int open;
+
+    if (!http)
+        return 0;
+    while ((open = atomic_load(&http->open)) > 0) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec > deadline->tv_sec ||
+            (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec))
+            break;
+        nanosleep(&nap, NULL);
+    }
+    return open;
+}
+
 void cm_http_stop(cm_http *http)
 {
     if (!http)
         return;
     MHD_stop_daemon(http->daemon);
+    if (http->listen_fd != MHD_INVALID_SOCKET)
+        close(http->listen_fd);
     pthread_mutex_destroy(&http->denial_mu);
     free(http);
 }

@@ -33,6 +33,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <time.h>
 
 typedef struct {
     const char *method;
@@ -97,7 +98,21 @@ int cm_http_start(const cm_http_opts *o, const cm_http_route *routes, size_t nro
 
 /* True when libmicrohttpd was built with TLS support. */
 bool cm_http_tls_supported(void);
-/* Stops accepting and finishes requests in progress. NULL is fine. */
+/* A graceful stop, in this order (NULL is fine for each):
+ *  cm_http_quiesce: no new connections (attempts are refused at once); the
+ *    requests already taken go on, and every answer from now on carries
+ *    "Connection: close".
+ *  cm_http_drain: waits until every request taken has been answered (its
+ *    response fully sent) or until deadline (CLOCK_MONOTONIC); returns how
+ *    many are still open.
+ *  cm_http_refuse: a request that arrives after this (on a kept-alive
+ *    connection) is answered 503 without running its handler, so it cannot
+ *    commit anything; then drain again.
+ *  cm_http_stop: closes every connection and frees the server. An answer
+ *    not yet sent is lost, so drain first. */
+void cm_http_quiesce(cm_http *http);
+int cm_http_drain(cm_http *http, const struct timespec *deadline);
+void cm_http_refuse(cm_http *http);
 void cm_http_stop(cm_http *http);
 
 /* Answers a request kept by an asynchronous handler; resp's contents are

@@ -184,9 +184,6 @@ static int relay_connect(cm_relay *r)
             log_warning("outbox relay cannot reach database error=\"%s\"", err);
             return rc;
         }
-        rc = cm_db_exec(r->conn, "LISTEN outbox");
-        if (rc < 0)
-            return rc;
         r->leader = false;
     }
     if (!r->leader) {
@@ -195,6 +192,14 @@ static int relay_connect(cm_relay *r)
             return rc;
         r->leader = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
         PQclear(res);
+        /* Only the active relay listens: libpq keeps every notification it
+         * reads until PQnotifies() takes it, so a standby that listened
+         * would hold one per commit on the database, for as long as it
+         * stands by (and hold back the server's notification queue). */
+        if (r->leader && (rc = cm_db_exec(r->conn, "LISTEN outbox")) < 0) {
+            r->leader = false;
+            return rc;
+        }
         if (r->leader)
             log_info("outbox relay is active");
     }
