@@ -362,11 +362,33 @@ cm_metrics *cm_daemon_metrics(cm_daemon *d)
     return d->health.metrics;
 }
 
+/* Gauges read from the database are refreshed on scrape, not per request and
+ * not by a timer: at most once per SCRAPE_REFRESH_MS, however many scrapers. */
+#define SCRAPE_REFRESH_MS 2000
+
+static void refresh_on_scrape(cm_daemon *d)
+{
+    struct timespec ts;
+    long long now;
+
+    if (!d->def->on_scrape)
+        return;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    now = ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+    pthread_mutex_lock(&d->scrape_mu);
+    if (d->scraped_ms == 0 || now - d->scraped_ms >= SCRAPE_REFRESH_MS) {
+        d->def->on_scrape(d);
+        d->scraped_ms = now;
+    }
+    pthread_mutex_unlock(&d->scrape_mu);
+}
+
 static void metrics_route(void *ctx, const cm_http_req *req, cm_http_resp *resp)
 {
     cm_daemon *d = ctx;
     cm_health *h = &d->health;
     (void)req;
+    refresh_on_scrape(d);
     cm_metrics_set(h->metrics, "orders_ready", "", cm_health_ready(h) ? 1 : 0);
     cm_metrics_set(h->metrics, "orders_dependency_up", "dependency=\"database\"",
                    atomic_load(&h->db_ok) && atomic_load(&h->relay_db_ok) ? 1 : 0);
@@ -645,6 +667,7 @@ int cm_daemon_main(const cm_daemon_def *def, int argc, char **argv)
     sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    pthread_mutex_init(&d.scrape_mu, NULL);
     pthread_t reloader;
     bool reloading = pthread_create(&reloader, NULL, reload_thread, &d) == 0;
     r = init_metrics(&d);
@@ -656,6 +679,7 @@ int cm_daemon_main(const cm_daemon_def *def, int argc, char **argv)
     if (reloading)
         pthread_join(reloader, NULL);
     cm_metrics_free(d.health.metrics);
+    pthread_mutex_destroy(&d.scrape_mu);
     cm_auth_free(d.auth);
     free_secret(d.tls_cert);
     free_secret(d.tls_key);

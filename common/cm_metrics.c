@@ -11,9 +11,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define NBUCKETS 12
-static const double bucket_le[NBUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                           0.1,   0.25,   0.5,   1,    2.5,   10};
+/* 1-2-5 steps from 1 ms to 10 s, then 30 s and 60 s: one set resolves an
+ * HTTP request (milliseconds) and an order's settlement (which waits for two
+ * services and, in an outage, for minutes). */
+#define NBUCKETS 15
+static const double bucket_le[NBUCKETS] = {0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2,
+                                           0.5,   1,     2,     5,    10,   30,   60};
 
 typedef struct {
     const char *name;

@@ -15,7 +15,7 @@
 typedef enum {
     CM_METRIC_COUNTER,
     CM_METRIC_GAUGE,
-    CM_METRIC_HISTOGRAM, /* seconds, fixed buckets 1 ms .. 10 s */
+    CM_METRIC_HISTOGRAM, /* seconds, fixed buckets 1 ms .. 60 s (1-2-5 steps) */
 } cm_metric_type;
 
 typedef struct cm_metrics cm_metrics;

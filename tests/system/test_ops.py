@@ -172,7 +172,9 @@ def test_metrics_pass_promtool(stack, name):
     assert cp.returncode == 0, f"promtool: {cp.stdout}{cp.stderr}"
     for family in ("orders_records_consumed_total", "orders_dead_lettered_total",
                    "orders_outbox_backlog", "orders_http_request_duration_seconds",
-                   "orders_ready"):
+                   "orders_ready") + (("orders_settle_duration_seconds", "orders_pending",
+                                       "orders_pending_oldest_age_seconds")
+                                      if name == "order-service" else ()):
         assert f"# TYPE {family} " in r.text, f"{family} missing"
 
 
@@ -202,6 +204,50 @@ def test_counters_move(stack):
     assert metric(order_svc.url, "orders_http_requests_total", route="/orders", method="POST",
                   status="202") == posts0 + 1
     assert metric(order_svc.url, "orders_ready") == 1
+
+
+def test_settlement_metrics(stack):
+    """orders_settle_duration_seconds observes each settled order once, by
+    outcome, with the time from its creation to its settlement as the order
+    itself shows it; orders_pending and orders_pending_oldest_age_seconds show
+    an order waiting for a reply, and drop to 0 once it settled."""
+    svc, pay = stack.daemons["order-service"], stack.daemons["payment-service"]
+
+    def settle(outcome):
+        return (metric(svc.url, "orders_settle_duration_seconds_count", outcome=outcome),
+                metric(svc.url, "orders_settle_duration_seconds_sum", outcome=outcome))
+
+    (c0, s0), (r0, q0) = settle("confirmed"), settle("rejected")
+    cust, sku = stack.uid("c"), stack.uid("s")
+    stack.fund(cust, 1_000)
+    stack.set_stock(sku, 5)
+    ok = stack.orders.wait_settled(stack.orders.create_ok(cust, sku, 1, 100),
+                                   need=("payment", "inventory"))
+    no = stack.orders.wait_settled(stack.orders.create_ok(stack.uid("nobody"), sku, 1, 100))
+    assert (ok["status"], no["status"]) == ("CONFIRMED", "REJECTED"), (ok, no)
+
+    def took(o):
+        return (stack.parse_ts(o["settledAt"]) - stack.parse_ts(o["createdAt"])).total_seconds()
+
+    (c1, s1), (r1, q1) = settle("confirmed"), settle("rejected")
+    assert (c1 - c0, r1 - r0) == (1, 1), "each settled order is observed once, by its outcome"
+    assert abs((s1 - s0) - took(ok)) < 0.002, (s1 - s0, took(ok))
+    assert abs((q1 - q0) - took(no)) < 0.002, (q1 - q0, took(no))
+
+    # An order that cannot settle while payment-service is down.
+    pay.stop()
+    try:
+        oid = stack.orders.create_ok(cust, sku, 1, 100)
+        stack.wait_until(lambda: metric(svc.url, "orders_pending") >= 1
+                         and metric(svc.url, "orders_pending_oldest_age_seconds") >= 2.0,
+                         30, "orders_pending >= 1 with an oldest age of 2 s or more")
+    finally:
+        pay.start()
+        pay.wait_ready()
+    stack.orders.wait_settled(oid, need=("payment", "inventory"))
+    stack.wait_until(lambda: metric(svc.url, "orders_pending") == 0
+                     and metric(svc.url, "orders_pending_oldest_age_seconds") == 0,
+                     30, "orders_pending and its oldest age back to 0")
 
 
 def test_log_lines_carry_record_fields_and_one_trace(stack):

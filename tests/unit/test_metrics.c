@@ -76,15 +76,18 @@ static void histogram_buckets_are_cumulative(void **state)
     cm_metrics_observe(m, "t_seconds", "route=\"/x\"", 0.002);
     cm_metrics_observe(m, "t_seconds", "route=\"/x\"", 0.2);
     cm_metrics_observe(m, "t_seconds", "route=\"/x\"", 30);
+    cm_metrics_observe(m, "t_seconds", "route=\"/x\"", 61);
     text = render(m);
     assert_non_null(strstr(text, "# TYPE t_seconds histogram\n"));
     assert_non_null(strstr(text, "t_seconds_bucket{route=\"/x\",le=\"0.001\"} 0\n"));
-    assert_non_null(strstr(text, "t_seconds_bucket{route=\"/x\",le=\"0.0025\"} 1\n"));
-    assert_non_null(strstr(text, "t_seconds_bucket{route=\"/x\",le=\"0.25\"} 2\n"));
+    assert_non_null(strstr(text, "t_seconds_bucket{route=\"/x\",le=\"0.002\"} 1\n"));
+    assert_non_null(strstr(text, "t_seconds_bucket{route=\"/x\",le=\"0.2\"} 2\n"));
     assert_non_null(strstr(text, "t_seconds_bucket{route=\"/x\",le=\"10\"} 2\n"));
-    assert_non_null(strstr(text, "t_seconds_bucket{route=\"/x\",le=\"+Inf\"} 3\n"));
-    assert_non_null(strstr(text, "t_seconds_count{route=\"/x\"} 3\n"));
-    assert_non_null(strstr(text, "t_seconds_sum{route=\"/x\"} 30.202"));
+    assert_non_null(strstr(text, "t_seconds_bucket{route=\"/x\",le=\"30\"} 3\n"));
+    assert_non_null(strstr(text, "t_seconds_bucket{route=\"/x\",le=\"60\"} 3\n"));
+    assert_non_null(strstr(text, "t_seconds_bucket{route=\"/x\",le=\"+Inf\"} 4\n"));
+    assert_non_null(strstr(text, "t_seconds_count{route=\"/x\"} 4\n"));
+    assert_non_null(strstr(text, "t_seconds_sum{route=\"/x\"} 91.20"));
     free(text);
     cm_metrics_free(m);
 }
