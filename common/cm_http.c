@@ -227,11 +227,25 @@ static void audit(const reqstate *st, const char *route, const char *method, con
                  route, p, resp->status, oid[0] ? " order_id=" : "", oid);
 }
 
+/* The method as a metric label: one of the standard methods, or "OTHER"
+ * for anything a client made up (a closed set: a label value is a series
+ * kept for the daemon's life, and raw input could break the exposition). */
+static const char *method_label(const char *method)
+{
+    static const char *const known[] = {"GET",     "HEAD",    "POST",  "PUT",  "DELETE",
+                                        "OPTIONS", "CONNECT", "TRACE", "PATCH"};
+
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+        if (strcmp(method, known[i]) == 0)
+            return known[i];
+    return "OTHER";
+}
+
 static enum MHD_Result finish(cm_http *h, struct MHD_Connection *c, reqstate *st, const char *route,
                               const char *method, cm_http_resp *resp, const char *allow)
 {
     struct timespec now;
-    char labels[192];
+    char labels[192], r[96];
     double secs;
 
     if (st->audit && !st->denial_quiet)
@@ -240,10 +254,11 @@ static enum MHD_Result finish(cm_http *h, struct MHD_Connection *c, reqstate *st
     clock_gettime(CLOCK_MONOTONIC, &now);
     secs =
         (double)(now.tv_sec - st->start.tv_sec) + (double)(now.tv_nsec - st->start.tv_nsec) / 1e9;
-    snprintf(labels, sizeof(labels), "route=\"%s\",method=\"%s\",status=\"%d\"", route, method,
-             resp->status);
+    cm_metrics_label_value(route, r, sizeof(r));
+    snprintf(labels, sizeof(labels), "route=\"%s\",method=\"%s\",status=\"%d\"", r,
+             method_label(method), resp->status);
     cm_metrics_add(h->metrics, "orders_http_requests_total", labels, 1);
-    snprintf(labels, sizeof(labels), "route=\"%s\"", route);
+    snprintf(labels, sizeof(labels), "route=\"%s\"", r);
     cm_metrics_observe(h->metrics, "orders_http_request_duration_seconds", labels, secs);
     return send_resp(c, resp, allow);
 }
@@ -320,10 +335,10 @@ static enum MHD_Result dispatch(cm_http *h, struct MHD_Connection *c, const char
     if (allow[0]) {
         cm_http_problem(&resp, 405, "Method Not Allowed", "method %s is not allowed on %s", method,
                         url);
-        return finish(h, c, st, "unmatched", "other", &resp, allow);
+        return finish(h, c, st, "unmatched", method, &resp, allow);
     }
     cm_http_problem(&resp, 404, "Not Found", "no resource at %s", url);
-    return finish(h, c, st, "unmatched", "other", &resp, NULL);
+    return finish(h, c, st, "unmatched", method, &resp, NULL);
 }
 
 typedef struct {
