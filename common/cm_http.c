@@ -66,6 +66,39 @@ const char *cm_http_header(const cm_http_req *req, const char *name)
     return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
 }
 
+/* Length of the well-formed UTF-8 sequence at s (RFC 3629: no overlong
+ * forms, no surrogates, nothing above U+10FFFF), 0 if there is none. */
+static size_t utf8_len(const unsigned char *s)
+{
+    unsigned char lo = 0x80, hi = 0xBF;
+    size_t n;
+
+    if (s[0] < 0x80)
+        return 1;
+    if (s[0] >= 0xC2 && s[0] <= 0xDF)
+        n = 2;
+    else if (s[0] >= 0xE0 && s[0] <= 0xEF)
+        n = 3;
+    else if (s[0] >= 0xF0 && s[0] <= 0xF4)
+        n = 4;
+    else
+        return 0;
+    if (s[0] == 0xE0)
+        lo = 0xA0;
+    else if (s[0] == 0xED)
+        hi = 0x9F;
+    else if (s[0] == 0xF0)
+        lo = 0x90;
+    else if (s[0] == 0xF4)
+        hi = 0x8F;
+    if (s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < n; i++)
+        if (s[i] < 0x80 || s[i] > 0xBF)
+            return 0;
+    return n;
+}
+
 void cm_http_problem(cm_http_resp *resp, int status, const char *title, const char *fmt, ...)
 {
     char detail[512];
@@ -74,6 +107,16 @@ void cm_http_problem(cm_http_resp *resp, int status, const char *title, const ch
     va_start(ap, fmt);
     vsnprintf(detail, sizeof(detail), fmt, ap);
     va_end(ap);
+    /* The detail may echo client bytes (a path, a method) or be cut inside
+     * a character; jansson takes only UTF-8, and a failed pack would send
+     * the status with no body at all. */
+    for (unsigned char *p = (unsigned char *)detail; *p;) {
+        size_t n = utf8_len(p);
+        if (n == 0)
+            *p++ = '?';
+        else
+            p += n;
+    }
     json_decref(resp->body);
     resp->status = status;
     resp->ctype = "application/problem+json";
