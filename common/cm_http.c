@@ -41,6 +41,11 @@ struct cm_http {
 #define DENIAL_LOG_BURST 100.0
 #define DENIAL_LOG_RATE 20.0
 
+/* A refused body of unknown length (chunked) is read and thrown away so
+ * that a client still sending reads the answer rather than a reset; past
+ * this many times body_max the connection is closed instead. */
+#define DISCARD_MAX_FACTOR 4
+
 /* Per-request state, from the first callback to request completion; also
  * the cm_http_pending of an asynchronous handler. */
 typedef struct cm_http_pending {
@@ -58,6 +63,7 @@ typedef struct cm_http_pending {
     bool audit;                   /* a state-changing route: log the outcome */
     char token[CM_AUTH_NAME_MAX]; /* name of the token presented, "-" with auth off */
     const char *url;              /* libmicrohttpd's, valid for the whole request */
+    size_t discarded;             /* body bytes read and thrown away (refused) */
     bool finished;                /* answered early: ignore what else arrives */
 } reqstate;
 
@@ -538,6 +544,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return finish(h, c, st, st->route, method, &resp, NULL);
     }
     if (*upload_size > 0) {
+        if (st->denied || st->too_large) {
+            st->discarded += *upload_size;
+            if (st->discarded > DISCARD_MAX_FACTOR * h->body_max) {
+                log_debug("http refused body too long to drain: closing route=%s",
+                          st->route ? st->route : "unmatched");
+                return MHD_NO;
+            }
+        }
         if (st->denied) {
             /* Discarded unread; the answer goes once the upload is over
              * (libmicrohttpd takes none while a body is still arriving). */
