@@ -238,6 +238,7 @@ void os_flush_orders(void *ctx, void **items, int n)
 
     if (!(conn = cm_daemon_db(ctx, &resp))) {
         r = -ECONNRESET;
+        json_decref(resp.body); /* each order gets its own 503 below */
     } else {
         r = store_batch(conn, ws, n);
         if (r < 0)
