@@ -362,7 +362,7 @@ static enum MHD_Result dispatch(cm_http *h, struct MHD_Connection *c, const char
     const cm_http_route *rt = find_route(h, url, method, &param, allow, sizeof(allow));
 
     if (rt) {
-        cm_http_req req = {method, url, param, st->body, st->len, c};
+        cm_http_req req = {method, url, param, st->body, st->len, c, st->token};
         if (st->denied) {
             resp = st->denial;
             st->denial = (cm_http_resp){0};

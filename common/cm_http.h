@@ -43,7 +43,9 @@ typedef struct {
     const char *param; /* the "{}" segment, or NULL */
     const char *body;  /* NUL-terminated, or NULL */
     size_t body_len;
-    void *conn; /* for cm_http_header() */
+    void *conn;        /* for cm_http_header() */
+    const char *token; /* name of the token that was let in; "-" when the
+                          route is open or authentication is off */
 } cm_http_req;
 
 typedef struct {
