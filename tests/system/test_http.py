@@ -23,7 +23,7 @@ import uuid
 import pytest
 import requests
 
-from conftest import TOKENS, bearer
+from conftest import DB_PREFIX, TOKENS, bearer
 from helpers import metric
 
 VALID = {"customerId": "c-http", "sku": "s-http", "quantity": 1, "amountCents": 100}
@@ -599,6 +599,30 @@ def test_stalled_client_does_not_block_others(stack):
             stalled2.sendall(post_head(1000))  # promises a body that never comes
             r = stack.orders.get(f"/orders/{uuid.uuid4()}")
             assert r.status_code == 404
+
+
+# ---------------------------------------------------------------- database refused
+
+
+def test_orders_refused_by_the_database_get_503_and_leak_nothing(stack):
+    """While the database refuses order-service's role (CONNECTION LIMIT 0, its
+    sessions ended: the cluster itself stays up for other tests), every order
+    of the group commit is answered 503 with a problem document. Then the
+    daemon stops cleanly: on the ASan build a leaked answer body would make it
+    exit 1."""
+    d, role = stack.daemons["order-service"], DB_PREFIX + "orders"
+    stack.sql("orders", f'ALTER ROLE "{role}" CONNECTION LIMIT 0')
+    try:
+        stack.sql("orders", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                  " WHERE usename = %s", (role,))
+        for _ in range(10):
+            assert_problem(stack.orders.create(stack.uid("c"), "s", 1, 100), 503)
+    finally:
+        stack.sql("orders", f'ALTER ROLE "{role}" CONNECTION LIMIT -1')
+    d.stop()  # asserts exit status 0
+    d.start()
+    d.wait_ready()
+    stack.orders.create_ok(stack.uid("c"), "s", 1, 100)
 
 
 # ---------------------------------------------------------------- health
