@@ -166,6 +166,29 @@ void cm_metrics_clear(cm_metrics *m, const char *name)
     pthread_mutex_unlock(&m->lock);
 }
 
+const char *cm_metrics_label_value(const char *s, char *out, size_t outlen)
+{
+    size_t o = 0;
+
+    if (outlen == 0)
+        return out;
+    for (; s && *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        const char *esc = c == '\\' ? "\\\\" : c == '"' ? "\\\"" : c == '\n' ? "\\n" : NULL;
+        size_t n = esc ? 2 : 1;
+
+        if (o + n >= outlen)
+            break;
+        if (esc)
+            memcpy(out + o, esc, 2);
+        else
+            out[o] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
+        o += n;
+    }
+    out[o] = '\0';
+    return out;
+}
+
 typedef struct {
     char *buf;
     size_t len, cap;

@@ -34,7 +34,18 @@ static const char migration_1[] =
     " order_id text NOT NULL,"
     " created_at timestamptz NOT NULL DEFAULT now());";
 
-const char *const os_migrations[] = {migration_1, cm_outbox_migration};
+/* Idempotency keys scoped by the name of the token that sent them: the
+ * primary key becomes (scope, idem_key). Keys stored before keep
+ * scope '' (shared, as they were) and their old fingerprint text, marked
+ * "v1|" so that os_fingerprint_matches() compares it in its own encoding. */
+static const char migration_3[] =
+    "ALTER TABLE idempotency_keys ADD COLUMN scope text NOT NULL DEFAULT '';"
+    "ALTER TABLE idempotency_keys ALTER COLUMN scope DROP DEFAULT;"
+    "UPDATE idempotency_keys SET fingerprint = 'v1|' || fingerprint;"
+    "ALTER TABLE idempotency_keys DROP CONSTRAINT idempotency_keys_pkey,"
+    " ADD PRIMARY KEY (scope, idem_key);";
+
+const char *const os_migrations[] = {migration_1, cm_outbox_migration, migration_3};
 const size_t os_nmigrations = sizeof(os_migrations) / sizeof(os_migrations[0]);
 
 /* ---- replies ---- */
