@@ -1,6 +1,7 @@
 """
 Operations on the real stack: the systemd notify protocol (READY=1 only once
-the dependencies are up, watchdog pings, STOPPING=1), the drain on SIGTERM
+the dependencies are up, watchdog pings, STOPPING=1), readiness only once the
+consumer has joined its group, the drain on SIGTERM
 with an order in flight, /metrics in the Prometheus format (checked with
 promtool) with counters that move, and journald priority prefixes in logs.
 """
@@ -16,6 +17,8 @@ import time
 
 import pytest
 import requests
+
+from confluent_kafka import Consumer
 
 from conftest import bearer
 from helpers import headers, metric, metrics, produce_raw, value
@@ -135,6 +138,59 @@ def test_notify_ready_only_after_dependencies_watchdog_and_stopping(stack, tmp_p
             proc.wait()
         sock.close()
         fwd.close()
+
+
+def test_ready_only_once_the_consumer_joined_its_group(stack):
+    """/readyz waits for the consumer's first partition assignment. A member
+    of the group that holds the rebalance back (it stops polling, as a busy
+    instance may) keeps a new instance out of the group: that instance is not
+    ready although its database and brokers answer. Once the member lets go
+    the new instance joins and is ready. (On a fresh broker the same wait is
+    the offsets topic being created at the first join.)"""
+    group = stack.uid("join-test")
+    holder = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": group,
+                       "max.poll.interval.ms": 120000, "session.timeout.ms": 30000})
+    holder.subscribe(["orders.created"])
+    stack.wait_until(lambda: (holder.poll(0.2), holder.assignment())[1], 60,
+                     "the holding member to get its partitions")
+    main = stack.daemons["payment-service"]
+    port = main.port + 20
+    svc = type(main)("payment-service-join", main.binary, port,
+                     dict(main.env, HTTP_PORT=str(port), CONSUMER_GROUP=group),
+                     main.log_path.with_name("payment-service-join.log"))
+
+    def readyz():
+        try:
+            r = svc.http_get("/readyz", timeout=2)
+            return r.status_code, r.json()
+        except (requests.RequestException, ValueError):
+            return None, {}
+
+    try:
+        svc.start()
+        up = ("started", "database", "kafka")
+        stack.wait_until(lambda: all(readyz()[1].get(k) for k in up), 60,
+                         "the new instance's database and brokers to answer")
+        # The member does not poll: the rebalance the new instance asked for
+        # waits for it (up to its max.poll.interval.ms), and so does readiness.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            status, body = readyz()
+            assert status == 503 and body.get("consumerGroup") is False, (
+                f"ready before it joined its group: {status} {body}\n{svc.log_tail()}")
+            time.sleep(0.2)
+        holder.close()
+        holder = None
+        svc.wait_ready(60)
+        status, body = readyz()
+        assert status == 200 and body.get("consumerGroup") is True, body
+        assert "joined consumer group" in svc.log_path.read_text()
+        svc.stop()
+    finally:
+        if holder is not None:
+            holder.close()
+        if svc.running():
+            svc.terminate()
 
 
 def test_sigterm_drains_in_order_and_loses_nothing(stack):
