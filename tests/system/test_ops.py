@@ -101,7 +101,8 @@ def test_notify_ready_only_after_dependencies_watchdog_and_stopping(stack, tmp_p
     sock.bind(path)
     main = stack.daemons["payment-service"]
     url = re.sub(r"port=\d+", f"port={fwd.port}", stack.daemon_dsn("payments"))
-    env = dict(main.env, HTTP_PORT="18091", DATABASE_URL=url, NOTIFY_SOCKET=path,
+    port = main.port + 10  # offset with the others (TEST_PORT_OFFSET)
+    env = dict(main.env, HTTP_PORT=str(port), DATABASE_URL=url, NOTIFY_SOCKET=path,
                WATCHDOG_USEC="1000000", JOURNAL_STREAM="8:1234",
                CONSUMER_GROUP=stack.uid("notify-test"))
     log = tmp_path / "payment-notify.log"
@@ -117,7 +118,7 @@ def test_notify_ready_only_after_dependencies_watchdog_and_stopping(stack, tmp_p
         while not any("READY=1" in n for n in got) and time.monotonic() < deadline:
             got += notifications(sock, 0.5)
         assert any("READY=1" in n for n in got), f"no READY=1 after PostgreSQL came up: {got}"
-        r = requests.get("http://127.0.0.1:18091/readyz", timeout=5)
+        r = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
         assert r.status_code == 200, f"READY=1 sent but /readyz says {r.status_code} {r.text}"
         later = notifications(sock, 2.5)
         pings = [n for n in later if "WATCHDOG=1" in n]
