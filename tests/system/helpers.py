@@ -336,9 +336,15 @@ def reconcile(stack, orders, balances, stocks, dlt_since=None, dlt_expected=None
     def dead_letters():
         """The DLT records keyed by these orders, decoded, as evidence."""
         keys = {o.encode() for o in ids}
-        return [(t, m.partition(), m.offset(), m.key().decode(), d["group"], d["message"])
-                for t in DLT_TOPICS for m in read_all(stack.bootstrap, t, timeout=30)
-                if m.key() in keys for d in [decode_dlt(m)]]
+        out = []
+        for t in DLT_TOPICS:
+            for m in read_all(stack.bootstrap, t, timeout=30):
+                if m.key() in keys:
+                    h = header_map(m)
+                    why = [h.get("kafka_dlt-" + n, [b"?"])[0].decode(errors="replace")
+                           for n in ("original-consumer-group", "exception-message")]
+                    out.append((t, m.partition(), m.offset(), m.key().decode(), *why))
+        return out
 
     def at_rest():
         ok, seen = _at_rest(stack, ids)
@@ -355,9 +361,9 @@ def reconcile(stack, orders, balances, stocks, dlt_since=None, dlt_expected=None
     for o, (cust, sku, qty, amount, st, pa, preason, ir, ireason) in rows.items():
         ps, pcust, pamount, pr = pay[o]
         rs, rsku, rqty, rr = res[o]
-        want = SETTLED[(pa, ir)]
-        assert (st, ps, rs) == want, (
-            f"order {o}: answers payment={pa} stock={ir} need {want}, found {(st, ps, rs)}")
+        allowed = SETTLED[(pa, ir)]
+        assert (st, ps, rs) == allowed, (
+            f"order {o}: answers payment={pa} stock={ir} need {allowed}, found {(st, ps, rs)}")
         assert (pcust, pamount) == (cust, amount), (
             f"order {o} of {cust} for {amount}: payment is of {pcust} for {pamount}")
         assert (rsku, rqty) == (sku, qty), (
