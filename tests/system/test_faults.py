@@ -200,7 +200,7 @@ def test_fault_schedule(stack, short_message_timeout):
         stack.set_stock(k, n)
     since = dlt_offsets(stack)
     faults = Faults(stack)
-    clients = OrderClients(stack, balances, stocks, keyed=3, plain=3, seed=seed)
+    clients = OrderClients(stack, balances, stocks, keyed=3, plain=6, seed=seed)
     clients.start()
     try:
         stack.wait_until(lambda: clients.answered() >= 20, 60, "orders flowing")
