@@ -70,17 +70,19 @@ static int grow(oc_origins *o)
 
 oc_origin *oc_origins_get(oc_origins *o, const char *id, bool *ret_new)
 {
-    entry *x;
+    entry *x = lookup(o->e, o->cap, id);
 
-    if ((o->used + 1) * 2 > o->cap && grow(o) < 0)
-        return NULL;
-    x = lookup(o->e, o->cap, id);
     *ret_new = !x->id;
-    if (!x->id) {
-        if (!(x->id = strdup(id)))
+    if (x->id)
+        return &x->v; /* found: never moved by a grow */
+    if ((o->used + 1) * 2 > o->cap) {
+        if (grow(o) < 0)
             return NULL;
-        x->v = (oc_origin){-1, false, -1, -1};
-        o->used++;
+        x = lookup(o->e, o->cap, id);
     }
+    if (!(x->id = strdup(id)))
+        return NULL;
+    x->v = (oc_origin){-1, false, -1, -1};
+    o->used++;
     return &x->v;
 }

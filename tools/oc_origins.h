@@ -29,6 +29,6 @@ int oc_origins_new(oc_origins **ret);
 void oc_origins_free(oc_origins *o);
 
 /* The entry of original record id, added as {-1, false, -1, -1} when missing
- * (then *ret_new is true). NULL on -ENOMEM. The pointer is valid until the
- * next call. */
+ * (then *ret_new is true). NULL on -ENOMEM (only when adding). The pointer is
+ * valid until the next call that adds an entry. */
 oc_origin *oc_origins_get(oc_origins *o, const char *id, bool *ret_new);
