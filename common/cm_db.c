@@ -166,26 +166,44 @@ int cm_db_connect(const char *url, PGconn **ret, char *err, size_t errlen)
     return 0;
 }
 
+int cm_db_classify_sqlstate(const char *state)
+{
+    /* The server, not the statement: the work succeeds once the server (or
+     * the one a reconnect reaches after a failover) can take it again.
+     *   08     connection exception
+     *   53     insufficient resources (too many connections, disk full)
+     *   58     system error (I/O error, undefined file)
+     *   57P    shutdown, crash shutdown, cannot connect now, database dropped
+     *   57014  query canceled (statement_timeout, pg_cancel_backend)
+     *   55P03  lock not available (lock_timeout)
+     *   25006  read-only transaction (a standby, or default_transaction_read_only) */
+    static const char *const outage_classes[] = {"08", "53", "58"};
+    static const char *const outage_states[] = {"57014", "55P03", "25006"};
+
+    if (!state || strlen(state) != 5)
+        return -ECONNRESET;
+    for (size_t i = 0; i < sizeof(outage_classes) / sizeof(outage_classes[0]); i++)
+        if (strncmp(state, outage_classes[i], 2) == 0)
+            return -ECONNRESET;
+    for (size_t i = 0; i < sizeof(outage_states) / sizeof(outage_states[0]); i++)
+        if (strcmp(state, outage_states[i]) == 0)
+            return -ECONNRESET;
+    if (strncmp(state, "57P", 3) == 0)
+        return -ECONNRESET;
+    if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0)
+        return -EAGAIN;
+    return -EIO;
+}
+
 int cm_db_classify(PGconn *conn, const PGresult *res)
 {
-    const char *state;
     ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
 
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
         return 0;
     if (!conn || PQstatus(conn) != CONNECTION_OK)
         return -ECONNRESET;
-    state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    if (!state)
-        return -ECONNRESET;
-    /* 08: connection exception; 57P0x: shutdown / cannot connect now;
-     * 53: insufficient resources (too many connections, disk full). */
-    if (strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0 ||
-        strncmp(state, "53", 2) == 0)
-        return -ECONNRESET;
-    if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0)
-        return -EAGAIN;
-    return -EIO;
+    return cm_db_classify_sqlstate(res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL);
 }
 
 int cm_db_query(PGconn *conn, PGresult **ret, const char *sql, int nparams,
