@@ -10,6 +10,7 @@
 #include "ev_event.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,7 +34,7 @@ typedef struct {
     const cm_consumer_config *cfg;
     volatile const sig_atomic_t *stop;
     rd_kafka_t *rk;
-    rd_kafka_t *dlt;
+    cm_dlt *dlt;
     PGconn *conn;
     slot *batch;
     int n;
@@ -229,10 +230,12 @@ static int ensure_db(loop *l)
     return 0;
 }
 
-/* Waits ms while keeping the group membership alive: the assignment is
- * paused and the consumer polled; a record that still arrives (a partition
- * newly assigned during the wait) is kept for the next batch. */
-static void idle(loop *l, long long ms)
+/* Waits ms, or until done(arg) (if given) says so, while keeping the group
+ * membership alive and the watchdog fed: the assignment is paused and the
+ * consumer polled in slices of at most 100 ms; a record that still arrives
+ * (a partition newly assigned during the wait) is kept for the next batch.
+ * Returns early when stop is set. */
+static void wait_for(loop *l, long long ms, bool (*done)(void *arg), void *arg)
 {
     rd_kafka_topic_partition_list_t *as = NULL;
     struct timespec start, now;
@@ -245,7 +248,7 @@ static void idle(loop *l, long long ms)
         clock_gettime(CLOCK_MONOTONIC, &now);
         long long el =
             (now.tv_sec - start.tv_sec) * 1000LL + (now.tv_nsec - start.tv_nsec) / 1000000;
-        if (el >= ms || *l->stop)
+        if (el >= ms || *l->stop || (done && done(arg)))
             break;
         if (l->cfg->tick)
             l->cfg->tick(l->cfg->tick_arg);
@@ -270,32 +273,85 @@ static void idle(loop *l, long long ms)
     }
 }
 
+static void idle(loop *l, long long ms)
+{
+    wait_for(l, ms, NULL, NULL);
+}
+
 static void outage(loop *l, long long *backoff)
 {
-    atomic_store(&l->cfg->health->db_ok, false);
+    /* Once per outage: the server's reason (read-only, timeout, ...) while
+     * the connection that saw it still exists. */
+    if (atomic_exchange(&l->cfg->health->db_ok, false))
+        log_warning("database outage: the consumer waits and retries, nothing is dead-lettered "
+                    "meanwhile (not ready) error=\"%s\"",
+                    cm_db_error(l->conn));
     PQfinish(l->conn);
     l->conn = NULL;
     idle(l, *backoff);
     *backoff = *backoff * 2 > 5000 ? 5000 : *backoff * 2;
 }
 
-static void dead_letter(loop *l, const slot *s, bool poison, const char *reason)
+static bool dlt_settled(void *arg)
+{
+    return cm_dlt_poll(arg) != 0;
+}
+
+/* Dead-letter writes failing is an episode: not ready, one error line at its
+ * start and one info line at its end. */
+static void dlt_episode(loop *l, bool failing)
+{
+    if (atomic_exchange(&l->cfg->health->dlt_failing, failing) == failing)
+        return;
+    if (failing)
+        log_error("dead-letter writes fail: the consumer waits with its partitions paused and "
+                  "is not ready until one succeeds error=\"%s\"",
+                  cm_dlt_error(l->dlt));
+    else
+        log_info("dead-letter writes work again");
+}
+
+/* Writes the DLT copy of s and waits for its acknowledgement, polling the
+ * consumer and feeding the watchdog meanwhile. Never skips a record without
+ * its DLT copy: retries until done. Returns 0, or -ECANCELED when stop came
+ * first (the record is then redelivered after the restart). */
+static int dead_letter(loop *l, const slot *s, bool poison, const char *reason)
 {
     long long backoff = 500;
-    /* Never skip a record without its DLT copy: retry the write until done. */
-    while (cm_dlt_publish(l->dlt, s->msg, l->cfg->group, poison, reason) < 0 && !*l->stop) {
+
+    while (!*l->stop) {
+        int r = cm_dlt_send(l->dlt, s->msg, l->cfg->group, poison, reason);
+        if (r == 0) {
+            wait_for(l, LLONG_MAX, dlt_settled, l->dlt);
+            r = cm_dlt_poll(l->dlt);
+            if (r == 0) {
+                cm_dlt_abort(l->dlt); /* stop */
+                break;
+            }
+        }
+        if (r > 0) {
+            dlt_episode(l, false);
+            atomic_fetch_add(&l->cfg->health->dead_lettered, 1);
+            count(l, "orders_dead_lettered_total", s->msg);
+            log_error("publishing to %s.DLT partition=%d offset=%lld key=%.*s reason=\"%s\"",
+                      rd_kafka_topic_name(s->msg->rkt), (int)s->msg->partition,
+                      (long long)s->msg->offset, (int)s->msg->key_len,
+                      s->msg->key ? (const char *)s->msg->key : "", reason);
+            return 0;
+        }
+        log_debug("dead-letter write failed error=\"%s\"", cm_dlt_error(l->dlt));
+        dlt_episode(l, true);
         idle(l, backoff);
         backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
     }
-    atomic_fetch_add(&l->cfg->health->dead_lettered, 1);
-    count(l, "orders_dead_lettered_total", s->msg);
+    return -ECANCELED;
 }
 
 /* One record in its own transaction, with the error handler's policy. */
 static void process_single(loop *l, slot *s)
 {
     char reason[256];
-    long long backoff = 100;
+    long long backoff = 100, conflict_backoff = 50;
     int attempts = 0;
 
     while (!*l->stop) {
@@ -315,6 +371,20 @@ static void process_single(loop *l, slot *s)
         }
         if (r == -ECONNRESET) {
             outage(l, &backoff);
+            continue;
+        }
+        if (r == -EAGAIN) {
+            /* A deadlock or serialization failure is no fault of the record:
+             * retried at once (a short, growing pause), never counted
+             * toward RETRY_MAX and the DLT. */
+            atomic_fetch_add(&l->cfg->health->retries, 1);
+            count(l, "orders_retries_total", s->msg);
+            log_warning("transient conflict, retrying record topic=%s partition=%d offset=%lld "
+                        "reason=\"%s\" trace_id=%s",
+                        rd_kafka_topic_name(s->msg->rkt), (int)s->msg->partition,
+                        (long long)s->msg->offset, reason, s->trace_id);
+            idle(l, conflict_backoff);
+            conflict_backoff = conflict_backoff * 2 > 2000 ? 2000 : conflict_backoff * 2;
             continue;
         }
         if (is_poison(r)) {
@@ -467,27 +537,29 @@ static int setup(loop *l)
     if (r == 0)
         r = cm_kafka_new(CM_KAFKA_CONSUMER, conf, &l->rk, err, sizeof(err));
     if (r == 0)
-        r = cm_dlt_producer_new(l->cfg->client_id, l->cfg->health, &l->dlt, err, sizeof(err));
+        r = cm_dlt_new(l->cfg->client_id, l->cfg->health, &l->dlt, err, sizeof(err));
     if (r < 0)
         return log_error_errno(r, "could not create kafka clients: %s", err);
     rd_kafka_poll_set_consumer(l->rk);
     return subscribe(l);
 }
 
+/* librdkafka's order: every message of a client is destroyed before the
+ * client (a message holds references into it: rd_kafka_destroy would wait for
+ * them, or free what they point to); the consumer is closed (leaving the
+ * group) before it is destroyed. */
 static void teardown(loop *l)
 {
     if (l->cfg->before_close)
         l->cfg->before_close(l->cfg->before_close_arg);
+    for (int i = 0; i < l->nlater; i++)
+        rd_kafka_message_destroy(l->later[i].msg);
+    l->nlater = 0;
+    cm_dlt_free(l->dlt);
     if (l->rk) {
         rd_kafka_consumer_close(l->rk);
         rd_kafka_destroy(l->rk);
     }
-    if (l->dlt) {
-        rd_kafka_flush(l->dlt, 5000);
-        rd_kafka_destroy(l->dlt);
-    }
-    for (int i = 0; i < l->nlater; i++)
-        rd_kafka_message_destroy(l->later[i].msg);
     free(l->batch);
     free(l->later);
     PQfinish(l->conn);

@@ -27,6 +27,7 @@ typedef struct {
     atomic_bool kafka_ok;    /* the brokers answer (consumer and producer) */
     atomic_bool relay_db_ok; /* the relay's database connection works */
     atomic_bool started;     /* start-up finished (subscribed, relay running) */
+    atomic_bool dlt_failing; /* dead-letter writes fail: the consumer waits */
     atomic_llong consumed;   /* records handled (any outcome) */
     atomic_llong produced;   /* outbox rows acknowledged by the brokers */
     atomic_llong dead_lettered;
@@ -60,5 +61,6 @@ static inline int cm_health_kafka_denied(cm_health *h)
 static inline bool cm_health_ready(cm_health *h)
 {
     return atomic_load(&h->started) && atomic_load(&h->db_ok) && atomic_load(&h->kafka_ok) &&
-           atomic_load(&h->relay_db_ok) && cm_health_kafka_denied(h) == 0;
+           atomic_load(&h->relay_db_ok) && !atomic_load(&h->dlt_failing) &&
+           cm_health_kafka_denied(h) == 0;
 }

@@ -402,6 +402,81 @@ def test_relay_recreates_producer_after_fatal_error(stack):
         svc.wait_ready()
 
 
+def test_dlt_producer_recreated_after_fatal_error(stack):
+    """The DLT producer of payment-service fails for good (librdkafka's
+    fatal-error test hook, CM_FAULT_DLT_FATAL=3: its first three producers
+    each raise one before their first write) while a poison record waits for
+    its DLT copy: the daemon turns not ready (with one log line for the
+    episode), recreates the producer, writes the poison record once, becomes
+    ready again and applies the valid records behind it once each."""
+    svc = stack.daemons["payment-service"]
+    normal_env = dict(svc.env)
+    partition = 4
+    since = end_offsets(stack.bootstrap, "orders.created.DLT")
+    replies_since = end_offsets(stack.bootstrap, "payments.completed")
+    svc.stop()
+    svc.env = dict(normal_env, CM_FAULT_DLT_FATAL="3")
+    try:
+        svc.start()
+        svc.wait_ready()
+        log_start = svc.log_path.stat().st_size
+        cust, sku = stack.uid("c"), stack.uid("s")
+        stack.fund(cust, 10_000)
+        stack.set_stock(sku, 100)
+        key = stack.uid("poison-dlt").encode()
+        produce_raw(stack.bootstrap, "orders.created", partition, key, b"not json {",
+                    headers("OrderCreated"))
+        ids = []
+        for _ in range(5):
+            oid = stack.uid("o")
+            insert_order(stack, oid, customer=cust, sku=sku, quantity=1, amount=100)
+            produce_raw(stack.bootstrap, "orders.created", partition, oid.encode(),
+                        value({"orderId": oid, "customerId": cust, "sku": sku, "quantity": 1,
+                               "amountCents": 100}), headers("OrderCreated"))
+            ids.append(oid)
+
+        def not_ready():
+            r = svc.http_get("/readyz", timeout=2)
+            return (r.status_code == 503 and r.json().get("deadLetter") is False
+                    and metric(svc.url, "orders_ready") == 0), r.text
+        stack.wait_until(not_ready, 30, "payment-service not ready while DLT writes fail",
+                         interval=0.05)
+        svc.wait_ready(60)
+
+        recs = dlt_records(stack.bootstrap, "orders.created", key, expect=2, since=since)
+        groups = sorted(decode_dlt(m)["group"] for m in recs)
+        assert groups == ["inventory-service", "payment-service"], (
+            f"the poison record should be on the DLT once per group, got {groups}")
+        for oid in ids:
+            stack.wait_until(lambda: (stack.payments.payment(oid) or {}).get("status")
+                             == "CHARGED", 30, f"payment of {oid} behind the poison record")
+        assert stack.payments.balance(cust) == 10_000 - 5 * 100
+        assert stack.sql_one("payments", "SELECT count(*) FROM payments WHERE customer_id = %s",
+                             (cust,)) == 5
+        # Each valid record was applied once: one reply per order (a second
+        # application would have written a second one).
+        def replies():
+            keys = sorted(m.key().decode() for m in
+                          read_all(stack.bootstrap, "payments.completed", replies_since)
+                          if m.key() and m.key().decode() in ids)
+            return len(keys) >= len(ids), keys
+        keys = stack.wait_until(replies, 30, "a PaymentCompleted per order")[1]
+        time.sleep(2)  # a late duplicate would show here
+        keys = replies()[1]
+        assert keys == sorted(ids), f"expected one PaymentCompleted per order, got {keys}"
+        with open(svc.log_path, errors="replace") as f:
+            f.seek(log_start)
+            log = f.read()
+        assert log.count("recreating dead-letter producer after fatal error") == 3, log[-4000:]
+        assert log.count("dead-letter writes fail") == 1, log[-4000:]
+        assert log.count("dead-letter writes work again") == 1, log[-4000:]
+    finally:
+        svc.stop()
+        svc.env = normal_env
+        svc.start()
+        svc.wait_ready()
+
+
 # -------------------------------------------------------------- a second instance
 
 
