@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from conftest import bearer
+from conftest import DB_PREFIX, bearer
 from helpers import (CONSUMERS, SPRING_CAUSE_POISON, SPRING_CAUSE_PROCESSING,
                          SPRING_LISTENER, Postgres, decode_dlt, end_offsets, header_map,
                          headers, metric, produce_raw, quiet, read_all, reconcile, dlt_records,
@@ -325,6 +325,81 @@ def test_postgres_outage_dead_letters_nothing(stack):
     reconcile(stack, accepted, {cust: 1_000_000}, {sku: 1_000})
     after = {t: end_offsets(stack.bootstrap, t + ".DLT") for t in EVENTS}
     assert after == before, f"records were dead-lettered during the outage: {before} -> {after}"
+
+
+def set_read_only(stack, db, on):
+    """Makes the test database db (orders|payments|inventory) read-only for
+    new sessions, or writable again, and ends its sessions (all but this
+    harness connection) so that every daemon connection picks it up: what a
+    failover to a standby looks like to the daemon. Only our own test
+    database is touched, never the cluster."""
+    name = DB_PREFIX + db
+    stack.sql(db, f'ALTER DATABASE "{name}" '
+              + ("SET default_transaction_read_only = on" if on
+                 else "RESET default_transaction_read_only"))
+    stack.sql(db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+              " WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+
+
+def test_read_only_database_is_an_outage_not_a_poison(stack):
+    """payment-service's database turns read-only (SQLSTATE 25006, as after a
+    failover onto a standby) while orders keep arriving: nothing is
+    dead-lettered, the daemon reports the outage (/readyz 503, the database
+    dependency down), and once the database is writable again every order is
+    charged and confirmed; money and stock reconcile."""
+    svc = stack.daemons["payment-service"]
+    cust, sku = stack.uid("c"), stack.uid("s")
+    stack.fund(cust, 1_000_000)
+    stack.set_stock(sku, 1_000)
+    before = {t: end_offsets(stack.bootstrap, t + ".DLT") for t in EVENTS}
+    accepted, refused, stop = [], [], threading.Event()
+
+    def feed():
+        while not stop.is_set():
+            try:
+                r = requests.post(stack.orders.base + "/orders", headers=JSON, timeout=5,
+                                  json={"customerId": cust, "sku": sku, "quantity": 1,
+                                        "amountCents": 10})
+                (accepted.append(r.json()["orderId"]) if r.status_code == 202
+                 else refused.append(f"{r.status_code} {r.text}"))
+            except requests.RequestException as e:
+                refused.append(repr(e))
+            time.sleep(0.05)
+
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    try:
+        stack.wait_until(lambda: len(accepted) >= 10, 30, "orders flowing")
+        set_read_only(stack, "payments", True)
+        try:
+            def outage():
+                r = svc.http_get("/readyz", timeout=2)
+                return r.status_code == 503 and r.json()["database"] is False, r.text
+            stack.wait_until(outage, 30, "payment-service /readyz 503 (database) while read-only")
+            n, since = len(accepted), time.monotonic()
+            # Records keep arriving for twice RETRY_MAX x RETRY_BACKOFF
+            # (3 x 2 s), after which they used to go to the DLT.
+            stack.wait_until(lambda: len(accepted) >= n + 40 and time.monotonic() - since > 12,
+                             60, "orders accepted for 12 s while read-only")
+            stack.wait_until(lambda: metric(svc.url, "orders_dependency_up",
+                                            dependency="database") == 0, 10,
+                             "the database dependency reported down")
+            assert svc.http_get("/readyz", timeout=2).status_code == 503
+            assert stack.sql_one("orders", "SELECT count(*) FROM orders WHERE order_id = ANY(%s)"
+                                 " AND status = 'PENDING'", (accepted,)) > 0
+        finally:
+            set_read_only(stack, "payments", False)
+        svc.wait_ready(60)
+    finally:
+        stop.set()
+        t.join(10)
+    assert not refused, f"order-service refused orders: {refused[:5]}"
+    stack.wait_until(lambda: quiet(stack, accepted), 120, "every accepted order settled")
+    status = reconcile(stack, accepted, {cust: 1_000_000}, {sku: 1_000})
+    assert set(status.values()) == {"CONFIRMED"}, (
+        f"funds and stock cover every order: {sorted(set(status.values()))}")
+    after = {t: end_offsets(stack.bootstrap, t + ".DLT") for t in EVENTS}
+    assert after == before, f"records were dead-lettered while read-only: {before} -> {after}"
 
 
 # -------------------------------------------------------------- Idempotency-Key
