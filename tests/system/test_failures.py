@@ -14,7 +14,10 @@ import time
 import pytest
 import requests
 
-from conftest import DB_PREFIX, KAFKA_DIR, bearer
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from conftest import DB_PREFIX, KAFKA_DIR, KAFKA_NODES, PARTITIONS, bearer
 from helpers import (CONSUMERS, SPRING_CAUSE_POISON, SPRING_CAUSE_PROCESSING,
                          SPRING_LISTENER, Postgres, decode_dlt, end_offsets, header_map,
                          headers, metric, produce_raw, quiet, read_all, reconcile, dlt_records,
@@ -552,6 +555,64 @@ def test_dlt_producer_recreated_after_fatal_error(stack):
         svc.env = normal_env
         svc.start()
         svc.wait_ready()
+
+
+def recreate_topic(stack, topic, partitions):
+    """Deletes topic and creates it again with `partitions` partitions (one
+    replica per node up to 3, as topics.sh makes them)."""
+    admin = AdminClient({"bootstrap.servers": stack.bootstrap})
+    for f in admin.delete_topics([topic], operation_timeout=30).values():
+        f.result()
+    stack.wait_until(lambda: topic not in admin.list_topics(timeout=5).topics, 30,
+                     f"{topic} deleted")
+
+    def create():
+        try:
+            for f in admin.create_topics([NewTopic(topic, num_partitions=partitions,
+                                                   replication_factor=min(3, KAFKA_NODES))],
+                                         operation_timeout=30).values():
+                f.result()
+        except KafkaException as e:  # the deletion may still be under way
+            return False, repr(e)
+        return True, None
+    stack.wait_until(create, 60, f"{topic} created with {partitions} partitions", interval=1)
+    stack.wait_until(lambda: len((admin.list_topics(topic, timeout=5).topics[topic].partitions
+                                  or {})) == partitions, 30, f"{topic} with {partitions} partitions")
+
+
+def test_dlt_with_fewer_partitions_than_its_source(stack):
+    """orders.created.DLT has 2 partitions where orders.created has 6: a poison
+    record on partition 4 still reaches the DLT (on its key's partition, key
+    kept), once per group, and the valid record behind it is applied."""
+    daemons = [stack.daemons["payment-service"], stack.daemons["inventory-service"]]
+    recreate_topic(stack, "orders.created.DLT", 2)
+    try:
+        for d in daemons:  # they meet the DLT as it is now, as after a deployment
+            d.restart()
+        key = stack.uid("poison-narrow").encode()
+        produce_raw(stack.bootstrap, "orders.created", 4, key, b"not json {",
+                    headers("OrderCreated"))
+        cust, sku, oid = stack.uid("c"), stack.uid("s"), stack.uid("o")
+        stack.fund(cust, 1000)
+        stack.set_stock(sku, 5)
+        insert_order(stack, oid, customer=cust, sku=sku, quantity=1, amount=300)
+        produce_raw(stack.bootstrap, "orders.created", 4, oid.encode(),
+                    value({"orderId": oid, "customerId": cust, "sku": sku, "quantity": 1,
+                           "amountCents": 300}), headers("OrderCreated"))
+        recs = dlt_records(stack.bootstrap, "orders.created", key, expect=2, timeout=40)
+        assert sorted(decode_dlt(m)["group"] for m in recs) == sorted(CONSUMERS["orders.created"])
+        for m in recs:
+            assert m.partition() in (0, 1) and m.key() == key and m.value() == b"not json {"
+            assert decode_dlt(m)["partition"] == 4
+        stack.wait_until(lambda: (stack.payments.payment(oid) or {}).get("status") == "CHARGED"
+                         and (stack.inventory.reservation(oid) or {}).get("status")
+                         == "RESERVED", 30, "the valid order behind the poison to be applied")
+        for d in daemons:
+            assert d.http_get("/readyz").status_code == 200
+    finally:
+        recreate_topic(stack, "orders.created.DLT", PARTITIONS)
+        for d in daemons:
+            d.restart()
 
 
 def test_stop_while_brokers_hang_is_bounded(stack):
