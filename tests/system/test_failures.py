@@ -8,6 +8,7 @@ the Idempotency-Key of POST /orders.
 import concurrent.futures as cf
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -561,8 +562,9 @@ def recreate_topic(stack, topic, partitions):
     """Deletes topic and creates it again with `partitions` partitions (one
     replica per node up to 3, as topics.sh makes them)."""
     admin = AdminClient({"bootstrap.servers": stack.bootstrap})
-    for f in admin.delete_topics([topic], operation_timeout=30).values():
-        f.result()
+    if topic in admin.list_topics(timeout=10).topics:
+        for f in admin.delete_topics([topic], operation_timeout=30).values():
+            f.result()
     stack.wait_until(lambda: topic not in admin.list_topics(timeout=5).topics, 30,
                      f"{topic} deleted")
 
@@ -613,6 +615,61 @@ def test_dlt_with_fewer_partitions_than_its_source(stack):
         recreate_topic(stack, "orders.created.DLT", PARTITIONS)
         for d in daemons:
             d.restart()
+
+
+def test_pending_dlt_write_feeds_the_watchdog_and_honours_stop(stack, tmp_path):
+    """orders.created.DLT is missing (deleted; brokers do not create topics),
+    so a DLT write stays pending for up to message.timeout.ms (30 s): the
+    consumer keeps sending WATCHDOG=1 meanwhile (systemd would kill it
+    otherwise) and a SIGTERM ends the daemon at once. Once the DLT is back,
+    the poison record reaches it, once per group."""
+    svc = stack.daemons["payment-service"]
+    normal_env = dict(svc.env)
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    key = stack.uid("poison-pending").encode()
+    svc.stop()
+    try:
+        svc.env = dict(normal_env, NOTIFY_SOCKET=path, WATCHDOG_USEC="2000000")
+        svc.start()
+        svc.wait_ready()
+        admin = AdminClient({"bootstrap.servers": stack.bootstrap})
+        admin.delete_topics(["orders.created.DLT"], operation_timeout=30)[
+            "orders.created.DLT"].result()
+        stack.wait_until(lambda: "orders.created.DLT" not in admin.list_topics(timeout=5).topics,
+                         30, "orders.created.DLT deleted")
+        produce_raw(stack.bootstrap, "orders.created", 1, key, b"not json {",
+                    headers("OrderCreated"))
+        # The record is read within a second or two; its DLT write then
+        # waits for the rest of the 10 s sampled here (and longer).
+        pings, deadline = [], time.monotonic() + 10
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                if b"WATCHDOG=1" in sock.recv(4096):
+                    pings.append(time.monotonic())
+            except socket.timeout:
+                break
+        gaps = [b - a for a, b in zip(pings, pings[1:])]
+        assert len(pings) >= 8 and max(gaps) < 1.9, (
+            f"WATCHDOG=1 every 1 s expected while the DLT write waits: {len(pings)} pings, "
+            f"gaps {[round(g, 1) for g in gaps]}\n{svc.log_tail(20)}")
+        t0 = time.monotonic()
+        svc.stop()
+        assert time.monotonic() - t0 < 5, f"stop took {time.monotonic() - t0:.1f} s"
+    finally:
+        sock.close()
+        admin = AdminClient({"bootstrap.servers": stack.bootstrap})
+        if "orders.created.DLT" not in admin.list_topics(timeout=10).topics:
+            recreate_topic(stack, "orders.created.DLT", PARTITIONS)
+        svc.env = normal_env
+        if not svc.running():
+            svc.start()
+        svc.wait_ready()
+        stack.daemons["inventory-service"].restart()
+    recs = dlt_records(stack.bootstrap, "orders.created", key, expect=2, timeout=60)
+    assert sorted(decode_dlt(m)["group"] for m in recs) == sorted(CONSUMERS["orders.created"])
 
 
 def test_stop_while_brokers_hang_is_bounded(stack):
