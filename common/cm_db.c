@@ -435,10 +435,23 @@ int cm_dbpool_acquire(cm_dbpool *pool, PGconn **ret)
     return 0;
 }
 
+/* The server reports both (PostgreSQL 14+) at start and on every change. */
+static bool session_read_only(const PGconn *conn)
+{
+    const char *hs = PQparameterStatus(conn, "in_hot_standby");
+    const char *ro = PQparameterStatus(conn, "default_transaction_read_only");
+
+    return (hs && strcmp(hs, "on") == 0) || (ro && strcmp(ro, "on") == 0);
+}
+
 void cm_dbpool_release(cm_dbpool *pool, PGconn *conn)
 {
-    /* A connection left inside a transaction or broken is not reused. */
-    if (conn && (PQstatus(conn) != CONNECTION_OK || PQtransactionStatus(conn) != PQTRANS_IDLE)) {
+    /* A connection left inside a transaction or broken is not reused, nor
+     * one on a read-only session (a standby after a failover, a database
+     * made read-only): it would refuse every write for good, while a new
+     * connection may reach the new primary. */
+    if (conn && (PQstatus(conn) != CONNECTION_OK || PQtransactionStatus(conn) != PQTRANS_IDLE ||
+                 session_read_only(conn))) {
         PQfinish(conn);
         conn = NULL;
     }

@@ -408,6 +408,28 @@ def test_read_only_database_is_an_outage_not_a_poison(stack):
     assert after == before, f"records were dead-lettered while read-only: {before} -> {after}"
 
 
+def test_read_only_sessions_leave_the_pool(stack):
+    """A write on a read-only session (SQLSTATE 25006) is the server's fault:
+    503, not 500. Sessions opened while the database was read-only (as on a
+    standby after a failover) are not kept in the request pool: once the
+    database is writable again the next request is served, although those
+    sessions were never ended."""
+    cust = stack.uid("c")
+    set_read_only(stack, "payments", True)
+    try:
+        for _ in range(6):
+            r = stack.payments.put(f"/accounts/{cust}", json={"balanceCents": 100})
+            assert r.status_code == 503, f"{r.status_code} {r.text}"
+    finally:
+        stack.sql("payments", f'ALTER DATABASE "{DB_PREFIX}payments" '
+                  "RESET default_transaction_read_only")
+    for cents in range(200, 206):
+        r = stack.payments.put(f"/accounts/{cust}", json={"balanceCents": cents})
+        assert r.status_code == 200, f"{r.status_code} {r.text}"
+    assert stack.payments.balance(cust) == 205
+    stack.daemons["payment-service"].wait_ready(60)
+
+
 # -------------------------------------------------------------- Idempotency-Key
 
 
