@@ -544,6 +544,58 @@ static int setup(loop *l)
     return subscribe(l);
 }
 
+/* rd_kafka_consumer_close blocks up to session.timeout.ms (10 s by our
+ * default, 45 s by Kafka's newer one) when the coordinator does not answer:
+ * the close runs in the background instead, waited for CLOSE_BOUND_MS. A
+ * consumer that could not leave the group is evicted by the coordinator after
+ * session.timeout.ms; its offsets stored so far were committed by then or are
+ * redelivered (dedupe makes that harmless). */
+#define CLOSE_BOUND_MS 3000
+
+static long long mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
+
+static void close_consumer(rd_kafka_t *rk)
+{
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_error_t *e = rd_kafka_consumer_close_queue(rk, q);
+    long long start = mono_ms();
+    bool closed = false;
+
+    if (e) {
+        log_warning("could not close the consumer error=\"%s\"", rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+    }
+    while (!e && !(closed = rd_kafka_consumer_closed(rk)) && mono_ms() - start < CLOSE_BOUND_MS) {
+        rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 100);
+        if (ev && rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE) {
+            if (strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0) {
+                rd_kafka_error_t *ue =
+                    rd_kafka_incremental_unassign(rk, rd_kafka_event_topic_partition_list(ev));
+                if (ue)
+                    rd_kafka_error_destroy(ue);
+            } else {
+                rd_kafka_assign(rk, NULL);
+            }
+        }
+        if (ev)
+            rd_kafka_event_destroy(ev);
+    }
+    rd_kafka_queue_destroy(q);
+    if (closed) {
+        rd_kafka_destroy(rk);
+        return;
+    }
+    log_warning("the consumer did not leave its group within %d ms (brokers not answering): "
+                "the group rebalances after session.timeout.ms instead",
+                CLOSE_BOUND_MS);
+    rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+}
+
 /* librdkafka's order: every message of a client is destroyed before the
  * client (a message holds references into it: rd_kafka_destroy would wait for
  * them, or free what they point to); the consumer is closed (leaving the
@@ -556,10 +608,8 @@ static void teardown(loop *l)
         rd_kafka_message_destroy(l->later[i].msg);
     l->nlater = 0;
     cm_dlt_free(l->dlt);
-    if (l->rk) {
-        rd_kafka_consumer_close(l->rk);
-        rd_kafka_destroy(l->rk);
-    }
+    if (l->rk)
+        close_consumer(l->rk);
     free(l->batch);
     free(l->later);
     PQfinish(l->conn);
