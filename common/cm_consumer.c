@@ -215,9 +215,18 @@ static int apply(loop *l, slot *slots, int n, char *reason, size_t reasonlen)
     return r;
 }
 
+/* A statement of the loop never waits longer than this (a row lock held by
+ * someone else, a stuck server): it fails with 57014, an outage, and the loop
+ * waits it out feeding the watchdog and honouring stop, not ready meanwhile.
+ * Applies unless the operator set a statement_timeout of their own (in the
+ * URL's options, for the role or the database). */
+#define STATEMENT_TIMEOUT "5s"
+
 static int ensure_db(loop *l)
 {
+    static const char show[] = "SHOW statement_timeout";
     char err[256];
+    PGresult *res = NULL;
 
     if (l->conn && PQstatus(l->conn) == CONNECTION_OK)
         return 0;
@@ -227,7 +236,17 @@ static int ensure_db(loop *l)
         log_warning("database unavailable, consumer waits error=\"%s\"", err);
         return -ECONNRESET;
     }
-    return 0;
+    if (cm_db_query(l->conn, &res, show, 0, NULL) == 0 &&
+        (strcmp(PQgetvalue(res, 0, 0), "0") != 0 ||
+         cm_db_exec(l->conn, "SET statement_timeout = '" STATEMENT_TIMEOUT "'") == 0)) {
+        PQclear(res);
+        return 0;
+    }
+    PQclear(res);
+    log_warning("database unavailable, consumer waits error=\"%s\"", cm_db_error(l->conn));
+    PQfinish(l->conn);
+    l->conn = NULL;
+    return -ECONNRESET;
 }
 
 /* Waits ms, or until done(arg) (if given) says so, while keeping the group
@@ -278,14 +297,14 @@ static void idle(loop *l, long long ms)
     wait_for(l, ms, NULL, NULL);
 }
 
-static void outage(loop *l, long long *backoff)
+/* reason: the server's message (read-only, timeout, ...), logged once per
+ * outage. */
+static void outage(loop *l, long long *backoff, const char *reason)
 {
-    /* Once per outage: the server's reason (read-only, timeout, ...) while
-     * the connection that saw it still exists. */
     if (atomic_exchange(&l->cfg->health->db_ok, false))
         log_warning("database outage: the consumer waits and retries, nothing is dead-lettered "
                     "meanwhile (not ready) error=\"%s\"",
-                    cm_db_error(l->conn));
+                    reason);
     PQfinish(l->conn);
     l->conn = NULL;
     idle(l, *backoff);
@@ -358,9 +377,9 @@ static void process_single(loop *l, slot *s)
         int r = ensure_db(l);
         if (r == 0) {
             r = apply(l, s, 1, reason, sizeof(reason));
-            if (r == 0)
-                r = cm_db_exec(l->conn, "COMMIT");
-            else if (PQstatus(l->conn) == CONNECTION_OK)
+            if (r == 0 && (r = cm_db_exec(l->conn, "COMMIT")) < 0)
+                snprintf(reason, sizeof(reason), "%s", cm_db_error(l->conn));
+            else if (r < 0 && PQstatus(l->conn) == CONNECTION_OK)
                 cm_db_exec(l->conn, "ROLLBACK");
         } else {
             snprintf(reason, sizeof(reason), "%s", cm_db_error(l->conn));
@@ -370,7 +389,7 @@ static void process_single(loop *l, slot *s)
             return;
         }
         if (r == -ECONNRESET) {
-            outage(l, &backoff);
+            outage(l, &backoff, reason);
             continue;
         }
         if (r == -EAGAIN) {
@@ -407,16 +426,17 @@ static void process_single(loop *l, slot *s)
 
 /* The fast path: the whole batch in one transaction. Returns 0, or the code
  * of the first failure (the transaction is then rolled back). */
-static int process_batch_tx(loop *l)
+static int process_batch_tx(loop *l, char *reason, size_t reasonlen)
 {
-    char reason[256];
     int r = ensure_db(l);
 
+    if (r < 0)
+        snprintf(reason, reasonlen, "%s", cm_db_error(l->conn));
     if (r == 0)
-        r = apply(l, l->batch, l->n, reason, sizeof(reason));
-    if (r == 0)
-        r = cm_db_exec(l->conn, "COMMIT");
-    else if (l->conn && PQstatus(l->conn) == CONNECTION_OK)
+        r = apply(l, l->batch, l->n, reason, reasonlen);
+    if (r == 0 && (r = cm_db_exec(l->conn, "COMMIT")) < 0)
+        snprintf(reason, reasonlen, "%s", cm_db_error(l->conn));
+    else if (r < 0 && l->conn && PQstatus(l->conn) == CONNECTION_OK)
         cm_db_exec(l->conn, "ROLLBACK");
     return r;
 }
@@ -424,16 +444,17 @@ static int process_batch_tx(loop *l)
 static void process(loop *l)
 {
     long long backoff = 100;
+    char reason[256];
 
     while (!*l->stop) {
-        int r = process_batch_tx(l);
+        int r = process_batch_tx(l, reason, sizeof(reason));
         if (r == 0) {
             atomic_store(&l->cfg->health->db_ok, true);
             return;
         }
         if (r != -ECONNRESET)
             break;
-        outage(l, &backoff);
+        outage(l, &backoff, reason);
     }
     /* Some record failed: isolate it by running each record on its own. */
     for (int i = 0; i < l->n && !*l->stop; i++)

@@ -115,12 +115,18 @@ int cm_db_array(const char *const *vals, size_t n, char **ret)
     return 0;
 }
 
+/* The server's message of the last failed statement of a pipeline on this
+ * thread: after a pipeline, libpq's connection message may be empty. */
+static __thread char pipeline_error[512];
+
 const char *cm_db_error(PGconn *conn)
 {
     static __thread char buf[512];
     const char *m = conn ? PQerrorMessage(conn) : "no connection";
     size_t n;
 
+    if (conn && (!m || !*m) && pipeline_error[0])
+        m = pipeline_error;
     /* a password of the connection string never reaches a log line */
     cm_config_redact(m && *m ? m : "unknown error", buf, sizeof(buf));
     n = strlen(buf);
@@ -245,8 +251,8 @@ static int pipeline_collect(PGconn *conn, int n, PGresult **res)
             return -ECONNRESET;
         if (r == 0 && PQresultStatus(x) == PGRES_PIPELINE_ABORTED)
             r = -EIO; /* cannot happen before the first failure */
-        else if (r == 0)
-            r = cm_db_classify(conn, x);
+        else if (r == 0 && (r = cm_db_classify(conn, x)) < 0)
+            snprintf(pipeline_error, sizeof(pipeline_error), "%s", PQresultErrorMessage(x));
         /* Each statement's results end with NULL. */
         while ((extra = PQgetResult(conn)) != NULL)
             PQclear(extra);
@@ -264,6 +270,7 @@ static int pipeline_run(PGconn *conn, const cm_db_stmt *stmts, int n, PGresult *
         r = stmt_name(conn, stmts[i].sql, stmts[i].nparams, names[i]);
     if (r < 0)
         return r;
+    pipeline_error[0] = '\0';
     if (!PQenterPipelineMode(conn))
         return -ECONNRESET;
     for (int i = 0; i < n; i++) {

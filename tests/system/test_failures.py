@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 
+import psycopg
 import pytest
 import requests
 
@@ -428,6 +429,35 @@ def test_read_only_sessions_leave_the_pool(stack):
         assert r.status_code == 200, f"{r.status_code} {r.text}"
     assert stack.payments.balance(cust) == 205
     stack.daemons["payment-service"].wait_ready(60)
+
+
+def test_row_lock_held_elsewhere_is_an_outage_not_a_hang(stack):
+    """Someone holds the lock of a customer's account row (an operator's open
+    transaction): payment-service's consumer, which must update that row,
+    does not wait without end (a loop stuck in one statement starves the
+    systemd watchdog and ignores SIGTERM): its statement times out, the
+    daemon reports the outage (/readyz 503) and retries; once the lock is
+    released the order is charged once and nothing was dead-lettered."""
+    svc = stack.daemons["payment-service"]
+    cust, sku = stack.uid("c"), stack.uid("s")
+    stack.fund(cust, 1000)
+    stack.set_stock(sku, 10)
+    before = end_offsets(stack.bootstrap, "orders.created.DLT")
+    with psycopg.connect(stack.dsn("payments")) as locker:
+        locker.execute("SELECT 1 FROM accounts WHERE customer_id = %s FOR UPDATE", (cust,))
+        oid = stack.orders.create_ok(cust, sku, 1, 300)
+
+        def outage():
+            r = svc.http_get("/readyz", timeout=2)
+            return r.status_code == 503 and r.json()["database"] is False, r.text
+        stack.wait_until(outage, 30, "payment-service /readyz 503 while the row is locked")
+        assert (stack.payments.payment(oid) or {}).get("status") != "CHARGED"
+        locker.rollback()
+    order = stack.orders.wait_settled(oid, timeout=60, need=("payment", "inventory"))
+    assert order["status"] == "CONFIRMED", order
+    svc.wait_ready(30)
+    assert stack.payments.balance(cust) == 700
+    assert end_offsets(stack.bootstrap, "orders.created.DLT") == before
 
 
 # -------------------------------------------------------------- Idempotency-Key
