@@ -348,7 +348,7 @@ def set_read_only(stack, db, on):
               " WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
 
 
-def test_read_only_database_is_an_outage_not_a_poison(stack):
+def test_read_only_database_is_an_outage(stack):
     """payment-service's database turns read-only (SQLSTATE 25006, as after a
     failover onto a standby) while orders keep arriving: nothing is
     dead-lettered, the daemon reports the outage (/readyz 503, the database
