@@ -343,8 +343,12 @@ static int dead_letter(loop *l, const slot *s, bool poison, const char *reason)
         if (r == 0) {
             wait_for(l, LLONG_MAX, dlt_settled, l->dlt);
             r = cm_dlt_poll(l->dlt);
-            if (r == 0) {
-                cm_dlt_abort(l->dlt); /* stop */
+            if (r == 0) { /* stop */
+                cm_dlt_abort(l->dlt);
+                log_warning("stopping with a dead-letter write unacknowledged: the record comes "
+                            "again after the restart topic=%s partition=%d offset=%lld",
+                            rd_kafka_topic_name(s->msg->rkt), (int)s->msg->partition,
+                            (long long)s->msg->offset);
                 break;
             }
         }

@@ -710,6 +710,7 @@ def test_pending_dlt_write_feeds_the_watchdog_and_honours_stop(stack, tmp_path):
         t0 = time.monotonic()
         svc.stop()
         assert time.monotonic() - t0 < 5, f"stop took {time.monotonic() - t0:.1f} s"
+        assert "stopping with a dead-letter write unacknowledged" in svc.log_tail(20)
     finally:
         sock.close()
         admin = AdminClient({"bootstrap.servers": stack.bootstrap})
