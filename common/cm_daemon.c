@@ -432,11 +432,12 @@ static void ready_route(void *ctx, const cm_http_req *req, cm_http_resp *resp)
     /* kafkaAccess: "ok", or the error code of the last authentication or
      * authorization failure (the log has the details). */
     resp->body = json_pack(
-        "{s:s, s:b, s:b, s:b, s:b, s:b, s:s}", "status", ready ? "ready" : "not ready", "started",
-        atomic_load(&h->started), "consumerGroup", atomic_load(&h->group_joined), "database",
-        atomic_load(&h->db_ok) && atomic_load(&h->relay_db_ok), "kafka",
+        "{s:s, s:b, s:b, s:b, s:b, s:b, s:s, s:b}", "status", ready ? "ready" : "not ready",
+        "started", atomic_load(&h->started), "consumerGroup", atomic_load(&h->group_joined),
+        "database", atomic_load(&h->db_ok) && atomic_load(&h->relay_db_ok), "kafka",
         atomic_load(&h->kafka_ok) && denied == 0, "outbox", atomic_load(&h->relay_db_ok),
-        "kafkaAccess", denied ? rd_kafka_err2name((rd_kafka_resp_err_t)denied) : "ok");
+        "kafkaAccess", denied ? rd_kafka_err2name((rd_kafka_resp_err_t)denied) : "ok", "deadLetter",
+        !atomic_load(&h->dlt_failing));
 }
 
 PGconn *cm_daemon_db(cm_daemon *d, cm_http_resp *resp)

@@ -32,8 +32,9 @@ typedef struct {
      * instance beyond the partition count rightly gets none). Stays set
      * through later rebalances: the daemon remains a member. */
     atomic_bool group_joined;
-    atomic_llong consumed; /* records handled (any outcome) */
-    atomic_llong produced; /* outbox rows acknowledged by the brokers */
+    atomic_bool dlt_failing; /* dead-letter writes fail: the consumer waits */
+    atomic_llong consumed;   /* records handled (any outcome) */
+    atomic_llong produced;   /* outbox rows acknowledged by the brokers */
     atomic_llong dead_lettered;
     atomic_llong retries;
     atomic_llong outbox_backlog; /* rows seen in the outbox by the last relay pass */
@@ -66,5 +67,5 @@ static inline bool cm_health_ready(cm_health *h)
 {
     return atomic_load(&h->started) && atomic_load(&h->group_joined) && atomic_load(&h->db_ok) &&
            atomic_load(&h->kafka_ok) && atomic_load(&h->relay_db_ok) &&
-           cm_health_kafka_denied(h) == 0;
+           !atomic_load(&h->dlt_failing) && cm_health_kafka_denied(h) == 0;
 }
