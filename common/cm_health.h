@@ -12,7 +12,12 @@
 #include <stdbool.h>
 #include <time.h>
 
-#define CM_KAFKA_DENIED_HOLD_S 30
+/* How long a Kafka access failure counts after it was last reported. More
+ * than librdkafka's quiet spell between reports of one lasting failure: it
+ * reports an identical broker error again only after 30 s (plus a reconnect
+ * backoff of up to 10 s), so a shorter hold let a wrong password look fixed
+ * (ready) for a while and logged the same episode twice. */
+#define CM_KAFKA_DENIED_HOLD_S 60
 
 /* Monotonic seconds + 1 (never 0: 0 means "never" in the fields below). */
 static inline long long cm_health_now_s(void)
@@ -42,9 +47,9 @@ typedef struct {
      * rd_kafka_resp_err_t, 0 = none) and when it happened: set by
      * cm_kafka_access_failed, cleared by cm_kafka_access_ok once records flow
      * again through a client of the type that failed. It counts (not ready) while failures keep
-     * coming: librdkafka retries every few seconds, so a lasting failure is renewed all the time,
-     * while a passing one (ACLs that reach a broker a moment after a client) lapses after
-     * CM_KAFKA_DENIED_HOLD_S without traffic. */
+     * coming: librdkafka retries every few seconds and reports a lasting failure at least every
+     * ~40 s, so it is renewed before it lapses, while a passing one (ACLs that reach a broker a
+     * moment after a client) lapses after CM_KAFKA_DENIED_HOLD_S without traffic. */
     atomic_int kafka_denied;
     atomic_int kafka_denied_roles;    /* bit per failing client type: 1 producer, 2 consumer */
     atomic_llong kafka_denied_at;     /* monotonic s (+1) of the last failure */

@@ -436,7 +436,7 @@ def test_wrong_password_not_ready_one_error_nothing_lost(sec):
     line = _one_error_then_fixed(
         sec, "scram", sec.daemon_env("order-service", "scram", password=wrong),
         r"Kafka authentication failed for user order-service",
-        hold=35)  # beyond the 30 s a failure counts: the retries renew it
+        hold=65)  # beyond the 60 s a failure counts: the retries renew it
     assert wrong not in log_text(sec.daemons["order-service"]), "the password reached the log"
     assert "SCRAM-SHA-512" in line or "credentials" in line, line
 
