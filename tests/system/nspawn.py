@@ -44,8 +44,9 @@ def host_mirror():
         except OSError:
             continue
         for m in re.finditer(r"(?:^URIs:\s*|^deb\s+(?:\[[^\]]*\]\s+)?)(\S+)", text, re.M):
-            uri = m.group(1)
-            if uri.startswith("http") and "security" not in uri:
+            uri = m.group(1).rstrip("/")
+            # Debian's archive, not a third-party repository or the security one.
+            if uri.startswith("http") and uri.endswith("/debian"):
                 return uri
     return "http://deb.debian.org/debian"
 
@@ -59,6 +60,8 @@ def ensure_root(cache_dir, packages, log):
     root = Path(cache_dir) / f"{suite}-{key}"
     if (root / ".complete").exists():
         return root
+    for old in Path(cache_dir).glob(f"{suite}-*"):  # roots for other package lists
+        shutil.rmtree(old, ignore_errors=True)
     tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
