@@ -174,7 +174,49 @@ class Container:
         self.cleanup()
         return rc
 
+    def _kill_leftover(self):
+        """Kills the systemd-nspawn of this container that an earlier run,
+        itself killed, left running (found by its --machine= argument)."""
+        mine = f"--machine={self.name}".encode()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or (self.proc and int(proc.name) == self.proc.pid):
+                continue
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and argv[0].endswith(b"systemd-nspawn") and mine in argv:
+                try:
+                    os.kill(int(proc.name), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                deadline = time.monotonic() + 30
+                while proc.exists() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+
+    def _kill_cgroup(self, timeout=15):
+        """SIGKILL to every process left in the container's cgroups, until none is."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = set()
+            for cg in self.cgroups:
+                for procs in cg.rglob("cgroup.procs") if cg.exists() else []:
+                    try:
+                        pids |= set(procs.read_text().split())
+                    except OSError:
+                        pass
+            if not pids or time.monotonic() > deadline:
+                return
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.2)
+
     def cleanup(self):
+        self._kill_leftover()
+        self._kill_cgroup()
         if self.root.is_mount():
             subprocess.run(["umount", "-l", str(self.root)], capture_output=True, timeout=30)
         for d in ("upper", "work", "root"):

@@ -307,12 +307,16 @@ def test_installed_daemons_set_up_with_orderctl_settle_an_order(built, host, inf
     pg = infra["pg"]
     admin = f"host={pg['PGHOST']} port={pg['PGPORT']} user={pg['PGUSER']} dbname=postgres"
     for name, (port, db) in DAEMONS.items():
+        passfile = CONF / "credentials" / name / "pgpass"
         out = sh(["/usr/bin/orderctl", "db", "create", name, "--admin", admin,
-                  "--database", DB_HOST + db]).stdout
+                  "--database", DB_HOST + db, "--pgpass", passfile]).stdout
         url = parse_assignments(out)["DATABASE_URL"]
         assert f"dbname={DB_HOST}{db} user={DB_HOST}{db}" in url
+        assert stat.S_IMODE(passfile.stat().st_mode) == 0o600
+        # No systemd here: the password file by its path (root runs the daemon).
         edit_env_file(CONF / f"{name}.env", {"KAFKA_BOOTSTRAP_SERVERS": infra["bootstrap"],
-                                              "DATABASE_URL": url, "HTTP_PORT": port})
+                                              "DATABASE_URL": url, "HTTP_PORT": port,
+                                              "PGPASSFILE": passfile})
     tokens = parse_assignments(sh(["/usr/bin/orderctl", "token", "init"]).stdout)
     host["tokens"] = tokens
     assert stat.S_IMODE((CONF / "tokens").stat().st_mode) == 0o644
@@ -362,6 +366,7 @@ def test_remove_keeps_configuration_and_purge_removes_it(built, host):
         assert not Path(f"/usr/sbin/{name}").exists()
         assert not Path(f"/usr/lib/systemd/system/{name}.service").exists()
         assert (CONF / f"{name}.env").is_file()
+        assert (CONF / "credentials" / name / "pgpass").is_file()
     assert (CONF / "tokens").is_file()  # orders-common's, until purge
 
     # The tools have no conffiles: "remove" removed them completely.
