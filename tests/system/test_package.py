@@ -448,9 +448,9 @@ def test_container_setup_then_start_is_active_only_after_ready(built, ct, infra)
                                  "DATABASE_URL": url, "HTTP_PORT": port})
         dropin = ["[Service]",
                   f"LoadCredential=pgpass:/etc/orders/credentials/{name}/pgpass",
-                  "Environment=PGPASSFILE=%d/pgpass",
-                  # short enough for a test; the unit's own is 30 s
-                  "WatchdogSec=6s"]
+                  "Environment=PGPASSFILE=%d/pgpass"]
+        if name == "inventory-service":  # the one the watchdog test stops
+            dropin.append("WatchdogSec=10s")  # the unit's own is 30 s: too long for a test
         if name == "order-service":
             shutil.copy(pki / "server.pem", ct.path("/etc/orders/order-service.crt"))
             os.chmod(ct.path("/etc/orders/order-service.crt"), 0o644)
@@ -515,20 +515,22 @@ def test_container_order_settles_and_credentials_reach_the_daemons(ct):
 
 
 def test_container_reload_rereads_the_token_file(ct):
-    port = DAEMONS["inventory-service"][0]
+    port = DAEMONS["payment-service"][0]
     new = ct.run(["orderctl", "token", "new", "--name", "late", "--scope",
-                  "inventory:read"]).stdout.splitlines()
+                  "payments:read"]).stdout.splitlines()
     token, line = new[0], new[1]
-    assert requests.get(f"http://127.0.0.1:{port}/stock/x", timeout=5,
-                        headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+    def status():
+        return requests.get(f"http://127.0.0.1:{port}/accounts/nobody", timeout=5,
+                            headers={"Authorization": f"Bearer {token}"}).status_code
+    assert status() == 401
     with open(ct.path("/etc/orders/tokens"), "a") as f:
         f.write(line + "\n")
-    pid = show(ct, "inventory-service", "MainPID")["MainPID"]
-    ctl(ct, "reload", "inventory-service")
-    wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/stock/x", timeout=5,
-                                    headers={"Authorization": f"Bearer {token}"}).status_code
-               == 404, 20, "the new token accepted after systemctl reload")
-    assert show(ct, "inventory-service", "MainPID")["MainPID"] == pid  # no restart
+    pid = show(ct, "payment-service", "MainPID")["MainPID"]
+    ctl(ct, "reload", "payment-service")
+    wait_until(lambda: (status() == 404, status()), 20,
+               "the new token accepted after systemctl reload")
+    assert show(ct, "payment-service", "MainPID")["MainPID"] == pid  # no restart
 
 
 def wait_restarted(ct, name, old_pid, timeout=60):
