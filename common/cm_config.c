@@ -171,10 +171,13 @@ static void put(char *out, size_t outlen, size_t *len, const char *s, size_t n)
     out[*len] = '\0';
 }
 
-/* A URI: postgresql://user:password@host/db?password=x&sslpassword=y. */
+/* A URI: postgresql://user:password@host/db?password=x&sslpassword=y. libpq
+ * looks for the '@' that ends the credentials up to the first '/' only, so
+ * a password may hold a raw '?' (or '#'): the credentials end at the last
+ * '@' before the first '/'. */
 static void mask_uri(const char *s, const char *scheme, char *out, size_t outlen, size_t *len)
 {
-    const char *auth = scheme + 3, *end = auth + strcspn(auth, "/?"), *at = NULL, *q;
+    const char *auth = scheme + 3, *end = auth + strcspn(auth, "/"), *at = NULL, *q;
 
     for (const char *p = auth; p < end; p++)
         if (*p == '@')

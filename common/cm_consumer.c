@@ -10,6 +10,7 @@
 #include "ev_event.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,7 +34,7 @@ typedef struct {
     const cm_consumer_config *cfg;
     volatile const sig_atomic_t *stop;
     rd_kafka_t *rk;
-    rd_kafka_t *dlt;
+    cm_dlt *dlt;
     PGconn *conn;
     slot *batch;
     int n;
@@ -214,9 +215,18 @@ static int apply(loop *l, slot *slots, int n, char *reason, size_t reasonlen)
     return r;
 }
 
+/* A statement of the loop never waits longer than this (a row lock held by
+ * someone else, a stuck server): it fails with 57014, an outage, and the loop
+ * waits it out feeding the watchdog and honouring stop, not ready meanwhile.
+ * Applies unless the operator set a statement_timeout of their own (in the
+ * URL's options, for the role or the database). */
+#define STATEMENT_TIMEOUT "5s"
+
 static int ensure_db(loop *l)
 {
+    static const char show[] = "SHOW statement_timeout";
     char err[256];
+    PGresult *res = NULL;
 
     if (l->conn && PQstatus(l->conn) == CONNECTION_OK)
         return 0;
@@ -226,13 +236,25 @@ static int ensure_db(loop *l)
         log_warning("database unavailable, consumer waits error=\"%s\"", err);
         return -ECONNRESET;
     }
-    return 0;
+    if (cm_db_query(l->conn, &res, show, 0, NULL) == 0 &&
+        (strcmp(PQgetvalue(res, 0, 0), "0") != 0 ||
+         cm_db_exec(l->conn, "SET statement_timeout = '" STATEMENT_TIMEOUT "'") == 0)) {
+        PQclear(res);
+        return 0;
+    }
+    PQclear(res);
+    log_warning("database unavailable, consumer waits error=\"%s\"", cm_db_error(l->conn));
+    PQfinish(l->conn);
+    l->conn = NULL;
+    return -ECONNRESET;
 }
 
-/* Waits ms while keeping the group membership alive: the assignment is
- * paused and the consumer polled; a record that still arrives (a partition
- * newly assigned during the wait) is kept for the next batch. */
-static void idle(loop *l, long long ms)
+/* Waits ms, or until done(arg) (if given) says so, while keeping the group
+ * membership alive and the watchdog fed: the assignment is paused and the
+ * consumer polled in slices of at most 100 ms; a record that still arrives
+ * (a partition newly assigned during the wait) is kept for the next batch.
+ * Returns early when stop is set. */
+static void wait_for(loop *l, long long ms, bool (*done)(void *arg), void *arg)
 {
     rd_kafka_topic_partition_list_t *as = NULL;
     struct timespec start, now;
@@ -245,7 +267,7 @@ static void idle(loop *l, long long ms)
         clock_gettime(CLOCK_MONOTONIC, &now);
         long long el =
             (now.tv_sec - start.tv_sec) * 1000LL + (now.tv_nsec - start.tv_nsec) / 1000000;
-        if (el >= ms || *l->stop)
+        if (el >= ms || *l->stop || (done && done(arg)))
             break;
         if (l->cfg->tick)
             l->cfg->tick(l->cfg->tick_arg);
@@ -270,41 +292,98 @@ static void idle(loop *l, long long ms)
     }
 }
 
-static void outage(loop *l, long long *backoff)
+static void idle(loop *l, long long ms)
 {
-    atomic_store(&l->cfg->health->db_ok, false);
+    wait_for(l, ms, NULL, NULL);
+}
+
+/* reason: the server's message (read-only, timeout, ...), logged once per
+ * outage. */
+static void outage(loop *l, long long *backoff, const char *reason)
+{
+    if (atomic_exchange(&l->cfg->health->db_ok, false))
+        log_warning("database outage: the consumer waits and retries, nothing is dead-lettered "
+                    "meanwhile (not ready) error=\"%s\"",
+                    reason);
     PQfinish(l->conn);
     l->conn = NULL;
     idle(l, *backoff);
     *backoff = *backoff * 2 > 5000 ? 5000 : *backoff * 2;
 }
 
-static void dead_letter(loop *l, const slot *s, bool poison, const char *reason)
+static bool dlt_settled(void *arg)
+{
+    return cm_dlt_poll(arg) != 0;
+}
+
+/* Dead-letter writes failing is an episode: not ready, one error line at its
+ * start and one info line at its end. */
+static void dlt_episode(loop *l, bool failing)
+{
+    if (atomic_exchange(&l->cfg->health->dlt_failing, failing) == failing)
+        return;
+    if (failing)
+        log_error("dead-letter writes fail: the consumer waits with its partitions paused and "
+                  "is not ready until one succeeds error=\"%s\"",
+                  cm_dlt_error(l->dlt));
+    else
+        log_info("dead-letter writes work again");
+}
+
+/* Writes the DLT copy of s and waits for its acknowledgement, polling the
+ * consumer and feeding the watchdog meanwhile. Never skips a record without
+ * its DLT copy: retries until done. Returns 0, or -ECANCELED when stop came
+ * first (the record is then redelivered after the restart). */
+static int dead_letter(loop *l, const slot *s, bool poison, const char *reason)
 {
     long long backoff = 500;
-    /* Never skip a record without its DLT copy: retry the write until done. */
-    while (cm_dlt_publish(l->dlt, s->msg, l->cfg->group, poison, reason) < 0 && !*l->stop) {
+
+    while (!*l->stop) {
+        int r = cm_dlt_send(l->dlt, s->msg, l->cfg->group, poison, reason);
+        if (r == 0) {
+            wait_for(l, LLONG_MAX, dlt_settled, l->dlt);
+            r = cm_dlt_poll(l->dlt);
+            if (r == 0) { /* stop */
+                cm_dlt_abort(l->dlt);
+                log_warning("stopping with a dead-letter write unacknowledged: the record comes "
+                            "again after the restart topic=%s partition=%d offset=%lld",
+                            rd_kafka_topic_name(s->msg->rkt), (int)s->msg->partition,
+                            (long long)s->msg->offset);
+                break;
+            }
+        }
+        if (r > 0) {
+            dlt_episode(l, false);
+            atomic_fetch_add(&l->cfg->health->dead_lettered, 1);
+            count(l, "orders_dead_lettered_total", s->msg);
+            log_error("publishing to %s.DLT partition=%d offset=%lld key=%.*s reason=\"%s\"",
+                      rd_kafka_topic_name(s->msg->rkt), (int)s->msg->partition,
+                      (long long)s->msg->offset, (int)s->msg->key_len,
+                      s->msg->key ? (const char *)s->msg->key : "", reason);
+            return 0;
+        }
+        log_debug("dead-letter write failed error=\"%s\"", cm_dlt_error(l->dlt));
+        dlt_episode(l, true);
         idle(l, backoff);
         backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
     }
-    atomic_fetch_add(&l->cfg->health->dead_lettered, 1);
-    count(l, "orders_dead_lettered_total", s->msg);
+    return -ECANCELED;
 }
 
 /* One record in its own transaction, with the error handler's policy. */
 static void process_single(loop *l, slot *s)
 {
     char reason[256];
-    long long backoff = 100;
+    long long backoff = 100, conflict_backoff = 50;
     int attempts = 0;
 
     while (!*l->stop) {
         int r = ensure_db(l);
         if (r == 0) {
             r = apply(l, s, 1, reason, sizeof(reason));
-            if (r == 0)
-                r = cm_db_exec(l->conn, "COMMIT");
-            else if (PQstatus(l->conn) == CONNECTION_OK)
+            if (r == 0 && (r = cm_db_exec(l->conn, "COMMIT")) < 0)
+                snprintf(reason, sizeof(reason), "%s", cm_db_error(l->conn));
+            else if (r < 0 && PQstatus(l->conn) == CONNECTION_OK)
                 cm_db_exec(l->conn, "ROLLBACK");
         } else {
             snprintf(reason, sizeof(reason), "%s", cm_db_error(l->conn));
@@ -314,7 +393,21 @@ static void process_single(loop *l, slot *s)
             return;
         }
         if (r == -ECONNRESET) {
-            outage(l, &backoff);
+            outage(l, &backoff, reason);
+            continue;
+        }
+        if (r == -EAGAIN) {
+            /* A deadlock or serialization failure is no fault of the record:
+             * retried at once (a short, growing pause), never counted
+             * toward RETRY_MAX and the DLT. */
+            atomic_fetch_add(&l->cfg->health->retries, 1);
+            count(l, "orders_retries_total", s->msg);
+            log_warning("transient conflict, retrying record topic=%s partition=%d offset=%lld "
+                        "reason=\"%s\" trace_id=%s",
+                        rd_kafka_topic_name(s->msg->rkt), (int)s->msg->partition,
+                        (long long)s->msg->offset, reason, s->trace_id);
+            idle(l, conflict_backoff);
+            conflict_backoff = conflict_backoff * 2 > 2000 ? 2000 : conflict_backoff * 2;
             continue;
         }
         if (is_poison(r)) {
@@ -337,16 +430,17 @@ static void process_single(loop *l, slot *s)
 
 /* The fast path: the whole batch in one transaction. Returns 0, or the code
  * of the first failure (the transaction is then rolled back). */
-static int process_batch_tx(loop *l)
+static int process_batch_tx(loop *l, char *reason, size_t reasonlen)
 {
-    char reason[256];
     int r = ensure_db(l);
 
+    if (r < 0)
+        snprintf(reason, reasonlen, "%s", cm_db_error(l->conn));
     if (r == 0)
-        r = apply(l, l->batch, l->n, reason, sizeof(reason));
-    if (r == 0)
-        r = cm_db_exec(l->conn, "COMMIT");
-    else if (l->conn && PQstatus(l->conn) == CONNECTION_OK)
+        r = apply(l, l->batch, l->n, reason, reasonlen);
+    if (r == 0 && (r = cm_db_exec(l->conn, "COMMIT")) < 0)
+        snprintf(reason, reasonlen, "%s", cm_db_error(l->conn));
+    else if (r < 0 && l->conn && PQstatus(l->conn) == CONNECTION_OK)
         cm_db_exec(l->conn, "ROLLBACK");
     return r;
 }
@@ -354,16 +448,17 @@ static int process_batch_tx(loop *l)
 static void process(loop *l)
 {
     long long backoff = 100;
+    char reason[256];
 
     while (!*l->stop) {
-        int r = process_batch_tx(l);
+        int r = process_batch_tx(l, reason, sizeof(reason));
         if (r == 0) {
             atomic_store(&l->cfg->health->db_ok, true);
             return;
         }
         if (r != -ECONNRESET)
             break;
-        outage(l, &backoff);
+        outage(l, &backoff, reason);
     }
     /* Some record failed: isolate it by running each record on its own. */
     for (int i = 0; i < l->n && !*l->stop; i++)
@@ -467,27 +562,79 @@ static int setup(loop *l)
     if (r == 0)
         r = cm_kafka_new(CM_KAFKA_CONSUMER, conf, &l->rk, err, sizeof(err));
     if (r == 0)
-        r = cm_dlt_producer_new(l->cfg->client_id, l->cfg->health, &l->dlt, err, sizeof(err));
+        r = cm_dlt_new(l->cfg->client_id, l->cfg->health, &l->dlt, err, sizeof(err));
     if (r < 0)
         return log_error_errno(r, "could not create kafka clients: %s", err);
     rd_kafka_poll_set_consumer(l->rk);
     return subscribe(l);
 }
 
+/* rd_kafka_consumer_close blocks up to session.timeout.ms (10 s by our
+ * default, 45 s by Kafka's newer one) when the coordinator does not answer:
+ * the close runs in the background instead, waited for CLOSE_BOUND_MS. A
+ * consumer that could not leave the group is evicted by the coordinator after
+ * session.timeout.ms; its offsets stored so far were committed by then or are
+ * redelivered (dedupe makes that harmless). */
+#define CLOSE_BOUND_MS 3000
+
+static long long mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
+
+static void close_consumer(rd_kafka_t *rk)
+{
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_error_t *e = rd_kafka_consumer_close_queue(rk, q);
+    long long start = mono_ms();
+    bool closed = false;
+
+    if (e) {
+        log_warning("could not close the consumer error=\"%s\"", rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+    }
+    while (!e && !(closed = rd_kafka_consumer_closed(rk)) && mono_ms() - start < CLOSE_BOUND_MS) {
+        rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 100);
+        if (ev && rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE) {
+            if (strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0) {
+                rd_kafka_error_t *ue =
+                    rd_kafka_incremental_unassign(rk, rd_kafka_event_topic_partition_list(ev));
+                if (ue)
+                    rd_kafka_error_destroy(ue);
+            } else {
+                rd_kafka_assign(rk, NULL);
+            }
+        }
+        if (ev)
+            rd_kafka_event_destroy(ev);
+    }
+    rd_kafka_queue_destroy(q);
+    if (closed) {
+        rd_kafka_destroy(rk);
+        return;
+    }
+    log_warning("the consumer did not leave its group within %d ms (brokers not answering): "
+                "the group rebalances after session.timeout.ms instead",
+                CLOSE_BOUND_MS);
+    rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+}
+
+/* librdkafka's order: every message of a client is destroyed before the
+ * client (a message holds references into it: rd_kafka_destroy would wait for
+ * them, or free what they point to); the consumer is closed (leaving the
+ * group) before it is destroyed. */
 static void teardown(loop *l)
 {
     if (l->cfg->before_close)
         l->cfg->before_close(l->cfg->before_close_arg);
-    if (l->rk) {
-        rd_kafka_consumer_close(l->rk);
-        rd_kafka_destroy(l->rk);
-    }
-    if (l->dlt) {
-        rd_kafka_flush(l->dlt, 5000);
-        rd_kafka_destroy(l->dlt);
-    }
     for (int i = 0; i < l->nlater; i++)
         rd_kafka_message_destroy(l->later[i].msg);
+    l->nlater = 0;
+    cm_dlt_free(l->dlt);
+    if (l->rk)
+        close_consumer(l->rk);
     free(l->batch);
     free(l->later);
     PQfinish(l->conn);

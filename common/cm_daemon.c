@@ -362,11 +362,33 @@ cm_metrics *cm_daemon_metrics(cm_daemon *d)
     return d->health.metrics;
 }
 
+/* Gauges read from the database are refreshed on scrape, not per request and
+ * not by a timer: at most once per SCRAPE_REFRESH_MS, however many scrapers. */
+#define SCRAPE_REFRESH_MS 2000
+
+static void refresh_on_scrape(cm_daemon *d)
+{
+    struct timespec ts;
+    long long now;
+
+    if (!d->def->on_scrape)
+        return;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    now = ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+    pthread_mutex_lock(&d->scrape_mu);
+    if (d->scraped_ms == 0 || now - d->scraped_ms >= SCRAPE_REFRESH_MS) {
+        d->def->on_scrape(d);
+        d->scraped_ms = now;
+    }
+    pthread_mutex_unlock(&d->scrape_mu);
+}
+
 static void metrics_route(void *ctx, const cm_http_req *req, cm_http_resp *resp)
 {
     cm_daemon *d = ctx;
     cm_health *h = &d->health;
     (void)req;
+    refresh_on_scrape(d);
     cm_metrics_set(h->metrics, "orders_ready", "", cm_health_ready(h) ? 1 : 0);
     cm_metrics_set(h->metrics, "orders_dependency_up", "dependency=\"database\"",
                    atomic_load(&h->db_ok) && atomic_load(&h->relay_db_ok) ? 1 : 0);
@@ -409,12 +431,13 @@ static void ready_route(void *ctx, const cm_http_req *req, cm_http_resp *resp)
     resp->status = ready ? 200 : 503;
     /* kafkaAccess: "ok", or the error code of the last authentication or
      * authorization failure (the log has the details). */
-    resp->body =
-        json_pack("{s:s, s:b, s:b, s:b, s:b, s:s}", "status", ready ? "ready" : "not ready",
-                  "started", atomic_load(&h->started), "database",
-                  atomic_load(&h->db_ok) && atomic_load(&h->relay_db_ok), "kafka",
-                  atomic_load(&h->kafka_ok) && denied == 0, "outbox", atomic_load(&h->relay_db_ok),
-                  "kafkaAccess", denied ? rd_kafka_err2name((rd_kafka_resp_err_t)denied) : "ok");
+    resp->body = json_pack(
+        "{s:s, s:b, s:b, s:b, s:b, s:b, s:s, s:b}", "status", ready ? "ready" : "not ready",
+        "started", atomic_load(&h->started), "consumerGroup", atomic_load(&h->group_joined),
+        "database", atomic_load(&h->db_ok) && atomic_load(&h->relay_db_ok), "kafka",
+        atomic_load(&h->kafka_ok) && denied == 0, "outbox", atomic_load(&h->relay_db_ok),
+        "kafkaAccess", denied ? rd_kafka_err2name((rd_kafka_resp_err_t)denied) : "ok", "deadLetter",
+        !atomic_load(&h->dlt_failing));
 }
 
 PGconn *cm_daemon_db(cm_daemon *d, cm_http_resp *resp)
@@ -645,6 +668,7 @@ int cm_daemon_main(const cm_daemon_def *def, int argc, char **argv)
     sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    pthread_mutex_init(&d.scrape_mu, NULL);
     pthread_t reloader;
     bool reloading = pthread_create(&reloader, NULL, reload_thread, &d) == 0;
     r = init_metrics(&d);
@@ -656,6 +680,7 @@ int cm_daemon_main(const cm_daemon_def *def, int argc, char **argv)
     if (reloading)
         pthread_join(reloader, NULL);
     cm_metrics_free(d.health.metrics);
+    pthread_mutex_destroy(&d.scrape_mu);
     cm_auth_free(d.auth);
     free_secret(d.tls_cert);
     free_secret(d.tls_key);

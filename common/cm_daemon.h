@@ -25,6 +25,7 @@
 #include "cm_http.h"
 #include "cm_notify.h"
 
+#include <pthread.h>
 #include <stdbool.h>
 
 typedef struct {
@@ -55,6 +56,8 @@ typedef struct {
     const char *help;
 } cm_metric_def;
 
+struct cm_daemon;
+
 typedef struct {
     const char *name;        /* "order-service"; also client.id and default group */
     const char *description; /* one line for --help */
@@ -74,9 +77,12 @@ typedef struct {
     /* Group commit for HTTP handlers (see cm_daemon_batch()), or NULL. Called
      * with the cm_daemon as ctx. */
     cm_batch_flush_fn batch_flush;
+    /* Refreshes gauges that are read from the database (e.g. orders pending)
+     * when /metrics is scraped, at most every SCRAPE_REFRESH_MS; or NULL. */
+    void (*on_scrape)(struct cm_daemon *d);
 } cm_daemon_def;
 
-typedef struct {
+typedef struct cm_daemon {
     const cm_daemon_def *def;
     cm_base_config base;
     cm_health health;
@@ -87,6 +93,8 @@ typedef struct {
     char *tls_key;
     cm_batch *batch; /* when def->batch_flush is set */
     cm_notify notify;
+    pthread_mutex_t scrape_mu; /* one on_scrape at a time; when it last ran */
+    long long scraped_ms;
 } cm_daemon;
 
 /* The daemon's group-commit queue (cm_batch_submit()), or NULL. */

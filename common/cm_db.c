@@ -115,12 +115,18 @@ int cm_db_array(const char *const *vals, size_t n, char **ret)
     return 0;
 }
 
+/* The server's message of the last failed statement of a pipeline on this
+ * thread: after a pipeline, libpq's connection message may be empty. */
+static __thread char pipeline_error[512];
+
 const char *cm_db_error(PGconn *conn)
 {
     static __thread char buf[512];
     const char *m = conn ? PQerrorMessage(conn) : "no connection";
     size_t n;
 
+    if (conn && (!m || !*m) && pipeline_error[0])
+        m = pipeline_error;
     /* a password of the connection string never reaches a log line */
     cm_config_redact(m && *m ? m : "unknown error", buf, sizeof(buf));
     n = strlen(buf);
@@ -166,26 +172,44 @@ int cm_db_connect(const char *url, PGconn **ret, char *err, size_t errlen)
     return 0;
 }
 
+int cm_db_classify_sqlstate(const char *state)
+{
+    /* The server, not the statement: the work succeeds once the server (or
+     * the one a reconnect reaches after a failover) can take it again.
+     *   08     connection exception
+     *   53     insufficient resources (too many connections, disk full)
+     *   58     system error (I/O error, undefined file)
+     *   57P    shutdown, crash shutdown, cannot connect now, database dropped
+     *   57014  query canceled (statement_timeout, pg_cancel_backend)
+     *   55P03  lock not available (lock_timeout)
+     *   25006  read-only transaction (a standby, or default_transaction_read_only) */
+    static const char *const outage_classes[] = {"08", "53", "58"};
+    static const char *const outage_states[] = {"57014", "55P03", "25006"};
+
+    if (!state || strlen(state) != 5)
+        return -ECONNRESET;
+    for (size_t i = 0; i < sizeof(outage_classes) / sizeof(outage_classes[0]); i++)
+        if (strncmp(state, outage_classes[i], 2) == 0)
+            return -ECONNRESET;
+    for (size_t i = 0; i < sizeof(outage_states) / sizeof(outage_states[0]); i++)
+        if (strcmp(state, outage_states[i]) == 0)
+            return -ECONNRESET;
+    if (strncmp(state, "57P", 3) == 0)
+        return -ECONNRESET;
+    if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0)
+        return -EAGAIN;
+    return -EIO;
+}
+
 int cm_db_classify(PGconn *conn, const PGresult *res)
 {
-    const char *state;
     ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
 
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
         return 0;
     if (!conn || PQstatus(conn) != CONNECTION_OK)
         return -ECONNRESET;
-    state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    if (!state)
-        return -ECONNRESET;
-    /* 08: connection exception; 57P0x: shutdown / cannot connect now;
-     * 53: insufficient resources (too many connections, disk full). */
-    if (strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0 ||
-        strncmp(state, "53", 2) == 0)
-        return -ECONNRESET;
-    if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0)
-        return -EAGAIN;
-    return -EIO;
+    return cm_db_classify_sqlstate(res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL);
 }
 
 int cm_db_query(PGconn *conn, PGresult **ret, const char *sql, int nparams,
@@ -227,8 +251,8 @@ static int pipeline_collect(PGconn *conn, int n, PGresult **res)
             return -ECONNRESET;
         if (r == 0 && PQresultStatus(x) == PGRES_PIPELINE_ABORTED)
             r = -EIO; /* cannot happen before the first failure */
-        else if (r == 0)
-            r = cm_db_classify(conn, x);
+        else if (r == 0 && (r = cm_db_classify(conn, x)) < 0)
+            snprintf(pipeline_error, sizeof(pipeline_error), "%s", PQresultErrorMessage(x));
         /* Each statement's results end with NULL. */
         while ((extra = PQgetResult(conn)) != NULL)
             PQclear(extra);
@@ -246,6 +270,7 @@ static int pipeline_run(PGconn *conn, const cm_db_stmt *stmts, int n, PGresult *
         r = stmt_name(conn, stmts[i].sql, stmts[i].nparams, names[i]);
     if (r < 0)
         return r;
+    pipeline_error[0] = '\0';
     if (!PQenterPipelineMode(conn))
         return -ECONNRESET;
     for (int i = 0; i < n; i++) {
@@ -417,10 +442,23 @@ int cm_dbpool_acquire(cm_dbpool *pool, PGconn **ret)
     return 0;
 }
 
+/* The server reports both (PostgreSQL 14+) at start and on every change. */
+static bool session_read_only(const PGconn *conn)
+{
+    const char *hs = PQparameterStatus(conn, "in_hot_standby");
+    const char *ro = PQparameterStatus(conn, "default_transaction_read_only");
+
+    return (hs && strcmp(hs, "on") == 0) || (ro && strcmp(ro, "on") == 0);
+}
+
 void cm_dbpool_release(cm_dbpool *pool, PGconn *conn)
 {
-    /* A connection left inside a transaction or broken is not reused. */
-    if (conn && (PQstatus(conn) != CONNECTION_OK || PQtransactionStatus(conn) != PQTRANS_IDLE)) {
+    /* A connection left inside a transaction or broken is not reused, nor
+     * one on a read-only session (a standby after a failover, a database
+     * made read-only): it would refuse every write for good, while a new
+     * connection may reach the new primary. */
+    if (conn && (PQstatus(conn) != CONNECTION_OK || PQtransactionStatus(conn) != PQTRANS_IDLE ||
+                 session_read_only(conn))) {
         PQfinish(conn);
         conn = NULL;
     }

@@ -4,10 +4,13 @@
  *
  * Error convention (used by every caller that decides between retrying and
  * giving up):
- *   -ECONNRESET  the database is unreachable or restarting (an outage: not
- *                the fault of whatever was being processed; retry without end)
+ *   -ECONNRESET  the server, not the work, is the problem (an outage: not
+ *                the fault of whatever was being processed; reconnect and
+ *                retry without end): unreachable, restarting, out of
+ *                resources, read-only (a standby after a failover), a
+ *                statement or lock timeout (cm_db_classify_sqlstate)
  *   -EAGAIN      a transient conflict (serialization failure, deadlock):
- *                retry the same work
+ *                retry the same work, it is no fault of the work either
  *   -EIO         any other error: the statement itself failed
  */
 #pragma once
@@ -22,6 +25,11 @@ int cm_db_connect(const char *url, PGconn **ret, char *err, size_t errlen);
 
 /* Maps a finished result (or NULL) on conn to 0 or one of the codes above. */
 int cm_db_classify(PGconn *conn, const PGresult *res);
+
+/* Maps a SQLSTATE (NULL or malformed: an outage) to one of the codes above:
+ * classes 08, 53, 58, 57P01..57P05, 57014, 55P03 and 25006 -> -ECONNRESET;
+ * 40001 and 40P01 -> -EAGAIN; anything else -> -EIO. */
+int cm_db_classify_sqlstate(const char *state);
 
 /* Runs commands without parameters (BEGIN, COMMIT, DDL; several separated by
  * ';' are allowed); returns 0 or a code. */

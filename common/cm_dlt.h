@@ -5,7 +5,8 @@
  * adds kafka_dlt-* headers encoded as Spring's DeadLetterPublishingRecoverer
  * does (partition as a 4-byte big-endian int, offset and timestamp as 8-byte
  * big-endian longs, the rest as UTF-8 text). It goes to <topic>.DLT, to the
- * same partition number as the original.
+ * same partition number as the original (or, when the DLT has fewer
+ * partitions, to the partition of its key).
  */
 #pragma once
 
@@ -29,13 +30,35 @@ rd_kafka_headers_t *cm_dlt_headers(const rd_kafka_message_t *m, const char *grou
 /* Writes "<topic>.DLT" into out; returns -ENAMETOOLONG if it does not fit. */
 int cm_dlt_topic(const char *topic, char *out, size_t outlen);
 
-/* Creates the producer used for DLT writes (idempotent, acks=all, delivery
- * reports wired for cm_dlt_publish). Returns 0 or -EINVAL with err set. */
-int cm_dlt_producer_new(const char *client_id, cm_health *health, rd_kafka_t **ret, char *err,
-                        size_t errlen);
+/* The DLT writer of a consumer loop: an idempotent producer (acks=all) and
+ * the one write it has in flight at a time. A producer that failed for good
+ * (rd_kafka_fatal_error: its idempotence state is lost, every later write
+ * would fail) is destroyed and created anew by the next cm_dlt_send. */
+typedef struct cm_dlt cm_dlt;
 
-/* Produces the DLT copy of m with producer and waits for its delivery report.
- * Returns 0 once the brokers acknowledged it, or a negative code (the caller
- * retries: a record is never skipped without its DLT copy). */
-int cm_dlt_publish(rd_kafka_t *producer, const rd_kafka_message_t *m, const char *group,
-                   bool poison, const char *reason);
+/* Returns 0 with *ret, or a negative code with err set. */
+int cm_dlt_new(const char *client_id, cm_health *health, cm_dlt **ret, char *err, size_t errlen);
+
+/* Starts the DLT write of m: the same partition number as m's when the DLT
+ * has it, else (a DLT with fewer partitions) the partitioner's choice for
+ * m's key. m must live until the write settles. Returns 0 (then wait with
+ * cm_dlt_poll), -EBUSY (a write is in flight), or another negative code (the
+ * write failed; cm_dlt_error says why; the caller tries again later). Does
+ * not block. */
+int cm_dlt_send(cm_dlt *d, const rd_kafka_message_t *m, const char *group, bool poison,
+                const char *reason);
+
+/* Serves the producer's delivery reports without blocking. Returns 1 once
+ * the brokers acknowledged the write, 0 while it is pending (every write
+ * settles within message.timeout.ms), -1 if it failed (cm_dlt_error). */
+int cm_dlt_poll(cm_dlt *d);
+
+/* Why the last write failed, one line; never NULL. */
+const char *cm_dlt_error(const cm_dlt *d);
+
+/* Gives up the write in flight (stop): purges it and waits at most 1 s for
+ * its report. */
+void cm_dlt_abort(cm_dlt *d);
+
+/* Aborts what is in flight, destroys the producer and d. Accepts NULL. */
+void cm_dlt_free(cm_dlt *d);

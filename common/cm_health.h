@@ -27,6 +27,12 @@ typedef struct {
     atomic_bool kafka_ok;    /* the brokers answer (consumer and producer) */
     atomic_bool relay_db_ok; /* the relay's database connection works */
     atomic_bool started;     /* start-up finished (subscribed, relay running) */
+    /* The consumer joined its group: its first assignment arrived (set by
+     * the rebalance callback of cm_kafka.c; an empty one counts, as an
+     * instance beyond the partition count rightly gets none). Stays set
+     * through later rebalances: the daemon remains a member. */
+    atomic_bool group_joined;
+    atomic_bool dlt_failing; /* dead-letter writes fail: the consumer waits */
     atomic_llong consumed;   /* records handled (any outcome) */
     atomic_llong produced;   /* outbox rows acknowledged by the brokers */
     atomic_llong dead_lettered;
@@ -59,6 +65,7 @@ static inline int cm_health_kafka_denied(cm_health *h)
 
 static inline bool cm_health_ready(cm_health *h)
 {
-    return atomic_load(&h->started) && atomic_load(&h->db_ok) && atomic_load(&h->kafka_ok) &&
-           atomic_load(&h->relay_db_ok) && cm_health_kafka_denied(h) == 0;
+    return atomic_load(&h->started) && atomic_load(&h->group_joined) && atomic_load(&h->db_ok) &&
+           atomic_load(&h->kafka_ok) && atomic_load(&h->relay_db_ok) &&
+           !atomic_load(&h->dlt_failing) && cm_health_kafka_denied(h) == 0;
 }

@@ -50,6 +50,11 @@ enum { RUNNING, DRAINING, REFUSING };
 #define DENIAL_LOG_BURST 100.0
 #define DENIAL_LOG_RATE 20.0
 
+/* A refused body of unknown length (chunked) is read and thrown away so
+ * that a client still sending reads the answer rather than a reset; past
+ * this many times body_max the connection is closed instead. */
+#define DISCARD_MAX_FACTOR 4
+
 /* Per-request state, from the first callback to request completion; also
  * the cm_http_pending of an asynchronous handler. */
 typedef struct cm_http_pending {
@@ -67,12 +72,46 @@ typedef struct cm_http_pending {
     bool audit;                   /* a state-changing route: log the outcome */
     char token[CM_AUTH_NAME_MAX]; /* name of the token presented, "-" with auth off */
     const char *url;              /* libmicrohttpd's, valid for the whole request */
+    size_t discarded;             /* body bytes read and thrown away (refused) */
     bool finished;                /* answered early: ignore what else arrives */
 } reqstate;
 
 const char *cm_http_header(const cm_http_req *req, const char *name)
 {
     return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+/* Length of the well-formed UTF-8 sequence at s (RFC 3629: no overlong
+ * forms, no surrogates, nothing above U+10FFFF), 0 if there is none. */
+static size_t utf8_len(const unsigned char *s)
+{
+    unsigned char lo = 0x80, hi = 0xBF;
+    size_t n;
+
+    if (s[0] < 0x80)
+        return 1;
+    if (s[0] >= 0xC2 && s[0] <= 0xDF)
+        n = 2;
+    else if (s[0] >= 0xE0 && s[0] <= 0xEF)
+        n = 3;
+    else if (s[0] >= 0xF0 && s[0] <= 0xF4)
+        n = 4;
+    else
+        return 0;
+    if (s[0] == 0xE0)
+        lo = 0xA0;
+    else if (s[0] == 0xED)
+        hi = 0x9F;
+    else if (s[0] == 0xF0)
+        lo = 0x90;
+    else if (s[0] == 0xF4)
+        hi = 0x8F;
+    if (s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < n; i++)
+        if (s[i] < 0x80 || s[i] > 0xBF)
+            return 0;
+    return n;
 }
 
 void cm_http_problem(cm_http_resp *resp, int status, const char *title, const char *fmt, ...)
@@ -83,6 +122,16 @@ void cm_http_problem(cm_http_resp *resp, int status, const char *title, const ch
     va_start(ap, fmt);
     vsnprintf(detail, sizeof(detail), fmt, ap);
     va_end(ap);
+    /* The detail may echo client bytes (a path, a method) or be cut inside
+     * a character; jansson takes only UTF-8, and a failed pack would send
+     * the status with no body at all. */
+    for (unsigned char *p = (unsigned char *)detail; *p;) {
+        size_t n = utf8_len(p);
+        if (n == 0)
+            *p++ = '?';
+        else
+            p += n;
+    }
     json_decref(resp->body);
     resp->status = status;
     resp->ctype = "application/problem+json";
@@ -241,11 +290,25 @@ static void audit(const reqstate *st, const char *route, const char *method, con
                  route, p, resp->status, oid[0] ? " order_id=" : "", oid);
 }
 
+/* The method as a metric label: one of the standard methods, or "OTHER"
+ * for anything a client made up (a closed set: a label value is a series
+ * kept for the daemon's life, and raw input could break the exposition). */
+static const char *method_label(const char *method)
+{
+    static const char *const known[] = {"GET",     "HEAD",    "POST",  "PUT",  "DELETE",
+                                        "OPTIONS", "CONNECT", "TRACE", "PATCH"};
+
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+        if (strcmp(method, known[i]) == 0)
+            return known[i];
+    return "OTHER";
+}
+
 static enum MHD_Result finish(cm_http *h, struct MHD_Connection *c, reqstate *st, const char *route,
                               const char *method, cm_http_resp *resp, const char *allow)
 {
     struct timespec now;
-    char labels[192];
+    char labels[192], r[96];
     double secs;
 
     if (st->audit && !st->denial_quiet)
@@ -254,10 +317,11 @@ static enum MHD_Result finish(cm_http *h, struct MHD_Connection *c, reqstate *st
     clock_gettime(CLOCK_MONOTONIC, &now);
     secs =
         (double)(now.tv_sec - st->start.tv_sec) + (double)(now.tv_nsec - st->start.tv_nsec) / 1e9;
-    snprintf(labels, sizeof(labels), "route=\"%s\",method=\"%s\",status=\"%d\"", route, method,
-             resp->status);
+    cm_metrics_label_value(route, r, sizeof(r));
+    snprintf(labels, sizeof(labels), "route=\"%s\",method=\"%s\",status=\"%d\"", r,
+             method_label(method), resp->status);
     cm_metrics_add(h->metrics, "orders_http_requests_total", labels, 1);
-    snprintf(labels, sizeof(labels), "route=\"%s\"", route);
+    snprintf(labels, sizeof(labels), "route=\"%s\"", r);
     cm_metrics_observe(h->metrics, "orders_http_request_duration_seconds", labels, secs);
     return send_resp(c, resp, allow, atomic_load(&h->phase) != RUNNING);
 }
@@ -312,7 +376,7 @@ static enum MHD_Result dispatch(cm_http *h, struct MHD_Connection *c, const char
     const cm_http_route *rt = find_route(h, url, method, &param, allow, sizeof(allow));
 
     if (rt) {
-        cm_http_req req = {method, url, param, st->body, st->len, c};
+        cm_http_req req = {method, url, param, st->body, st->len, c, st->token};
         if (st->denied) {
             resp = st->denial;
             st->denial = (cm_http_resp){0};
@@ -334,10 +398,10 @@ static enum MHD_Result dispatch(cm_http *h, struct MHD_Connection *c, const char
     if (allow[0]) {
         cm_http_problem(&resp, 405, "Method Not Allowed", "method %s is not allowed on %s", method,
                         url);
-        return finish(h, c, st, "unmatched", "other", &resp, allow);
+        return finish(h, c, st, "unmatched", method, &resp, allow);
     }
     cm_http_problem(&resp, 404, "Not Found", "no resource at %s", url);
-    return finish(h, c, st, "unmatched", "other", &resp, NULL);
+    return finish(h, c, st, "unmatched", method, &resp, NULL);
 }
 
 typedef struct {
@@ -505,6 +569,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return finish(h, c, st, st->route, method, &resp, NULL);
     }
     if (*upload_size > 0) {
+        if (st->denied || st->too_large) {
+            st->discarded += *upload_size;
+            if (st->discarded > DISCARD_MAX_FACTOR * h->body_max) {
+                log_debug("http refused body too long to drain: closing route=%s",
+                          st->route ? st->route : "unmatched");
+                return MHD_NO;
+            }
+        }
         if (st->denied) {
             /* Discarded unread; the answer goes once the upload is over
              * (libmicrohttpd takes none while a body is still arriving). */

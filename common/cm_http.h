@@ -6,7 +6,10 @@
  * more non-empty path segment, handed to the handler as req->param. A path
  * that matches a pattern but not the method gets 405 with Allow; no match
  * gets 404. Requests with a body must be application/json (else 415) and at
- * most body_max bytes (else 413). Handlers run on libmicrohttpd's worker
+ * most body_max bytes (else 413). A refused body that is still arriving
+ * (chunked, or a 401/403 with a Content-Length) is read and thrown away up to
+ * 4 x body_max, so that the client reads the answer; past that the
+ * connection is closed unanswered. Handlers run on libmicrohttpd's worker
  * threads and must be thread-safe.
  *
  * A route may require a scope: with authentication on, the request must
@@ -41,7 +44,9 @@ typedef struct {
     const char *param; /* the "{}" segment, or NULL */
     const char *body;  /* NUL-terminated, or NULL */
     size_t body_len;
-    void *conn; /* for cm_http_header() */
+    void *conn;        /* for cm_http_header() */
+    const char *token; /* name of the token that was let in; "-" when the
+                          route is open or authentication is off */
 } cm_http_req;
 
 typedef struct {

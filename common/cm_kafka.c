@@ -253,6 +253,35 @@ static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
     return 0; /* librdkafka frees json */
 }
 
+/* The consumer's rebalances: what librdkafka does without a callback
+ * (assign what is given, give up what is taken, for the eager and the
+ * cooperative protocols alike), and the first assignment marks the group
+ * joined for readiness. Until then records of a fresh group would only wait
+ * (on a fresh broker the offsets topic is made at the first join: seconds). */
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    cm_health *h = opaque;
+    bool cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    rd_kafka_error_t *error = NULL;
+    rd_kafka_resp_err_t r = RD_KAFKA_RESP_ERR_NO_ERROR;
+    bool assign = err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+
+    if (cooperative)
+        error = assign ? rd_kafka_incremental_assign(rk, parts)
+                       : rd_kafka_incremental_unassign(rk, parts);
+    else
+        r = rd_kafka_assign(rk, assign ? parts : NULL);
+    if (error || r) {
+        log_error("could not %s partitions after a rebalance: %s", assign ? "take" : "give up",
+                  error ? rd_kafka_error_string(error) : rd_kafka_err2str(r));
+        rd_kafka_error_destroy(error);
+        return;
+    }
+    if (assign && h && !atomic_exchange(&h->group_joined, true))
+        log_info("joined consumer group partitions=%d", parts ? parts->cnt : 0);
+}
+
 int cm_kafka_conf(cm_kafka_role role, const char *client_id, const char *group, cm_health *health,
                   rd_kafka_conf_t **ret, char *err, size_t errlen)
 {
@@ -304,8 +333,10 @@ int cm_kafka_conf(cm_kafka_role role, const char *client_id, const char *group, 
     }
     rd_kafka_conf_set_log_cb(conf, on_log);
     rd_kafka_conf_set_error_cb(conf, on_error);
-    if (role == CM_KAFKA_CONSUMER)
+    if (role == CM_KAFKA_CONSUMER) {
         rd_kafka_conf_set_stats_cb(conf, on_stats);
+        rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
+    }
     rd_kafka_conf_set_opaque(conf, health);
     *ret = conf;
     return 0;

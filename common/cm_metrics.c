@@ -11,9 +11,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define NBUCKETS 12
-static const double bucket_le[NBUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                           0.1,   0.25,   0.5,   1,    2.5,   10};
+/* 1-2-5 steps from 1 ms to 10 s, then 30 s and 60 s: one set resolves an
+ * HTTP request (milliseconds) and an order's settlement (which waits for two
+ * services and, in an outage, for minutes). */
+#define NBUCKETS 15
+static const double bucket_le[NBUCKETS] = {0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2,
+                                           0.5,   1,     2,     5,    10,   30,   60};
 
 typedef struct {
     const char *name;
@@ -161,6 +164,29 @@ void cm_metrics_clear(cm_metrics *m, const char *name)
     }
     m->nseries = w;
     pthread_mutex_unlock(&m->lock);
+}
+
+const char *cm_metrics_label_value(const char *s, char *out, size_t outlen)
+{
+    size_t o = 0;
+
+    if (outlen == 0)
+        return out;
+    for (; s && *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        const char *esc = c == '\\' ? "\\\\" : c == '"' ? "\\\"" : c == '\n' ? "\\n" : NULL;
+        size_t n = esc ? 2 : 1;
+
+        if (o + n >= outlen)
+            break;
+        if (esc)
+            memcpy(out + o, esc, 2);
+        else
+            out[o] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
+        o += n;
+    }
+    out[o] = '\0';
+    return out;
 }
 
 typedef struct {

@@ -17,7 +17,11 @@
 #include <time.h>
 
 #define RELAY_LOCK_KEY "7260002"
-#define RELAY_STOP_GRACE_MS 5000
+/* After stop, how long the relay still waits for delivery reports before it
+ * purges what is in flight (it stays in the outbox for the next start). With
+ * the HTTP drain and the consumer's close before it, the whole stop stays
+ * well inside the units' TimeoutStopSec=30s. */
+#define RELAY_STOP_GRACE_MS 3000
 
 const char cm_outbox_migration[] =
     "CREATE TABLE outbox ("
@@ -144,7 +148,15 @@ struct cm_relay {
      * a fatal producer error once N rows were acknowledged. 0 = off. */
     long long fatal_after;
     long long acked;
+    int left; /* rows of the last pass not delivered (logged at stop) */
 };
+
+static long long mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
 
 /* Delivery state of one row of the current batch: set by the DR callback. */
 typedef struct {
@@ -209,14 +221,16 @@ static int relay_connect(cm_relay *r)
 /* A producer's first message to a topic waits for that topic's metadata
  * (about a second with librdkafka 2.0.2); asking for it up front keeps that
  * wait out of the first order's latency. */
-static void warm_metadata(rd_kafka_t *rk)
+static void warm_metadata(cm_relay *r, rd_kafka_t *rk)
 {
     static const char *const topics[] = {EV_TOPIC_ORDERS_CREATED, EV_TOPIC_PAYMENTS_COMPLETED,
                                          EV_TOPIC_INVENTORY_RESERVED};
-    for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++) {
+    /* Short waits, and none once stopping: brokers that do not answer must
+     * not hold up a stop (the first publication waits for them anyway). */
+    for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]) && !atomic_load(&r->stop); i++) {
         rd_kafka_topic_t *t = rd_kafka_topic_new(rk, topics[i], NULL);
         const struct rd_kafka_metadata *md = NULL;
-        if (t && rd_kafka_metadata(rk, 0, t, &md, 5000) == RD_KAFKA_RESP_ERR_NO_ERROR)
+        if (t && rd_kafka_metadata(rk, 0, t, &md, 1000) == RD_KAFKA_RESP_ERR_NO_ERROR)
             rd_kafka_metadata_destroy(md);
         if (t)
             rd_kafka_topic_destroy(t);
@@ -246,7 +260,7 @@ static int relay_producer(cm_relay *r)
     rc = cm_kafka_new(CM_KAFKA_PRODUCER, conf, &r->producer, err, sizeof(err));
     if (rc < 0)
         return log_error_errno(rc, "could not create producer: %s", err);
-    warm_metadata(r->producer);
+    warm_metadata(r, r->producer);
     return 0;
 }
 
@@ -279,7 +293,7 @@ static int produce_row(cm_relay *r, PGresult *res, int i, relay_slot *slot)
                                 RD_KAFKA_V_VALUE((void *)value, (size_t)PQgetlength(res, i, 3)),
                                 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
                                 RD_KAFKA_V_OPAQUE(slot), RD_KAFKA_V_END);
-        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL || atomic_load(&r->stop))
             break;
         rd_kafka_poll(r->producer, 50);
     }
@@ -373,18 +387,25 @@ static int relay_pass(cm_relay *r)
      * daemon is stopping, rows still unacknowledged after a grace period are
      * purged (reported as failed, so they stay in the outbox for the next
      * start) to keep the drain inside systemd's stop timeout. */
-    for (int waited = 0;; waited += 20) {
+    for (long long stop_seen = 0, purged = 0;;) {
         rd_kafka_poll(r->producer, 20);
         pending = 0;
         for (int i = 0; i < n; i++)
             pending += slots[i].state == 0;
         if (pending == 0)
             break;
-        if (atomic_load(&r->stop) && waited == RELAY_STOP_GRACE_MS)
+        /* The grace counts from the stop, however long the wait had lasted
+         * before it (brokers that stopped answering). */
+        if (!stop_seen && atomic_load(&r->stop))
+            stop_seen = mono_ms();
+        if (stop_seen && !purged && mono_ms() - stop_seen >= RELAY_STOP_GRACE_MS) {
             rd_kafka_purge(r->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+            purged = 1;
+        }
     }
     rc = delete_acked(r, res, slots, n, &failed);
     r->acked += n - failed;
+    r->left = failed;
     log_debug("outbox relay published count=%d failed=%d", n - failed, failed);
     if (rc == 0) {
         atomic_fetch_add(&r->health->produced, n - failed);
@@ -397,7 +418,7 @@ static int relay_pass(cm_relay *r)
     PQclear(res);
     if (rc < 0)
         return rc;
-    if (failed > 0) {
+    if (failed > 0 && !atomic_load(&r->stop)) {
         log_warning("outbox relay will resend undelivered rows count=%d", failed);
         sleep_ms(r, 1000);
     }
@@ -464,10 +485,19 @@ static void *relay_main(void *arg)
         if (rc < r->batch)
             wait_notify(r, 1000);
     }
+    /* Every row sent was waited for (or purged) by its pass: nothing is
+     * queued, the bounds are a guard. */
     if (r->producer) {
-        rd_kafka_flush(r->producer, 10000);
+        if (rd_kafka_flush(r->producer, 1000) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            rd_kafka_purge(r->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+            rd_kafka_poll(r->producer, 100);
+        }
         rd_kafka_destroy(r->producer);
     }
+    if (r->left > 0)
+        log_warning("outbox relay stopped with rows unpublished count=%d (they stay in the "
+                    "outbox and are published after the next start)",
+                    r->left);
     PQfinish(r->conn);
     return NULL;
 }

@@ -20,6 +20,15 @@ ORDERS_PORT=$((8080 + OFFSET)) PAYMENTS_PORT=$((8081 + OFFSET)) INVENTORY_PORT=$
 DB_PREFIX=${DEMO_DB_PREFIX:-}
 [[ "$DB_PREFIX" =~ ^[a-z0-9_]*$ ]] || { echo "demo: DEMO_DB_PREFIX may hold only a-z, 0-9 and _" >&2; exit 2; }
 STATE=${DEMO_STATE_DIR:-$RUN}
+# shellcheck source=kafka/versions.sh
+. "$ROOT/deploy/kafka/versions.sh"
+KAFKA_VERSION=${KAFKA_VERSION:-$KAFKA_DEFAULT_VERSION}
+kafka_check_version "$KAFKA_VERSION"
+export KAFKA_VERSION
+# The demo's broker is a throw-away of its own: one data folder per Kafka
+# version, so that a run with another KAFKA_VERSION than the last one finds
+# its own cluster (kafka.sh refuses to start a folder of another version).
+KAFKA_DIR="$STATE/kafka-$KAFKA_VERSION"
 SETTLE_TIMEOUT=30 # seconds an order may take to settle, and its compensation
 WAIT=1
 
@@ -28,7 +37,7 @@ usage() {
 Usage: deploy/demo.sh [--no-wait] [--help]
 
 Builds and starts the whole system locally and shows orders settling:
-  Kafka ${KAFKA_VERSION:-3.9.1} (KRaft, one node) on 127.0.0.1:$KAFKA_PORT, data in $STATE/kafka
+  Kafka $KAFKA_VERSION (KRaft, one node) on 127.0.0.1:$KAFKA_PORT, data in $KAFKA_DIR
   PostgreSQL: 127.0.0.1:5432 if it answers, else a private cluster in .run/pg
   order-service :$ORDERS_PORT, payment-service :$PAYMENTS_PORT, inventory-service :$INVENTORY_PORT
   databases ${DB_PREFIX}orders, ${DB_PREFIX}payments, ${DB_PREFIX}inventory
@@ -41,7 +50,9 @@ Environment: PRESET (CMake preset, default release); DEMO_PORT_OFFSET (added to
 every port, default 0) and DEMO_DB_PREFIX (prefix of the database names), so a
 second stack can run beside the first; DEMO_KAFKA_PORT (overrides Kafka's port);
 DEMO_STATE_DIR (Kafka's data and the logs, default .run); KAFKA_VERSION (the
-broker: 3.9.1 by default, or 4.1.x, see deploy/kafka/kafka.sh --help).
+broker: $KAFKA_DEFAULT_VERSION by default, or 4.1.x, see deploy/kafka/kafka.sh --help;
+each version keeps its data in a folder of its own, DEMO_STATE_DIR/kafka-VERSION,
+so runs may switch versions either way).
 USAGE
 }
 
@@ -61,7 +72,7 @@ cleanup() {
     say "stopping daemons, Kafka and (if private) PostgreSQL"
     for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    "$ROOT/deploy/kafka/kafka.sh" stop --dir "$STATE/kafka" >/dev/null 2>&1 || true
+    "$ROOT/deploy/kafka/kafka.sh" stop --dir "$KAFKA_DIR" >/dev/null 2>&1 || true
     "$ROOT/deploy/postgres/pg.sh" stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -81,8 +92,8 @@ eval "$("$ROOT/deploy/postgres/pg.sh" ensure)"
 set +a
 "$ROOT/deploy/postgres/pg.sh" create-dbs ${DB_PREFIX:+--prefix "$DB_PREFIX"} orders payments inventory
 
-say "starting Kafka"
-"$ROOT/deploy/kafka/kafka.sh" start --dir "$STATE/kafka" --port "$KAFKA_PORT"
+say "starting Kafka $KAFKA_VERSION (data in $KAFKA_DIR)"
+"$ROOT/deploy/kafka/kafka.sh" start --dir "$KAFKA_DIR" --port "$KAFKA_PORT"
 BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
 "$ROOT/deploy/kafka/topics.sh" --bootstrap "$BOOTSTRAP"
 

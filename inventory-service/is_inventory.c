@@ -29,7 +29,13 @@ static const char migration_1[] =
     " released_at timestamptz,"
     " created_at timestamptz NOT NULL DEFAULT now());";
 
-const char *const is_migrations[] = {migration_1, cm_outbox_migration};
+/* A release adds back what a reservation took, onto a stock that PUT may
+ * have set to its largest value meanwhile: bigint leaves room for that
+ * (an integer overflowed, and a release that cannot be applied is retried
+ * and dead-lettered). */
+static const char migration_3[] = "ALTER TABLE stock ALTER COLUMN available TYPE bigint;";
+
+const char *const is_migrations[] = {migration_1, cm_outbox_migration, migration_3};
 const size_t is_nmigrations = sizeof(is_migrations) / sizeof(is_migrations[0]);
 
 /* Claims the order: the dedupe. A concurrent duplicate waits on the primary
@@ -177,7 +183,7 @@ const size_t is_nsubscriptions = sizeof(is_subscriptions) / sizeof(is_subscripti
 
 static void put_stock(void *ctx, const cm_http_req *req, cm_http_resp *resp)
 {
-    static const char sql[] = "INSERT INTO stock(sku, available) VALUES ($1, $2::int)"
+    static const char sql[] = "INSERT INTO stock(sku, available) VALUES ($1, $2::bigint)"
                               " ON CONFLICT (sku) DO UPDATE SET available = EXCLUDED.available,"
                               " updated_at = now()";
     json_t *body;

@@ -21,6 +21,7 @@ int main(int argc, char **argv)
         .metrics = os_metrics,
         .nmetrics = os_nmetrics,
         .batch_flush = os_flush_orders,
+        .on_scrape = os_scrape,
     };
     return cm_daemon_main(&def, argc, argv);
 }

@@ -2,6 +2,7 @@
  * os_http.c - order-service HTTP API: POST /orders and GET /orders/{id}.
  * See the OpenAPI document in schemas/ for the contract.
  */
+#include "os_key.h"
 #include "os_order.h"
 
 #include "cm_db.h"
@@ -64,13 +65,18 @@ static const char insert_sql[] =
     " INSERT INTO outbox(topic, msg_key, payload, headers)"
     " SELECT $6, order_id, $7, $8::jsonb FROM o";
 
-/* The same with an Idempotency-Key: the key is claimed in the same statement.
- * A concurrent request with the same key waits on the key's primary key and
- * then inserts nothing; it reads the first request's order below. */
+/* The same with an Idempotency-Key: the key is claimed in the same statement,
+ * in the scope of the token that sent it ($11), so that one client cannot
+ * reach another's order by reusing its key. A concurrent request with the
+ * same key waits on the key's primary key and then inserts nothing; it reads
+ * the first request's order below. A key stored before keys had scopes
+ * (scope '') still answers for everyone, as it did when it was stored. */
 static const char insert_keyed_sql[] =
     "WITH k AS ("
-    "  INSERT INTO idempotency_keys(idem_key, fingerprint, order_id) VALUES ($9, $10, $1)"
-    "  ON CONFLICT (idem_key) DO NOTHING RETURNING order_id),"
+    "  INSERT INTO idempotency_keys(scope, idem_key, fingerprint, order_id)"
+    "  SELECT $11, $9, $10, $1 WHERE NOT EXISTS (SELECT 1 FROM idempotency_keys"
+    "   WHERE scope = '' AND idem_key = $9)"
+    "  ON CONFLICT (scope, idem_key) DO NOTHING RETURNING order_id),"
     " o AS ("
     "  INSERT INTO orders(order_id, customer_id, sku, quantity, amount_cents, status)"
     "  SELECT $1, $2, $3, $4::int, $5::bigint, 'PENDING' FROM k RETURNING order_id)"
@@ -79,7 +85,8 @@ static const char insert_keyed_sql[] =
 
 static const char key_lookup_sql[] =
     "SELECT k.fingerprint, k.order_id, o.status FROM idempotency_keys k"
-    " JOIN orders o USING (order_id) WHERE k.idem_key = $1";
+    " JOIN orders o USING (order_id) WHERE k.idem_key = $1 AND k.scope IN ($2, '')"
+    " ORDER BY k.scope DESC LIMIT 1";
 
 static bool key_valid(const char *key)
 {
@@ -92,13 +99,14 @@ static bool key_valid(const char *key)
     return true;
 }
 
-/* Answers a request whose key was used before: the same order for the same
- * request, 409 for a different one. */
-static void replay_keyed(PGconn *conn, const char *key, const char *fingerprint, cm_http_resp *resp)
+/* Answers a request whose key was used before in scope: the same order for
+ * the same request, 409 for a different one. */
+static void replay_keyed(PGconn *conn, const char *scope, const char *key, const char *fingerprint,
+                         const ev_order_created *o, cm_http_resp *resp)
 {
-    const char *p[1] = {key};
+    const char *p[2] = {key, scope};
     PGresult *res;
-    int r = cm_db_query(conn, &res, key_lookup_sql, 1, p);
+    int r = cm_db_query(conn, &res, key_lookup_sql, 2, p);
 
     if (r < 0) {
         cm_daemon_db_problem(resp, r);
@@ -106,7 +114,8 @@ static void replay_keyed(PGconn *conn, const char *key, const char *fingerprint,
     }
     if (PQntuples(res) == 0) {
         cm_http_problem(resp, 500, "Internal Server Error", "idempotency key has no order");
-    } else if (strcmp(PQgetvalue(res, 0, 0), fingerprint) != 0) {
+    } else if (!os_fingerprint_matches(PQgetvalue(res, 0, 0), fingerprint, o->customer_id, o->sku,
+                                       o->quantity, o->amount_cents)) {
         cm_http_problem(resp, 409, "Conflict",
                         "Idempotency-Key was already used with a different request");
     } else {
@@ -118,28 +127,30 @@ static void replay_keyed(PGconn *conn, const char *key, const char *fingerprint,
     PQclear(res);
 }
 
-/* Stores the order; returns 1 if stored, 0 if the key was used before (resp
- * is then filled), or a cm_db code. */
+/* Stores the order, with key (in scope, the token's name) if not NULL;
+ * returns 1 if stored, 0 if the key was used before (resp is then filled),
+ * or a cm_db code. */
 static int store_order(PGconn *conn, const ev_order_created *o, const char *json,
-                       const char *headers, const char *key, cm_http_resp *resp)
+                       const char *headers, const char *scope, const char *key, cm_http_resp *resp)
 {
-    char qty[16], amount[24], fp[256];
+    char qty[16], amount[24], fp[OS_FINGERPRINT_MAX];
     PGresult *res;
     int r;
 
     snprintf(qty, sizeof(qty), "%d", (int)o->quantity);
     snprintf(amount, sizeof(amount), "%" PRId64, o->amount_cents);
-    snprintf(fp, sizeof(fp), "%s|%s|%d|%" PRId64, o->customer_id, o->sku, (int)o->quantity,
-             o->amount_cents);
-    const char *p[10] = {o->order_id, o->customer_id, o->sku, qty, amount, EV_TOPIC_ORDERS_CREATED,
-                         json,        headers,        key,    fp};
-    r = cm_db_query(conn, &res, key ? insert_keyed_sql : insert_sql, key ? 10 : 8, p);
+    r = os_fingerprint(o->customer_id, o->sku, o->quantity, o->amount_cents, fp);
+    if (r < 0)
+        return r;
+    const char *p[11] = {o->order_id, o->customer_id, o->sku, qty, amount, EV_TOPIC_ORDERS_CREATED,
+                         json,        headers,        key,    fp,  scope};
+    r = cm_db_query(conn, &res, key ? insert_keyed_sql : insert_sql, key ? 11 : 8, p);
     if (r < 0)
         return r;
     r = strcmp(PQcmdTuples(res), "1") == 0;
     PQclear(res);
     if (!r)
-        replay_keyed(conn, key, fp, resp);
+        replay_keyed(conn, scope, key, fp, o, resp);
     return r;
 }
 
@@ -178,10 +189,10 @@ static void accepted(cm_daemon *d, const os_write *w, cm_http_resp *resp)
 }
 
 /* Stores one order on its own (with or without Idempotency-Key) and answers. */
-static void store_one(cm_daemon *d, PGconn *conn, const os_write *w, const char *key,
-                      cm_http_resp *resp)
+static void store_one(cm_daemon *d, PGconn *conn, const os_write *w, const char *scope,
+                      const char *key, cm_http_resp *resp)
 {
-    int r = store_order(conn, &w->o, w->json, w->headers, key, resp);
+    int r = store_order(conn, &w->o, w->json, w->headers, scope, key, resp);
 
     if (r < 0)
         cm_daemon_db_problem(resp, r);
@@ -238,6 +249,7 @@ void os_flush_orders(void *ctx, void **items, int n)
 
     if (!(conn = cm_daemon_db(ctx, &resp))) {
         r = -ECONNRESET;
+        json_decref(resp.body); /* each order gets its own 503 below */
     } else {
         r = store_batch(conn, ws, n);
         if (r < 0)
@@ -248,7 +260,7 @@ void os_flush_orders(void *ctx, void **items, int n)
         if (r == 0)
             accepted(ctx, ws[i], &resp);
         else if (conn && r != -ECONNRESET)
-            store_one(ctx, conn, ws[i], NULL, &resp);
+            store_one(ctx, conn, ws[i], NULL, NULL, &resp);
         else
             cm_daemon_db_problem(&resp, -ECONNRESET);
         cm_http_complete(ws[i]->pending, &resp);
@@ -295,7 +307,7 @@ static int post_order(void *ctx, const cm_http_req *req, cm_http_resp *resp,
     if (!key && cm_daemon_batch(ctx) && cm_batch_submit(cm_daemon_batch(ctx), w) == 0)
         return 1;
     if ((conn = cm_daemon_db(ctx, resp))) {
-        store_one(ctx, conn, w, key, resp);
+        store_one(ctx, conn, w, req->token ? req->token : "-", key, resp);
         cm_daemon_db_release(ctx, conn);
     }
 out:

@@ -34,7 +34,18 @@ static const char migration_1[] =
     " order_id text NOT NULL,"
     " created_at timestamptz NOT NULL DEFAULT now());";
 
-const char *const os_migrations[] = {migration_1, cm_outbox_migration};
+/* Idempotency keys scoped by the name of the token that sent them: the
+ * primary key becomes (scope, idem_key). Keys stored before keep
+ * scope '' (shared, as they were) and their old fingerprint text, marked
+ * "v1|" so that os_fingerprint_matches() compares it in its own encoding. */
+static const char migration_3[] =
+    "ALTER TABLE idempotency_keys ADD COLUMN scope text NOT NULL DEFAULT '';"
+    "ALTER TABLE idempotency_keys ALTER COLUMN scope DROP DEFAULT;"
+    "UPDATE idempotency_keys SET fingerprint = 'v1|' || fingerprint;"
+    "ALTER TABLE idempotency_keys DROP CONSTRAINT idempotency_keys_pkey,"
+    " ADD PRIMARY KEY (scope, idem_key);";
+
+const char *const os_migrations[] = {migration_1, cm_outbox_migration, migration_3};
 const size_t os_nmigrations = sizeof(os_migrations) / sizeof(os_migrations[0]);
 
 /* ---- replies ---- */
@@ -59,8 +70,9 @@ const size_t os_nmigrations = sizeof(os_migrations) / sizeof(os_migrations[0]);
     "   updated_at = t.now,"                                                                       \
     "   settled_at = coalesce(orders.settled_at, CASE WHEN o.next <> 'P' THEN t.now END)"          \
     "  FROM o, t WHERE orders.order_id = o.order_id AND o.next <> '-'"                             \
-    "  RETURNING orders.status)"                                                                   \
-    " SELECT o.status, (SELECT status FROM u) FROM o"
+    "  RETURNING orders.status,"                                                                   \
+    "   extract(epoch FROM orders.settled_at - orders.created_at) AS secs)"                        \
+    " SELECT o.status, (SELECT status FROM u), (SELECT secs FROM u) FROM o"
 
 /* One clock reading per update, so that the order's times agree; a settled
  * order keeps its settled_at. */
@@ -124,6 +136,11 @@ static int done_reply(void *ctx, const cm_record *rec, const cm_plan *plan, PGre
         bool confirmed = strcmp(PQgetvalue(r, 0, 1), "CONFIRMED") == 0;
         cm_metrics_add(cm_daemon_metrics(ctx), "orders_settled_total",
                        confirmed ? "status=\"CONFIRMED\"" : "status=\"REJECTED\"", 1);
+        /* created (the POST's commit) -> settled, both on the database's clock */
+        if (!PQgetisnull(r, 0, 2))
+            cm_metrics_observe(cm_daemon_metrics(ctx), "orders_settle_duration_seconds",
+                               confirmed ? "outcome=\"confirmed\"" : "outcome=\"rejected\"",
+                               strtod(PQgetvalue(r, 0, 2), NULL));
         log_info("order settled order_id=%s status=%s " CM_REC_FMT, y->order_id,
                  PQgetvalue(r, 0, 1), CM_REC_ARGS(rec));
     }
@@ -155,5 +172,36 @@ const size_t os_nsubscriptions = sizeof(os_subscriptions) / sizeof(os_subscripti
 const cm_metric_def os_metrics[] = {
     {"orders_placed_total", CM_METRIC_COUNTER, "Orders accepted by POST /orders."},
     {"orders_settled_total", CM_METRIC_COUNTER, "Orders settled, by final status."},
+    {"orders_settle_duration_seconds", CM_METRIC_HISTOGRAM,
+     "Time from an order's creation to its settlement, by outcome."},
+    {"orders_pending", CM_METRIC_GAUGE, "Orders waiting for a reply (PENDING)."},
+    {"orders_pending_oldest_age_seconds", CM_METRIC_GAUGE,
+     "Age of the oldest PENDING order (0 when none)."},
 };
 const size_t os_nmetrics = sizeof(os_metrics) / sizeof(os_metrics[0]);
+
+/* One query over the partial index of PENDING orders, on scrape. With the
+ * database down the gauges keep their last values; orders_dependency_up and
+ * orders_ready say why. */
+void os_scrape(cm_daemon *d)
+{
+    static const char sql[] =
+        "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)"
+        " FROM orders WHERE status = 'PENDING'";
+    cm_http_resp ignored = {0};
+    PGresult *res;
+    PGconn *conn = cm_daemon_db(d, &ignored);
+    int r;
+
+    json_decref(ignored.body);
+    if (!conn)
+        return;
+    r = cm_db_query(conn, &res, sql, 0, NULL);
+    cm_daemon_db_release(d, conn);
+    if (r < 0)
+        return;
+    cm_metrics_set(cm_daemon_metrics(d), "orders_pending", "", strtod(PQgetvalue(res, 0, 0), NULL));
+    cm_metrics_set(cm_daemon_metrics(d), "orders_pending_oldest_age_seconds", "",
+                   strtod(PQgetvalue(res, 0, 1), NULL));
+    PQclear(res);
+}

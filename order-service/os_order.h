@@ -21,4 +21,6 @@ extern const size_t os_nroutes;
 /* The group commit of POST /orders (cm_daemon_def.batch_flush). */
 void os_flush_orders(void *ctx, void **items, int n);
 extern const cm_metric_def os_metrics[];
+/* cm_daemon_def.on_scrape: orders_pending, orders_pending_oldest_age_seconds. */
+void os_scrape(cm_daemon *d);
 extern const size_t os_nmetrics;

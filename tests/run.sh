@@ -11,7 +11,8 @@ PRESET=${PRESET:-dev}
 case "${1:-}" in
     -h|--help)
         echo "Usage: tests/run.sh [ctest arguments]   (PRESET=dev|asan|ci, default dev;"
-        echo "       KAFKA_VERSION=4.1.1 runs the system tests on Kafka 4.1.1; -L kafka4 always does)"
+        echo "       KAFKA_VERSION=4.1.1 runs the system tests on Kafka 4.1.1; -L kafka4 always does;"
+        echo "       -L fresh runs each flow test alone on a fresh broker)"
         exit 0 ;;
 esac
 

@@ -14,7 +14,7 @@
 #include <sys/random.h>
 
 #define SETUP_TIMEOUT_MS 10000
-#define STOCK_MAX 2147483647LL         /* inventory-service: available is an integer */
+#define STOCK_MAX 2147483647LL         /* inventory-service: largest PUT /stock value */
 #define BALANCE_MAX 1000000000000000LL /* payment-service's upper bound */
 
 static int parse_url(const char *what, const char *s, ob_url *u)

@@ -4,6 +4,7 @@
 #include "oc_cli.h"
 
 #include "oc_dlt.h"
+#include "oc_kafka.h"
 #include "tl_cli.h"
 
 #include <ctype.h>
@@ -172,6 +173,8 @@ int oc_getopt(int argc, char **argv, const char *shortopts, const struct option 
     }
     if (optind < argc)
         return oc_usage("unexpected argument \"%s\"", argv[optind]);
+    if (o->kafka && oc_kafka_check_env() < 0)
+        return OC_EXIT_CONFIG;
     return -1;
 }
 

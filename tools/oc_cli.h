@@ -18,6 +18,7 @@ enum {
     OC_EXIT_FINDING = 1, /* done, but found something: depth above threshold, drift, ... */
     OC_EXIT_USAGE = 2,   /* bad command line */
     OC_EXIT_INFRA = 3,   /* broker unreachable, topic missing, request failed */
+    OC_EXIT_CONFIG = 78, /* a KAFKA_* variable is unknown or invalid (the daemons' EX_CONFIG) */
 };
 
 /* Options that every command accepts. */
@@ -26,6 +27,7 @@ typedef struct {
     int timeout_ms;        /* --timeout: deadline of each broker request */
     bool verbose;          /* --verbose: librdkafka's own log lines on stderr */
     bool bootstrap_set;    /* --bootstrap given: --config does not change it */
+    bool kafka;            /* the command talks to Kafka: oc_getopt checks KAFKA_* */
 } oc_opts;
 
 /* Set by SIGINT/SIGTERM; the only mutable global of the program. */
@@ -74,7 +76,7 @@ int oc_opts_common(oc_opts *o, int opt, const char *arg);
     "  --help                       this text\n"
 #define OC_EXIT_HELP                                                                               \
     "Exit status: 0 ok, 1 finding (see above), 2 usage error, 3 broker or infrastructure\n"        \
-    "error.\n"
+    "error, 78 configuration error (an unknown or invalid KAFKA_* variable).\n"
 
 /* A command's own option: applies opt (arg is its value, name the option's
  * documented name, e.g. "--partitions") to ctx; returns -1 to go on or an exit code to stop with.
@@ -83,7 +85,10 @@ typedef int (*oc_opt_fn)(void *ctx, int opt, const char *arg, const char *name);
 
 /* The option loop of every command: common options into o, --help prints
  * usage and stops with OC_EXIT_OK, unknown options and stray arguments are
- * usage errors, the rest goes to fn. Returns -1 when parsing went through,
+ * usage errors, the rest goes to fn. Then, for a command that talks to Kafka
+ * (o->kafka), the KAFKA_* environment (--config included) is checked as the
+ * daemons check theirs: an unknown or invalid variable is OC_EXIT_CONFIG,
+ * reported, before any connection. Returns -1 when parsing went through,
  * else the exit code to stop with. */
 int oc_getopt(int argc, char **argv, const char *shortopts, const struct option *longopts,
               const char *usage, oc_opt_fn fn, void *ctx, oc_opts *o);

@@ -3,6 +3,7 @@
  */
 #include "oc_dlt.h"
 
+#include "cm_dlt.h"
 #include "ev_event.h"
 
 #include <errno.h>
@@ -68,6 +69,14 @@ void oc_dlt_decode(const rd_kafka_headers_t *h, oc_dlt_info *ret)
     ret->fqcn = header(h, "kafka_dlt-exception-fqcn");
     ret->cause_fqcn = header(h, "kafka_dlt-exception-cause-fqcn");
     ret->message = header(h, "kafka_dlt-exception-message");
+}
+
+bool oc_dlt_is_poison(const oc_dlt_info *d)
+{
+    size_t n = strlen(CM_DLT_FQCN_DESERIALIZATION);
+
+    return d->cause_fqcn.p && d->cause_fqcn.n == n &&
+           memcmp(d->cause_fqcn.p, CM_DLT_FQCN_DESERIALIZATION, n) == 0;
 }
 
 void oc_rfc3339_ms(int64_t ms, char out[32])

@@ -44,6 +44,12 @@ typedef struct {
  * header of the wrong size counts as absent. */
 void oc_dlt_decode(const rd_kafka_headers_t *h, oc_dlt_info *ret);
 
+/* True if d's cause is a poison record (kafka_dlt-exception-cause-fqcn is
+ * Spring's DeserializationException, CM_DLT_FQCN_DESERIALIZATION): a record
+ * that no consumer can ever read, which every replay would dead-letter again
+ * (once per consumer group). */
+bool oc_dlt_is_poison(const oc_dlt_info *d);
+
 /* Interprets n (<= 8) bytes as a big-endian unsigned integer. */
 uint64_t oc_be_decode(const void *p, size_t n);
 

@@ -4,6 +4,7 @@
 #include "oc_kafka.h"
 
 #include "cm_config.h"
+#include "cm_kafka.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -70,11 +71,21 @@ static int set_prop(rd_kafka_conf_t *conf, const char *k, const char *v)
     return 0;
 }
 
+int oc_kafka_check_env(void)
+{
+    char err[512];
+    int r = cm_kafka_check_env(err, sizeof(err));
+
+    if (r < 0)
+        oc_err("configuration error: %s", err);
+    return r < 0 ? -EINVAL : 0;
+}
+
 /* KAFKA_* variables of the daemons' environment files pass through. Kafka's
  * launcher and dev stack variables (KAFKA_HEAP_OPTS, ...) never reach us
- * (cm_config_kafka_each passes over them); any other name that is no
- * librdkafka property is skipped with a warning instead of making the tool
- * unusable. */
+ * (cm_config_kafka_each passes over them); every other name was checked by
+ * oc_kafka_check_env before, so an unknown one is refused here only if a
+ * command skipped that check. */
 static int set_from_env(void *ud, const char *var, const char *prop, const char *value)
 {
     rd_kafka_conf_t *conf = ud;
@@ -82,8 +93,8 @@ static int set_from_env(void *ud, const char *var, const char *prop, const char 
     rd_kafka_conf_res_t r = rd_kafka_conf_set(conf, prop, value, e, sizeof(e));
 
     if (r == RD_KAFKA_CONF_UNKNOWN) {
-        oc_err("ignoring %s: %s is no librdkafka property", var, prop);
-        return 0;
+        oc_err("unknown %s: %s is no librdkafka property", var, prop);
+        return -EINVAL;
     }
     if (r != RD_KAFKA_CONF_OK) {
         oc_err("invalid %s (librdkafka property %s): %s", var, prop,

@@ -37,6 +37,13 @@ typedef struct {
  * Returns 0 with *ret set, or -EINVAL (reported). */
 int oc_kafka_new(const oc_opts *o, oc_kafka_role role, rd_kafka_t **ret);
 
+/* Checks the KAFKA_* environment with the daemons' own check
+ * (cm_kafka_check_env: the same list of ignored launcher and dev-stack
+ * variables, the same messages): an unknown name, a value librdkafka refuses
+ * or an unusable KAFKA_<NAME>_FILE is reported as "configuration error: ..."
+ * and gives -EINVAL. Connects nowhere. Returns 0 or -EINVAL. */
+int oc_kafka_check_env(void);
+
 /* Closes (consumer) and destroys rk; accepts NULL. Does not flush. */
 void oc_kafka_destroy(rd_kafka_t *rk);
 

@@ -12,6 +12,14 @@
  * (they dedupe by order id and event type). Two operators replaying the same
  * records at the same moment can do the same.
  *
+ * Poison records (cause DeserializationException) are left on the DLT unless
+ * --include-poison: no consumer can read them, so each of the two consumer
+ * groups of the topic would dead-letter a replayed copy again, doubling them
+ * with every replay. A record that both groups dead-lettered (two DLT
+ * copies with the same kafka_dlt-original-topic/-partition/-offset) is sent
+ * once; its other copies get a ledger marker naming that send (oc_origins.h).
+ * A copy met after one that an earlier run replayed counts as replayed too.
+ *
  * Records go out in batches of OC_BATCH: produce the batch, wait for every
  * delivery report, produce the markers of the acknowledged ones, wait again.
  */
@@ -19,6 +27,7 @@
 #include "oc_dlt.h"
 #include "oc_kafka.h"
 #include "oc_ledger.h"
+#include "oc_origins.h"
 #include "oc_topics.h"
 
 #include <errno.h>
@@ -30,7 +39,8 @@
 
 static const char usage_text[] =
     "Usage: orderctl dlt replay [--topic T.DLT] [--partition P] [--from OFFSET]\n"
-    "                           [--to OFFSET] [--key K] [--all] [--dry-run] [common options]\n"
+    "                           [--to OFFSET] [--key K] [--all] [--include-poison]\n"
+    "                           [--dry-run] [common options]\n"
     "\n"
     "Sends the chosen records of the dead-letter topics back to their original topic\n"
     "(header kafka_dlt-original-topic) and partition, with the original key, value\n"
@@ -39,6 +49,9 @@ static const char usage_text[] =
     "idempotent producer (acks=all), waiting for every delivery report. Each replay\n"
     "is recorded in the compacted topic " OC_LEDGER_TOPIC " (created when missing) and\n"
     "records found there are skipped, so running it twice replays nothing twice.\n"
+    "A record dead-lettered by both consumer groups of its topic (two DLT records\n"
+    "with the same original topic/partition/offset) is sent once. Poison records\n"
+    "(cause DeserializationException) stay on the DLT unless --include-poison.\n"
     "Prints progress every 1000 records and a summary line.\n"
     "\n"
     "Options (choose records with --all or at least one of --partition/--from/--to/--key):\n"
@@ -48,6 +61,8 @@ static const char usage_text[] =
     "  --to OFFSET     only offsets <= OFFSET (needs --partition)\n"
     "  --key K         only records whose key is K\n"
     "  --all           every record of the chosen topic(s)\n"
+    "  --include-poison  replay poison records too (by default they stay as\n"
+    "                  evidence: both consumer groups would dead-letter them again)\n"
     "  --dry-run       list what would be replayed, send and record nothing\n" OC_COMMON_HELP "\n"
     "Exit status: 0 every chosen record replayed or skipped, 1 some records could not\n"
     "be replayed (each reported), 2 usage error, 3 broker error, a replay that could\n"
@@ -56,14 +71,17 @@ static const char usage_text[] =
 typedef struct {
     const char *topic, *key;
     int64_t partition, from, to; /* -1: not given */
-    bool all, dry_run;
+    bool all, dry_run, include_poison;
 } replay_args;
 
 /* One record of the batch in flight. */
 typedef struct {
     char id[320];
     char topic[256];
+    char orig[320]; /* original record id, "" when the headers lack it */
     int64_t dlt_ts;
+    int32_t dup_of; /* copy of the original sent by this slot of the batch, or -1 */
+    bool dup;       /* a copy: not sent, only marked */
     oc_delivery replay, marker;
 } slot;
 
@@ -71,9 +89,10 @@ typedef struct {
     const replay_args *a;
     rd_kafka_t *producer;
     const oc_ledger *ledger;
+    oc_origins *origins;
     slot *batch;
     size_t n;
-    int64_t seen, replayed, skipped, failed, unrecorded;
+    int64_t seen, replayed, skipped, failed, unrecorded, poison, dups;
     bool fatal;
 } replay_ctx;
 
@@ -102,8 +121,8 @@ static int on_opt(void *ctx, int opt, const char *arg, const char *name)
 
     if (opt == 't' || opt == 'k')
         *(opt == 't' ? &a->topic : &a->key) = arg;
-    else if (opt == 'a' || opt == 'n')
-        *(opt == 'a' ? &a->all : &a->dry_run) = true;
+    else if (opt == 'a' || opt == 'n' || opt == 'P')
+        *(opt == 'a' ? &a->all : opt == 'n' ? &a->dry_run : &a->include_poison) = true;
     else if (oc_parse_i64(arg, 0, opt == 'p' ? INT32_MAX : INT64_MAX - 1,
                           opt == 'p'   ? &a->partition
                           : opt == 'F' ? &a->from
@@ -122,6 +141,7 @@ static int parse_args(replay_args *a, oc_opts *o, int argc, char **argv)
         {"key", required_argument, NULL, 'k'},
         {"all", no_argument, NULL, 'a'},
         {"dry-run", no_argument, NULL, 'n'},
+        {"include-poison", no_argument, NULL, 'P'},
         OC_COMMON_LONGOPTS,
         {NULL, 0, NULL, 0},
     };
@@ -162,31 +182,22 @@ static int target_of(const rd_kafka_message_t *m, const oc_dlt_info *d, char *ou
     return 0;
 }
 
-/* Hands the replay of m to the producer as slot s. Returns 0, or -EINVAL
- * when m cannot be replayed (reported). */
-static int send_one(replay_ctx *c, const rd_kafka_message_t *m, slot *s)
+/* Hands the replay of m (DLT headers d, target s->topic) to the producer as
+ * slot s. Returns 0 or -ENOMEM. */
+static int send_one(replay_ctx *c, const rd_kafka_message_t *m, const oc_dlt_info *d, slot *s)
 {
-    rd_kafka_headers_t *h = NULL;
+    rd_kafka_headers_t *h;
     rd_kafka_resp_err_t err;
-    oc_dlt_info d;
 
-    if (rd_kafka_message_headers(m, &h) != RD_KAFKA_RESP_ERR_NO_ERROR)
-        h = NULL;
-    oc_dlt_decode(h, &d);
-    if (target_of(m, &d, s->topic, sizeof(s->topic)) < 0) {
-        oc_err("cannot replay %s: its kafka_dlt-original-topic is not %.*s", s->id,
-               (int)(strlen(rd_kafka_topic_name(m->rkt)) - strlen(OC_DLT_SUFFIX)),
-               rd_kafka_topic_name(m->rkt));
-        return -EINVAL;
-    }
     if (c->a->dry_run) {
         printf("would replay %s to %s/", s->id, s->topic);
-        if (d.has_partition)
-            printf("%d key=", (int)d.partition);
+        if (d->has_partition)
+            printf("%d key=", (int)d->partition);
         else
             printf("(by key) key=");
         oc_put_escaped(stdout, m->key, m->key_len);
         putchar('\n');
+        c->replayed++;
         return 0;
     }
     if (!(h = replay_headers(m, s->id)))
@@ -194,7 +205,7 @@ static int send_one(replay_ctx *c, const rd_kafka_message_t *m, slot *s)
     s->replay.state = 0;
     err = rd_kafka_producev(
         c->producer, RD_KAFKA_V_TOPIC(s->topic),
-        RD_KAFKA_V_PARTITION(d.has_partition ? d.partition : RD_KAFKA_PARTITION_UA),
+        RD_KAFKA_V_PARTITION(d->has_partition ? d->partition : RD_KAFKA_PARTITION_UA),
         RD_KAFKA_V_KEY(m->key, m->key_len), RD_KAFKA_V_VALUE(m->payload, m->len),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
         RD_KAFKA_V_OPAQUE(&s->replay), RD_KAFKA_V_END);
@@ -207,13 +218,99 @@ static int send_one(replay_ctx *c, const rd_kafka_message_t *m, slot *s)
     return 0;
 }
 
+/* A copy of an original record this run sent (or found replayed): queued as
+ * slot s to get a marker naming that send, nothing is produced. */
+static void add_copy(replay_ctx *c, const oc_origin *o, slot *s)
+{
+    s->dup = true;
+    s->dup_of = o->slot;
+    s->replay = (oc_delivery){o->sent ? 1 : 0, RD_KAFKA_RESP_ERR_NO_ERROR, o->partition, o->offset};
+    c->dups++;
+    if (c->a->dry_run)
+        printf("would mark %s as replayed: a copy of %s from another consumer group\n", s->id,
+               s->orig);
+    else
+        c->n++;
+}
+
+/* Decides what to do with DLT record m (slot s): keep it (poison), mark it
+ * as a copy, or send it. Returns 0, -EINVAL (m cannot be replayed, reported)
+ * or -ENOMEM. */
+static int take(replay_ctx *c, const rd_kafka_message_t *m, slot *s)
+{
+    rd_kafka_headers_t *h = NULL;
+    oc_origin *o = NULL;
+    oc_dlt_info d;
+    bool fresh;
+
+    if (rd_kafka_message_headers(m, &h) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        h = NULL;
+    oc_dlt_decode(h, &d);
+    if (target_of(m, &d, s->topic, sizeof(s->topic)) < 0) {
+        oc_err("cannot replay %s: its kafka_dlt-original-topic is not %.*s", s->id,
+               (int)(strlen(rd_kafka_topic_name(m->rkt)) - strlen(OC_DLT_SUFFIX)),
+               rd_kafka_topic_name(m->rkt));
+        return -EINVAL;
+    }
+    if (oc_dlt_is_poison(&d) && !c->a->include_poison) {
+        c->poison++;
+        return 0;
+    }
+    s->dup = false;
+    s->dup_of = -1;
+    s->orig[0] = '\0';
+    if (d.has_partition && d.has_offset)
+        snprintf(s->orig, sizeof(s->orig), "%s/%d/%lld", s->topic, (int)d.partition,
+                 (long long)d.offset);
+    if (s->orig[0] && !(o = oc_origins_get(c->origins, s->orig, &fresh)))
+        return -ENOMEM;
+    if (o && (o->slot >= 0 || o->sent)) {
+        add_copy(c, o, s);
+        return 0;
+    }
+    if (send_one(c, m, &d, s) < 0)
+        return -ENOMEM;
+    if (o && c->a->dry_run)
+        *o = (oc_origin){-1, true, -1, -1};
+    else if (o)
+        o->slot = (int32_t)(c->n - 1);
+    return 0;
+}
+
+/* Notes that the original of DLT record m, skipped as already replayed, was
+ * sent by an earlier run, so that its other copies are not sent again. */
+static int note_replayed(replay_ctx *c, const rd_kafka_message_t *m)
+{
+    rd_kafka_headers_t *h = NULL;
+    char id[320];
+    oc_origin *o;
+    oc_dlt_info d;
+    bool fresh;
+
+    if (rd_kafka_message_headers(m, &h) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        h = NULL;
+    oc_dlt_decode(h, &d);
+    if (!d.topic.p || !d.has_partition || !d.has_offset)
+        return 0;
+    snprintf(id, sizeof(id), "%.*s/%d/%lld", (int)d.topic.n, d.topic.p, (int)d.partition,
+             (long long)d.offset);
+    if (!(o = oc_origins_get(c->origins, id, &fresh)))
+        return -ENOMEM;
+    if (o->slot < 0 && !o->sent)
+        *o = (oc_origin){-1, true, -1, -1};
+    return 0;
+}
+
 /* Writes the markers of the acknowledged replays of the batch. */
 static void mark_batch(replay_ctx *c)
 {
     for (size_t i = 0; i < c->n; i++) {
         slot *s = &c->batch[i];
-        oc_ledger_entry e = {s->id, s->dlt_ts, s->topic, s->replay.partition, s->replay.offset};
+        oc_ledger_entry e;
 
+        if (s->dup_of >= 0)
+            s->replay = c->batch[s->dup_of].replay;
+        e = (oc_ledger_entry){s->id, s->dlt_ts, s->topic, s->replay.partition, s->replay.offset};
         if (s->replay.state != 1) {
             oc_err("could not replay %s to %s: %s", s->id, s->topic,
                    rd_kafka_err2str(s->replay.err));
@@ -237,10 +334,14 @@ static void flush_batch(replay_ctx *c)
     mark_batch(c);
     for (size_t i = 0; i < c->n; i++) {
         const slot *s = &c->batch[i];
+        bool fresh;
+        oc_origin *o = s->orig[0] && !s->dup ? oc_origins_get(c->origins, s->orig, &fresh) : NULL;
 
+        if (o) /* found: it was added when the slot was queued */
+            *o = (oc_origin){-1, s->replay.state == 1, s->replay.partition, s->replay.offset};
         if (s->replay.state != 1)
             continue;
-        c->replayed++;
+        c->replayed += s->dup ? 0 : 1;
         if (s->marker.state != 1) {
             c->unrecorded++;
             oc_err("replayed %s but could not record it in %s: %s (a later run replays it "
@@ -279,14 +380,19 @@ static int consider(void *ud, const rd_kafka_message_t *m)
         return 0;
     c->seen++;
     s->dlt_ts = rd_kafka_message_timestamp(m, &tstype);
-    if (oc_record_id(m, s->id, sizeof(s->id)) < 0)
+    if (oc_record_id(m, s->id, sizeof(s->id)) < 0) {
         c->failed++;
-    else if (oc_ledger_has(c->ledger, s->id, s->dlt_ts))
+    } else if (oc_ledger_has(c->ledger, s->id, s->dlt_ts)) {
         c->skipped++;
-    else if (send_one(c, m, s) < 0)
-        c->failed++;
-    else if (c->a->dry_run)
-        c->replayed++;
+        if (note_replayed(c, m) < 0)
+            return -ENOMEM;
+    } else {
+        int r = take(c, m, s);
+
+        if (r == -ENOMEM)
+            return r;
+        c->failed += r < 0 ? 1 : 0;
+    }
     if (c->n == OC_BATCH || c->seen % OC_BATCH == 0) {
         if (c->n > 0)
             flush_batch(c);
@@ -392,6 +498,13 @@ static int summary(const replay_ctx *c, int read_rc)
     printf("%s %lld, skipped %lld already replayed, %lld failed%s\n",
            c->a->dry_run ? "would replay" : "replayed", (long long)c->replayed,
            (long long)c->skipped, (long long)c->failed, oc_stop ? " (interrupted)" : "");
+    if (c->dups > 0)
+        printf("%s %lld copy(ies) of records dead-lettered by more than one consumer group as "
+               "replayed (each original sent once)\n",
+               c->a->dry_run ? "would mark" : "marked", (long long)c->dups);
+    if (c->poison > 0)
+        printf("kept %lld poison record(s) on the DLT (replay them with --include-poison)\n",
+               (long long)c->poison);
     if (c->unrecorded > 0)
         printf("%lld replayed record(s) could not be recorded in %s\n", (long long)c->unrecorded,
                OC_LEDGER_TOPIC);
@@ -439,9 +552,10 @@ int oc_cmd_dlt_replay(oc_opts *o, int argc, char **argv)
 
     if (r >= 0)
         return r;
-    if (!(c.batch = calloc(OC_BATCH, sizeof(slot))) ||
+    if (!(c.batch = calloc(OC_BATCH, sizeof(slot))) || oc_origins_new(&c.origins) < 0 ||
         oc_kafka_new(o, OC_KAFKA_CONSUMER, &consumer) < 0) {
         free(c.batch);
+        oc_origins_free(c.origins);
         return OC_EXIT_INFRA;
     }
     if (oc_kafka_metadata(consumer, o->timeout_ms, &md) < 0)
@@ -452,6 +566,7 @@ int oc_cmd_dlt_replay(oc_opts *o, int argc, char **argv)
         rd_kafka_metadata_destroy(md);
     oc_kafka_destroy(consumer);
     oc_kafka_destroy(c.producer);
+    oc_origins_free(c.origins);
     free(c.batch);
     return r;
 }

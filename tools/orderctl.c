@@ -36,19 +36,21 @@ static const char usage_text[] =
     "\n"
     "Exit status: 0 ok, 1 finding (DLT depth above threshold, topic drift, a record\n"
     "that could not be replayed, ACL drift), 2 usage error, 3 broker or infrastructure\n"
-    "error.\n";
+    "error, 78 configuration error (an unknown or invalid KAFKA_* variable, checked\n"
+    "as the daemons check it, before any connection).\n";
 
 typedef struct {
     const char *group, *name;
     int (*fn)(oc_opts *o, int argc, char **argv);
+    bool kafka; /* talks to Kafka: its KAFKA_* environment is checked first */
 } command;
 
 static const command commands[] = {
-    {"dlt", "tail", oc_cmd_dlt_tail},     {"dlt", "depth", oc_cmd_dlt_depth},
-    {"dlt", "replay", oc_cmd_dlt_replay}, {"topics", "ensure", oc_cmd_topics_ensure},
-    {"token", "new", oc_cmd_token_new},   {"token", "hash", oc_cmd_token_hash},
-    {"acls", "show", oc_cmd_acls_show},   {"acls", "ensure", oc_cmd_acls_ensure},
-    {"token", "init", oc_cmd_token_init}, {"db", "create", oc_cmd_db_create},
+    {"dlt", "tail", oc_cmd_dlt_tail, true},      {"dlt", "depth", oc_cmd_dlt_depth, true},
+    {"dlt", "replay", oc_cmd_dlt_replay, true},  {"topics", "ensure", oc_cmd_topics_ensure, true},
+    {"token", "new", oc_cmd_token_new, false},   {"token", "hash", oc_cmd_token_hash, false},
+    {"acls", "show", oc_cmd_acls_show, false},   {"acls", "ensure", oc_cmd_acls_ensure, true},
+    {"token", "init", oc_cmd_token_init, false}, {"db", "create", oc_cmd_db_create, false},
 };
 
 /* Parses the common options before the command; returns -1 to go on. */
@@ -107,6 +109,7 @@ int main(int argc, char **argv)
         if (strcmp(commands[i].group, argv[first]) == 0 &&
             strcmp(commands[i].name, argv[first + 1]) == 0) {
             oc_signals_install();
+            o.kafka = commands[i].kafka;
             optind = 0; /* glibc: start over on the command's own vector */
             return commands[i].fn(&o, argc - first - 1, argv + first + 1);
         }

@@ -15,6 +15,7 @@ import subprocess
 import time
 import uuid
 
+import psycopg
 import requests
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
@@ -231,38 +232,175 @@ class Postgres:
 
 # -------------------------------------------------------------- reconciliation
 
+# What a settled order looks like in the three databases, by its two outcomes
+# (payment approved, stock reserved). The order's status is derived from them
+# as os_settle.c does (a NO anywhere is REJECTED, two YES are CONFIRMED); each
+# service undoes its own YES when the other side says NO (common/cm_saga.h):
+# a charge is REFUNDED, a reservation RELEASED; its own NO is DECLINED /
+# REJECTED. A CANCELLED tombstone only stands in for an order that has not
+# arrived yet: every order placed through the API reaches both services, so
+# none is left once the system is quiet, and (CANCELLED, CANCELLED) or
+# (REFUNDED, RELEASED) can never be the end of an order.
+SETTLED = {
+    (True, True): ("CONFIRMED", "CHARGED", "RESERVED"),
+    (True, False): ("REJECTED", "REFUNDED", "REJECTED"),
+    (False, True): ("REJECTED", "DECLINED", "RELEASED"),
+    (False, False): ("REJECTED", "DECLINED", "REJECTED"),
+}
+DLT_TOPICS = [t + ".DLT" for t in CONSUMERS]
+DBS = ("orders", "payments", "inventory")
 
-def reconcile(stack, orders, balances, stocks):
-    """The invariants of a quiet system, over the given orders, customers
-    (initial balances) and SKUs (initial stock)."""
+
+def dlt_offsets(stack):
+    """The end offsets of the three DLTs: take them before a fault test and
+    give them to reconcile() as dlt_since."""
+    return {t: end_offsets(stack.bootstrap, t) for t in DLT_TOPICS}
+
+
+def _dlt_growth(stack, since):
+    after = dlt_offsets(stack)
+    return {t: sum(after[t].values()) - sum(since[t].values()) for t in DLT_TOPICS}
+
+
+def sql(stack, db, query, params=None):
+    """stack.sql, retried (up to ~10 s) while connections that a fault
+    test's terminated backends or stopped server broke are made again."""
+    for attempt in range(20):
+        try:
+            return stack.sql(db, query, params)
+        except psycopg.OperationalError:
+            if attempt == 19:
+                raise
+            time.sleep(0.5)
+
+
+def _settled_view(stack, ids):
+    orders = {r[0]: r[1:] for r in sql(stack, 
+        "orders", "SELECT order_id, customer_id, sku, quantity, amount_cents, status,"
+        " payment_approved, payment_reason, inventory_reserved, inventory_reason"
+        " FROM orders WHERE order_id = ANY(%s)", (ids,))}
+    pay = {r[0]: r[1:] for r in sql(stack, 
+        "payments", "SELECT order_id, status, customer_id, amount_cents, reason FROM payments"
+        " WHERE order_id = ANY(%s)", (ids,))}
+    res = {r[0]: r[1:] for r in sql(stack, 
+        "inventory", "SELECT order_id, status, sku, quantity, reason FROM reservations"
+        " WHERE order_id = ANY(%s)", (ids,))}
+    return orders, pay, res
+
+
+def _at_rest(stack, ids):
+    """(ok, what is still moving): every order has both answers, both
+    services have their final row, no compensation is outstanding, and the
+    three outboxes are empty."""
+    orders, pay, res = _settled_view(stack, ids)
+    open_ = [o for o, r in orders.items() if r[4] == "PENDING" or r[5] is None or r[7] is None]
+    moving = [o for o in ids if pay.get(o, ("NONE",))[0] in ("NONE", "PENDING", "CANCELLED")
+              or res.get(o, ("NONE",))[0] in ("NONE", "PENDING", "CANCELLED")]
+    undo = [o for o, r in orders.items() if r[4] == "REJECTED" and (
+        pay.get(o, ("",))[0] == "CHARGED" or res.get(o, ("",))[0] == "RESERVED")]
+    outbox = {db: sql(stack, db, "SELECT count(*) FROM outbox")[0][0] for db in DBS}
+    seen = {"unanswered orders": len(open_), "without final service rows": len(moving),
+            "compensations outstanding": len(undo), "outbox rows": outbox}
+    return not open_ and not moving and not undo and not any(outbox.values()), seen
+
+
+def reconcile(stack, orders, balances, stocks, dlt_since=None, dlt_expected=None, timeout=90):
+    """The invariants of a quiet system, checked from outside, over the
+    given orders (every order the test knows was stored), customers (their
+    initial balances) and SKUs (their initial stock):
+
+    - every order is stored, and once the system is at rest (waited for up to
+      `timeout` s) has both answers, its final payment and reservation rows,
+      no outstanding compensation, and the outboxes of all three services are
+      empty;
+    - each order's (status, payment, reservation) is the one SETTLED allows
+      for its two answers, the payment's customer and amount and the
+      reservation's SKU and quantity are the order's, the reasons agree, and
+      ORDER_CANCELLED is only ever one side's answer to the other's NO;
+    - money and stock are conserved to the cent and the unit over every
+      payment of the customers and every reservation of the SKUs, all of which
+      must belong to the given orders (a charge of an order the test does not
+      know is money lost), and no balance or stock is negative;
+    - no DLT record is keyed by one of the orders, and when dlt_since (from
+      dlt_offsets()) is given, the DLTs hold exactly dlt_expected
+      ({dlt topic: records}, default none) more records than then.
+
+    Returns {order id: status}."""
     ids = list(orders)
-    rows = stack.sql("orders", "SELECT order_id, status FROM orders WHERE order_id = ANY(%s)",
-                     (ids,))
-    status = dict(rows)
-    assert len(status) == len(ids), f"{len(ids) - len(status)} accepted orders are missing"
-    pending = [o for o, s in status.items() if s == "PENDING"]
-    assert not pending, f"{len(pending)} orders still PENDING"
-    pay = {o: (s, c, a) for o, s, c, a in stack.sql(
-        "payments", "SELECT order_id, status, customer_id, amount_cents FROM payments"
-        " WHERE order_id = ANY(%s)", (ids,))}
-    res = {o: (s, k, q) for o, s, k, q in stack.sql(
-        "inventory", "SELECT order_id, status, sku, quantity FROM reservations"
-        " WHERE order_id = ANY(%s)", (ids,))}
-    for o, s in status.items():
-        ps, rs = pay.get(o, ("NONE",))[0], res.get(o, ("NONE",))[0]
-        if s == "CONFIRMED":
-            assert (ps, rs) == ("CHARGED", "RESERVED"), f"confirmed {o}: {ps}/{rs}"
-        else:
-            assert ps in ("DECLINED", "REFUNDED", "CANCELLED"), f"rejected {o} payment {ps}"
-            assert rs in ("REJECTED", "RELEASED", "CANCELLED"), f"rejected {o} stock {rs}"
+    have = {r[0] for r in sql(stack, "orders", "SELECT order_id FROM orders WHERE"
+                                    " order_id = ANY(%s)", (ids,))}
+    missing = [o for o in ids if o not in have]
+    assert not missing, f"{len(missing)} accepted orders are not stored, e.g. {missing[:3]}"
+    want = {t: (dlt_expected or {}).get(t, 0) for t in DLT_TOPICS}
+
+    def dead_letters():
+        """The DLT records keyed by these orders, decoded, as evidence."""
+        keys = {o.encode() for o in ids}
+        out = []
+        for t in DLT_TOPICS:
+            for m in read_all(stack.bootstrap, t, timeout=30):
+                if m.key() in keys:
+                    h = header_map(m)
+                    why = [h.get("kafka_dlt-" + n, [b"?"])[0].decode(errors="replace")
+                           for n in ("original-consumer-group", "exception-message")]
+                    out.append((t, m.partition(), m.offset(), m.key().decode(), *why))
+        return out
+
+    def at_rest():
+        ok, seen = _at_rest(stack, ids)
+        if not ok and dlt_since is not None and any(
+                n > want[t] for t, n in _dlt_growth(stack, dlt_since).items()):
+            raise AssertionError(f"records were dead-lettered while waiting for rest ({seen}): "
+                                 f"{_dlt_growth(stack, dlt_since)}, expected {want}; of these "
+                                 f"orders: {dead_letters()[:5]}")
+        return ok, seen
+
+    stack.wait_until(at_rest, timeout, "the system to come to rest", interval=1.0)
+    rows, pay, res = _settled_view(stack, ids)
+    status = {}
+    for o, (cust, sku, qty, amount, st, pa, preason, ir, ireason) in rows.items():
+        ps, pcust, pamount, pr = pay[o]
+        rs, rsku, rqty, rr = res[o]
+        allowed = SETTLED[(pa, ir)]
+        assert (st, ps, rs) == allowed, (
+            f"order {o}: answers payment={pa} stock={ir} need {allowed}, found {(st, ps, rs)}")
+        assert (pcust, pamount) == (cust, amount), (
+            f"order {o} of {cust} for {amount}: payment is of {pcust} for {pamount}")
+        assert (rsku, rqty) == (sku, qty), (
+            f"order {o} of {qty} x {sku}: reservation is of {rqty} x {rsku}")
+        assert (pr, rr) == (preason, ireason), (
+            f"order {o}: reasons {preason}/{ireason}, services say {pr}/{rr}")
+        assert pa == (pr == "OK") and ir == (rr == "OK"), f"order {o}: {pa}/{pr} {ir}/{rr}"
+        assert pr != "ORDER_CANCELLED" or (not ir and rr != "ORDER_CANCELLED"), (
+            f"order {o}: payment ORDER_CANCELLED without a stock rejection ({rr})")
+        assert rr != "ORDER_CANCELLED" or (not pa and pr != "ORDER_CANCELLED"), (
+            f"order {o}: stock ORDER_CANCELLED without a payment decline ({pr})")
+        assert cust in balances and sku in stocks, f"order {o}: {cust}/{sku} not accounted for"
+        status[o] = st
+    known = set(ids)
     for cust, initial in balances.items():
-        charged = sum(a for s, c, a in pay.values() if c == cust and s == "CHARGED")
+        mine = sql(stack, "payments", "SELECT order_id, status, amount_cents FROM payments"
+                         " WHERE customer_id = %s", (cust,))
+        strangers = [o for o, _, _ in mine if o not in known]
+        assert not strangers, f"{cust}: payments of orders the test does not know: {strangers[:5]}"
+        charged = sum(a for _, st, a in mine if st == "CHARGED")
         now = stack.payments.balance(cust)
-        assert now >= 0 and initial == now + charged, f"{cust}: {initial} != {now} + {charged}"
+        assert now is not None and now >= 0 and initial == now + charged, (
+            f"{cust}: initial {initial} != balance {now} + charged {charged}")
     for sku, initial in stocks.items():
-        reserved = sum(q for s, k, q in res.values() if k == sku and s == "RESERVED")
+        mine = sql(stack, "inventory", "SELECT order_id, status, quantity FROM reservations"
+                         " WHERE sku = %s", (sku,))
+        strangers = [o for o, _, _ in mine if o not in known]
+        assert not strangers, f"{sku}: reservations of orders the test does not know: {strangers[:5]}"
+        reserved = sum(q for _, st, q in mine if st == "RESERVED")
         now = stack.inventory.stock(sku)
-        assert now >= 0 and initial == now + reserved, f"{sku}: {initial} != {now} + {reserved}"
+        assert now is not None and now >= 0 and initial == now + reserved, (
+            f"{sku}: initial {initial} != stock {now} + reserved {reserved}")
+    bad = dead_letters()
+    assert not bad, f"records of these orders were dead-lettered: {bad[:5]}"
+    if dlt_since is not None:
+        grew = _dlt_growth(stack, dlt_since)
+        assert grew == want, f"DLT records added: {grew}, expected {want}"
     return status
 
 
@@ -271,7 +409,7 @@ def quiet(stack, orders):
     ids = list(orders)
     pending = stack.sql_one("orders", "SELECT count(*) FROM orders WHERE order_id = ANY(%s)"
                             " AND status = 'PENDING'", (ids,))
-    rejected = [r[0] for r in stack.sql("orders", "SELECT order_id FROM orders WHERE"
+    rejected = [r[0] for r in sql(stack, "orders", "SELECT order_id FROM orders WHERE"
                                         " order_id = ANY(%s) AND status = 'REJECTED'", (ids,))]
     charged = stack.sql_one("payments", "SELECT count(*) FROM payments WHERE"
                             " order_id = ANY(%s) AND status = 'CHARGED'", (rejected,))

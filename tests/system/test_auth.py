@@ -553,6 +553,23 @@ def test_http_auth_none_works_with_a_warning(stack):
         assert len(audit) == 1, audit
 
 
+def test_idempotency_keys_are_shared_with_http_auth_none(stack):
+    """Without authentication no client has a name: every client shares one
+    scope of Idempotency-Keys (the README says so)."""
+    with restarted(stack, "order-service", HTTP_AUTH="none") as d:
+        d.wait_ready()
+        key, cust = stack.uid("key"), stack.uid("c")
+        body = {"customerId": cust, "sku": "s", "quantity": 1, "amountCents": 100}
+        ids = set()
+        for hdr in ({}, bearer(TOKENS["admin"][0])):
+            r = call(stack, "orders", "POST", "/orders", {**hdr, "Idempotency-Key": key}, body)
+            assert r.status_code == 202, r.text
+            ids.add(r.json()["orderId"])
+        assert len(ids) == 1, ids
+        assert stack.sql_one("orders", "SELECT count(*) FROM orders WHERE customer_id = %s",
+                             (cust,)) == 1
+
+
 def test_metrics_token_scope(stack):
     with restarted(stack, "payment-service", METRICS_TOKEN_SCOPE="metrics:read") as d:
         d.wait_ready()

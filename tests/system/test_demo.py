@@ -10,6 +10,12 @@ runs with authentication on: the demo made its tokens with orderctl, wrote
 them to <state>/tokens.env and their hashes to <state>/tokens (both 0600),
 printed how to use them, and no token reached a daemon log.
 
+A second test runs it three times on one state folder and the same
+databases, switching the broker's Kafka version (the default, then
+KAFKA_VERSION=4.1.1, then the default again, or the other way round under
+TEST_KAFKA_VERSION=4.1.1), as a user trying the README's two ways would:
+each run settles every order as its label promises.
+
 Environment: TEST_PORT_OFFSET (see conftest.py), TEST_KAFKA_VERSION (the
 demo's broker; default the demo's own).
 """
@@ -24,8 +30,8 @@ import subprocess
 import psycopg
 import psycopg.conninfo
 
-from conftest import (PG_SH, PORT_OFFSET, ROOT, RUN_DIR, kafka_sh_env, parse_assignments,
-                      port_in_use, run_script)
+from conftest import (KAFKA_VERSION, PG_SH, PORT_OFFSET, ROOT, RUN_DIR, check_broker_version,
+                      kafka_sh_env, parse_assignments, port_in_use, run_script)
 
 DEMO = ROOT / "deploy" / "demo.sh"
 KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
@@ -34,6 +40,13 @@ STATE_DIR = RUN_DIR / "test-demo"
 DEMO_OFFSET = 13000 + PORT_OFFSET
 DB_PREFIX = f"demotest{PORT_OFFSET}_"
 DEMO_TIMEOUT = 900  # it may have to build the release preset first
+VERSIONS = ROOT / "deploy" / "kafka" / "versions.sh"
+_versions = parse_assignments(VERSIONS.read_text())
+DEFAULT_VERSION = _versions["KAFKA_DEFAULT_VERSION"]
+KAFKA4_VERSION = _versions["KAFKA4_TEST_VERSION"]
+FIRST_VERSION = KAFKA_VERSION or DEFAULT_VERSION
+OTHER_VERSION = KAFKA4_VERSION if FIRST_VERSION.startswith("3.") else DEFAULT_VERSION
+PORTS = [p + DEMO_OFFSET for p in (8080, 8081, 8082, 9092, 9192)]
 
 # What each label's parenthesis promises: the order's status and the reason of
 # the side that decides it. The other side says OK, or ORDER_CANCELLED when the
@@ -94,9 +107,25 @@ def drop_databases():
             conn.execute(f'DROP DATABASE IF EXISTS "{DB_PREFIX}{db}" WITH (FORCE)')
 
 
-def run_demo():
-    env = {k: v for k, v in kafka_sh_env().items() if not k.startswith("KAFKA_")
-           or k == "KAFKA_VERSION"}
+def kafka_dir(version):
+    """The demo's broker folder of a Kafka version (one per version)."""
+    return STATE_DIR / f"kafka-{version}"
+
+
+def clean_state():
+    """No demo broker of ours left (any version), no demo databases."""
+    for d in [STATE_DIR / "kafka"] + sorted(STATE_DIR.glob("kafka-*")):
+        run_script([KAFKA_SH, "clean", "--dir", d], env=kafka_sh_env(None), check=False)
+    drop_databases()
+    busy = [p for p in PORTS if port_in_use(p)]
+    assert not busy, f"ports {busy} are in use before the demo started"
+
+
+def run_demo(version=KAFKA_VERSION):
+    """deploy/demo.sh --no-wait with KAFKA_VERSION=version (None: unset)."""
+    env = {k: v for k, v in kafka_sh_env(None).items() if not k.startswith("KAFKA_")}
+    if version:
+        env["KAFKA_VERSION"] = version
     env.update(DEMO_PORT_OFFSET=str(DEMO_OFFSET), DEMO_DB_PREFIX=DB_PREFIX,
                DEMO_STATE_DIR=str(STATE_DIR))
     env.pop("DEMO_KAFKA_PORT", None)
@@ -112,14 +141,23 @@ def run_demo():
 
 
 def test_demo_prints_what_its_labels_promise():
-    run_script([KAFKA_SH, "clean", "--dir", STATE_DIR / "kafka"], env=kafka_sh_env(),
-               check=False)
-    drop_databases()
-    ports = [p + DEMO_OFFSET for p in (8080, 8081, 8082, 9092, 9192)]
-    busy = [p for p in ports if port_in_use(p)]
-    assert not busy, f"ports {busy} are in use before the demo started"
+    clean_state()
+    check_run(run_demo(), FIRST_VERSION)
 
-    cp = run_demo()
+
+def test_demo_switches_kafka_version_both_ways():
+    """The run command works whichever KAFKA_VERSION the previous run used,
+    on the same state folder and with the data the previous runs left in
+    PostgreSQL: each version has a broker folder of its own."""
+    clean_state()
+    for version in (FIRST_VERSION, OTHER_VERSION, FIRST_VERSION):
+        check_run(run_demo(version if version != DEFAULT_VERSION else None), version)
+    assert not (STATE_DIR / "kafka").exists(), "the demo used the unversioned folder"
+
+
+def check_run(cp, version):
+    """One demo run printed what its labels promise, on Kafka `version`, and
+    stopped everything it started."""
     logs = ""
     for name in ("order-service", "payment-service", "inventory-service"):
         path = STATE_DIR / "logs" / f"{name}.log"
@@ -127,6 +165,8 @@ def test_demo_prints_what_its_labels_promise():
             logs += f"\n----- {path} (tail)\n" + "\n".join(path.read_text().splitlines()[-20:])
     assert cp.returncode == 0, f"demo.sh exited {cp.returncode}\n{cp.stderr}{logs}"
     secs = sections(cp.stdout)
+    assert f"starting Kafka {version} (data in {kafka_dir(version)})" in secs, list(secs)
+    check_broker_version(kafka_dir(version), cp.stdout, version)
 
     setup = matches(section(secs, "funding accounts"), SETUP)
     assert len(setup) == 1, secs
@@ -208,8 +248,8 @@ def test_demo_prints_what_its_labels_promise():
     assert 'Authorization: Bearer $ORDERS_TOKEN' in howto, howto
 
     # It stopped everything it started.
-    busy = [p for p in ports if port_in_use(p)]
+    busy = [p for p in PORTS if port_in_use(p)]
     assert not busy, f"ports {busy} still in use after demo.sh returned"
-    status = subprocess.run([str(KAFKA_SH), "status", "--dir", str(STATE_DIR / "kafka")],
-                            capture_output=True, text=True, timeout=60, env=kafka_sh_env())
+    status = subprocess.run([str(KAFKA_SH), "status", "--dir", str(kafka_dir(version))],
+                            capture_output=True, text=True, timeout=60, env=kafka_sh_env(None))
     assert status.returncode == 3, f"demo's broker still running:\n{status.stdout}"

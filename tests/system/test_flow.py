@@ -397,11 +397,9 @@ def test_kill9_payment_service_mid_stream(stack):
     # A killed consumer's partitions move only after its session times out.
     counts = wait_all_final(stack, posted, timeout=180)
     assert counts == {"CONFIRMED": 150}, counts
-    rows = stack.sql("payments", "SELECT order_id, count(*) FROM payments "
-                                 "WHERE order_id = ANY(%s) GROUP BY order_id", (posted,))
-    assert len(rows) == 150 and all(n == 1 for _, n in rows), \
-        f"expected one payment row per order, got {len(rows)} orders with rows"
     wait_reconciled(stack, initial_balance, initial_stock, posted)
-    total = sum(a[3] for a in plan)
-    final = sum(stack.payments.balance(c) for c in customers)
-    assert sum(initial_balance.values()) - final == total
+    # Charged once, per customer: each balance moved by exactly the amounts of
+    # that customer's orders (a row count keyed on the order id could not fail).
+    for c in customers:
+        spent = sum(a[3] for a in plan if a[0] == c)
+        assert initial_balance[c] - stack.payments.balance(c) == spent, f"{c}: not {spent}"

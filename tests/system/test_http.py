@@ -11,7 +11,11 @@ its own fault (400, 413, 415, ...).
 
 import http.client
 import json
+import os
+import re
+import shutil
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -19,7 +23,8 @@ import uuid
 import pytest
 import requests
 
-from conftest import TOKENS
+from conftest import DB_PREFIX, TOKENS, bearer
+from helpers import metric
 
 VALID = {"customerId": "c-http", "sku": "s-http", "quantity": 1, "amountCents": 100}
 MISSING = object()
@@ -262,6 +267,27 @@ def test_chunked_body_over_64k_is_413(stack, creates_nothing, who):
     assert_denied_or(resp, who, 413)
 
 
+def test_refused_chunked_body_is_not_read_without_bound(stack, who):
+    """A refused chunked body (401 before it, 413 once past the limit) is
+    thrown away only up to a bound; past it the server closes the connection
+    instead of reading whatever the client keeps sending."""
+    chunk = b"x" * 65536
+    piece = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+    sent, limit = 0, 256 * 1024 * 1024
+    with socket.create_connection(("127.0.0.1", stack.daemons["order-service"].port),
+                                  timeout=20) as s:
+        try:
+            s.sendall(post_head(extra="Transfer-Encoding: chunked\r\n", who=who))
+            while sent < limit:
+                s.sendall(piece)
+                sent += len(piece)
+        except OSError:  # reset or broken pipe: the server stopped reading
+            pass
+    # The default limit is 64 KiB: what the kernel buffers on both sides of a
+    # loopback connection is a few MiB at most.
+    assert sent < 32 * 1024 * 1024, f"the server read {sent} bytes of a refused body"
+
+
 # ---------------------------------------------------------------- content type -> 415
 
 
@@ -327,6 +353,129 @@ def test_very_long_path(stack, who):
     assert_problem(r, {400, 401, 404, 414, 431})
 
 
+def raw_request(port, data, timeout=10):
+    """Sends data as is on a fresh connection; returns (status, headers, body)."""
+    return raw_exchange(port, data, timeout=timeout)
+
+
+@pytest.mark.parametrize("request_line", [b"GET /nope%ff%fe HTTP/1.1",
+                                          b"GET /orders/x/%c3 HTTP/1.1",
+                                          b"\xff\xfe /orders HTTP/1.1"],
+                         ids=["404-path", "404-cut-character", "405-method"])
+def test_problem_details_are_valid_utf8(stack, request_line):
+    """A detail that echoes bytes that are not UTF-8 (a decoded path, a made-up
+    method) still goes out as a problem document, the bytes replaced."""
+    status, headers, body = raw_request(stack.daemons["order-service"].port,
+                                        request_line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+    doc = assert_problem((status, headers, body), {404, 405})
+    assert "?" in doc["detail"], doc
+
+
+def test_problem_details_keep_valid_utf8(stack):
+    doc = assert_problem(stack.orders.get("/caf%C3%A9"), 404)
+    assert doc["detail"] == "no resource at /caf\u00e9", doc
+
+
+# ---------------------------------------------------------------- made-up methods and /metrics
+
+PROMTOOL = shutil.which("promtool") or ("/usr/bin/promtool" if os.path.exists("/usr/bin/promtool")
+                                        else None)
+HOSTILE_METHOD = 'X",route="y'
+
+
+def series_of(text, family):
+    return [ln for ln in text.splitlines() if ln.startswith(family + "{")]
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (Debian package "
+                    "prometheus, installed by deploy/install-deps.sh)")
+def test_made_up_methods_keep_metrics_valid_and_bounded(stack):
+    """Made-up methods, one with quotes in it and a body over the limit, sent
+    without a token. Each is counted as method="OTHER" (a
+    closed set), /metrics still passes promtool, and 60 distinct methods add
+    at most a handful of series."""
+    d = stack.daemons["order-service"]
+    before = requests.get(d.url + "/metrics", timeout=5).text
+    n_before = len(series_of(before, "orders_http_requests_total"))
+    big = 2 * 1024 * 1024
+    raw_exchange(d.port, (f"{HOSTILE_METHOD} /orders HTTP/1.1\r\nHost: x\r\n"
+                          f"Connection: close\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {big}\r\n\r\n").encode(), [b"x" * big])
+    for i in range(60):
+        method = f"M{i}{uuid.uuid4().hex[:6].upper()}"
+        path = ("/orders", "/nope", "/orders/x")[i % 3]
+        status, _, _ = raw_exchange(d.port, (f"{method} {path} HTTP/1.1\r\nHost: x\r\n"
+                                             "Connection: close\r\nContent-Length: 2\r\n"
+                                             "Content-Type: application/json\r\n\r\n{}").encode())
+        assert 400 <= status < 500, (method, path, status)
+    text = requests.get(d.url + "/metrics", timeout=5).text
+    cp = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True,
+                        text=True, timeout=30)
+    lines = series_of(text, "orders_http_requests_total")
+    assert cp.returncode == 0, f"promtool: {cp.stdout}{cp.stderr}\n" + "\n".join(lines)
+    methods = {m for ln in lines for m in re.findall(r'method="([^"]*)"', ln)}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+                       "PATCH", "OTHER"}, methods
+    assert 'route="y' not in text
+    assert any('method="OTHER"' in ln and 'status="413"' in ln for ln in lines), lines
+    assert len(lines) - n_before <= 6, "\n".join(lines)
+
+
+# ---------------------------------------------------------------- Idempotency-Key
+
+
+def post_keyed(stack, key, token, **body):
+    return stack.orders.post("/orders", json=dict(VALID, **body),
+                             headers={**bearer(token), "Idempotency-Key": key})
+
+
+def test_idempotency_key_fingerprint_keeps_fields_apart(stack):
+    """Two different requests whose fields joined with "|" read the same are
+    two requests: the second use of the key is a conflict."""
+    key, c = stack.uid("key"), stack.uid("c")
+    first = post_keyed(stack, key, "orders", customerId=f"{c}|b", sku="s")
+    assert first.status_code == 202, first.text
+    again = post_keyed(stack, key, "orders", customerId=f"{c}|b", sku="s")
+    assert again.status_code == 202 and again.json()["orderId"] == first.json()["orderId"]
+    other = post_keyed(stack, key, "orders", customerId=c, sku="b|s")
+    assert_problem(other, 409)
+    assert stack.sql_one("orders", "SELECT count(*) FROM orders WHERE customer_id IN (%s, %s)",
+                         (f"{c}|b", c)) == 1
+
+
+def test_idempotency_keys_are_scoped_by_token(stack):
+    """One key and one body from two tokens are two orders; each token gets
+    its own order back when it sends them again."""
+    key, c = stack.uid("key"), stack.uid("c")
+    a = post_keyed(stack, key, "orders", customerId=c)
+    b = post_keyed(stack, key, "admin", customerId=c)
+    assert a.status_code == 202 and b.status_code == 202, (a.text, b.text)
+    assert a.json()["orderId"] != b.json()["orderId"], "the second token got the first's order"
+    assert post_keyed(stack, key, "orders", customerId=c).json()["orderId"] == a.json()["orderId"]
+    assert post_keyed(stack, key, "admin", customerId=c).json()["orderId"] == b.json()["orderId"]
+    assert_problem(post_keyed(stack, key, "admin", customerId=c, quantity=2), 409)
+    assert stack.sql_one("orders", "SELECT count(*) FROM orders WHERE customer_id = %s",
+                         (c,)) == 2
+
+
+def test_idempotency_key_stored_before_scopes_still_answers(stack):
+    """A key stored by a version without scopes (scope '', fingerprint marked
+    v1 by the migration) still returns its order to a client retrying after
+    the upgrade, and still refuses a different request."""
+    key, c = stack.uid("key"), stack.uid("c")
+    oid = str(uuid.uuid4())
+    stack.sql("orders", "INSERT INTO orders(order_id, customer_id, sku, quantity, amount_cents,"
+              " status) VALUES (%s, %s, %s, 1, 100, 'PENDING')", (oid, c, VALID["sku"]))
+    stack.sql("orders", "INSERT INTO idempotency_keys(scope, idem_key, fingerprint, order_id)"
+              " VALUES ('', %s, %s, %s)", (key, f"v1|{c}|{VALID['sku']}|1|100", oid))
+    for token in ("orders", "admin"):
+        r = post_keyed(stack, key, token, customerId=c)
+        assert r.status_code == 202 and r.json()["orderId"] == oid, r.text
+    assert_problem(post_keyed(stack, key, "orders", customerId=c, quantity=2), 409)
+    assert stack.sql_one("orders", "SELECT count(*) FROM orders WHERE customer_id = %s",
+                         (c,)) == 1
+
+
 # ---------------------------------------------------------------- payment / inventory APIs
 
 
@@ -365,6 +514,29 @@ def test_put_with_wrong_content_type_is_415(stack, who):
                                          headers=auth(who, **{"Content-Type": "text/plain"})),
                      who, 415)
     assert stack.payments.balance(cust) is None and stack.inventory.stock(sku) is None
+
+
+def test_release_onto_the_largest_stock_fits(stack):
+    """Stock reserved, then set to the largest value PUT takes, then released
+    (the payment declined): the release is applied, not retried into the DLT."""
+    inv, pay = stack.daemons["inventory-service"], stack.daemons["payment-service"]
+    cust, sku = stack.uid("c"), stack.uid("s")
+    dlt0 = metric(inv.url, "orders_dead_lettered_total", topic="payments.completed")
+    stack.set_stock(sku, 5)
+    pay.stop()  # the decline must come after the PUT below
+    try:
+        oid = stack.orders.create_ok(cust, sku, 2, 100)  # unknown customer: declined
+        stack.wait_until(lambda: (stack.inventory.reservation(oid) or {}).get("status")
+                         == "RESERVED", 30, "stock reserved")
+        stack.set_stock(sku, 2147483647)
+    finally:
+        pay.start()
+        pay.wait_ready()
+    stack.wait_until(lambda: (stack.inventory.reservation(oid) or {}).get("status")
+                     == "RELEASED", 60, "reservation released")
+    assert stack.orders.wait_settled(oid, need=("payment", "inventory"))["status"] == "REJECTED"
+    assert stack.inventory.stock(sku) == 2147483647 + 2
+    assert metric(inv.url, "orders_dead_lettered_total", topic="payments.completed") == dlt0
 
 
 def test_unknown_ids_on_payment_and_inventory_are_404(stack):
@@ -427,6 +599,30 @@ def test_stalled_client_does_not_block_others(stack):
             stalled2.sendall(post_head(1000))  # promises a body that never comes
             r = stack.orders.get(f"/orders/{uuid.uuid4()}")
             assert r.status_code == 404
+
+
+# ---------------------------------------------------------------- database refused
+
+
+def test_orders_refused_by_the_database_get_503_and_leak_nothing(stack):
+    """While the database refuses order-service's role (CONNECTION LIMIT 0, its
+    sessions ended: the cluster itself stays up for other tests), every order
+    of the group commit is answered 503 with a problem document. Then the
+    daemon stops cleanly: on the ASan build a leaked answer body would make it
+    exit 1."""
+    d, role = stack.daemons["order-service"], DB_PREFIX + "orders"
+    stack.sql("orders", f'ALTER ROLE "{role}" CONNECTION LIMIT 0')
+    try:
+        stack.sql("orders", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                  " WHERE usename = %s", (role,))
+        for _ in range(10):
+            assert_problem(stack.orders.create(stack.uid("c"), "s", 1, 100), 503)
+    finally:
+        stack.sql("orders", f'ALTER ROLE "{role}" CONNECTION LIMIT -1')
+    d.stop()  # asserts exit status 0
+    d.start()
+    d.wait_ready()
+    stack.orders.create_ok(stack.uid("c"), "s", 1, 100)
 
 
 # ---------------------------------------------------------------- health

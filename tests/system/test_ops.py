@@ -1,6 +1,7 @@
 """
 Operations on the real stack: the systemd notify protocol (READY=1 only once
-the dependencies are up, watchdog pings, STOPPING=1), the drain on SIGTERM
+the dependencies are up, watchdog pings, STOPPING=1), readiness only once the
+consumer has joined its group, the drain on SIGTERM
 with an order in flight, /metrics in the Prometheus format (checked with
 promtool) with counters that move, and journald priority prefixes in logs.
 """
@@ -17,8 +18,10 @@ import time
 import pytest
 import requests
 
+from confluent_kafka import Consumer
+
 from conftest import bearer
-from helpers import headers, metric, produce_raw, value
+from helpers import headers, metric, metrics, produce_raw, value
 
 PROMTOOL = shutil.which("promtool")
 
@@ -98,7 +101,8 @@ def test_notify_ready_only_after_dependencies_watchdog_and_stopping(stack, tmp_p
     sock.bind(path)
     main = stack.daemons["payment-service"]
     url = re.sub(r"port=\d+", f"port={fwd.port}", stack.daemon_dsn("payments"))
-    env = dict(main.env, HTTP_PORT="18091", DATABASE_URL=url, NOTIFY_SOCKET=path,
+    port = main.port + 10  # offset with the others (TEST_PORT_OFFSET)
+    env = dict(main.env, HTTP_PORT=str(port), DATABASE_URL=url, NOTIFY_SOCKET=path,
                WATCHDOG_USEC="1000000", JOURNAL_STREAM="8:1234",
                CONSUMER_GROUP=stack.uid("notify-test"))
     log = tmp_path / "payment-notify.log"
@@ -114,7 +118,7 @@ def test_notify_ready_only_after_dependencies_watchdog_and_stopping(stack, tmp_p
         while not any("READY=1" in n for n in got) and time.monotonic() < deadline:
             got += notifications(sock, 0.5)
         assert any("READY=1" in n for n in got), f"no READY=1 after PostgreSQL came up: {got}"
-        r = requests.get("http://127.0.0.1:18091/readyz", timeout=5)
+        r = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
         assert r.status_code == 200, f"READY=1 sent but /readyz says {r.status_code} {r.text}"
         later = notifications(sock, 2.5)
         pings = [n for n in later if "WATCHDOG=1" in n]
@@ -135,6 +139,59 @@ def test_notify_ready_only_after_dependencies_watchdog_and_stopping(stack, tmp_p
             proc.wait()
         sock.close()
         fwd.close()
+
+
+def test_ready_only_once_the_consumer_joined_its_group(stack):
+    """/readyz waits for the consumer's first partition assignment. A member
+    of the group that holds the rebalance back (it stops polling, as a busy
+    instance may) keeps a new instance out of the group: that instance is not
+    ready although its database and brokers answer. Once the member lets go
+    the new instance joins and is ready. (On a fresh broker the same wait is
+    the offsets topic being created at the first join.)"""
+    group = stack.uid("join-test")
+    holder = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": group,
+                       "max.poll.interval.ms": 120000, "session.timeout.ms": 30000})
+    holder.subscribe(["orders.created"])
+    stack.wait_until(lambda: (holder.poll(0.2), holder.assignment())[1], 60,
+                     "the holding member to get its partitions")
+    main = stack.daemons["payment-service"]
+    port = main.port + 20
+    svc = type(main)("payment-service-join", main.binary, port,
+                     dict(main.env, HTTP_PORT=str(port), CONSUMER_GROUP=group),
+                     main.log_path.with_name("payment-service-join.log"))
+
+    def readyz():
+        try:
+            r = svc.http_get("/readyz", timeout=2)
+            return r.status_code, r.json()
+        except (requests.RequestException, ValueError):
+            return None, {}
+
+    try:
+        svc.start()
+        up = ("started", "database", "kafka")
+        stack.wait_until(lambda: all(readyz()[1].get(k) for k in up), 60,
+                         "the new instance's database and brokers to answer")
+        # The member does not poll: the rebalance the new instance asked for
+        # waits for it (up to its max.poll.interval.ms), and so does readiness.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            status, body = readyz()
+            assert status == 503 and body.get("consumerGroup") is False, (
+                f"ready before it joined its group: {status} {body}\n{svc.log_tail()}")
+            time.sleep(0.2)
+        holder.close()
+        holder = None
+        svc.wait_ready(60)
+        status, body = readyz()
+        assert status == 200 and body.get("consumerGroup") is True, body
+        assert "joined consumer group" in svc.log_path.read_text()
+        svc.stop()
+    finally:
+        if holder is not None:
+            holder.close()
+        if svc.running():
+            svc.terminate()
 
 
 def test_sigterm_drains_in_order_and_loses_nothing(stack):
@@ -172,7 +229,9 @@ def test_metrics_pass_promtool(stack, name):
     assert cp.returncode == 0, f"promtool: {cp.stdout}{cp.stderr}"
     for family in ("orders_records_consumed_total", "orders_dead_lettered_total",
                    "orders_outbox_backlog", "orders_http_request_duration_seconds",
-                   "orders_ready"):
+                   "orders_ready") + (("orders_settle_duration_seconds", "orders_pending",
+                                       "orders_pending_oldest_age_seconds")
+                                      if name == "order-service" else ()):
         assert f"# TYPE {family} " in r.text, f"{family} missing"
 
 
@@ -202,6 +261,66 @@ def test_counters_move(stack):
     assert metric(order_svc.url, "orders_http_requests_total", route="/orders", method="POST",
                   status="202") == posts0 + 1
     assert metric(order_svc.url, "orders_ready") == 1
+
+
+def test_settlement_metrics(stack):
+    """orders_settle_duration_seconds observes each settled order once, by
+    outcome, with the time from its creation to its settlement as the order
+    itself shows it; orders_pending and orders_pending_oldest_age_seconds show
+    an order waiting for a reply, and drop to 0 once it settled."""
+    svc, pay = stack.daemons["order-service"], stack.daemons["payment-service"]
+
+    def settle(outcome):
+        return (metric(svc.url, "orders_settle_duration_seconds_count", outcome=outcome),
+                metric(svc.url, "orders_settle_duration_seconds_sum", outcome=outcome))
+
+    (c0, s0), (r0, q0) = settle("confirmed"), settle("rejected")
+    cust, sku = stack.uid("c"), stack.uid("s")
+    stack.fund(cust, 1_000)
+    stack.set_stock(sku, 5)
+    ok = stack.orders.wait_settled(stack.orders.create_ok(cust, sku, 1, 100),
+                                   need=("payment", "inventory"))
+    no = stack.orders.wait_settled(stack.orders.create_ok(stack.uid("nobody"), sku, 1, 100))
+    assert (ok["status"], no["status"]) == ("CONFIRMED", "REJECTED"), (ok, no)
+
+    def took(o):
+        return (stack.parse_ts(o["settledAt"]) - stack.parse_ts(o["createdAt"])).total_seconds()
+
+    (c1, s1), (r1, q1) = settle("confirmed"), settle("rejected")
+    assert (c1 - c0, r1 - r0) == (1, 1), "each settled order is observed once, by its outcome"
+    assert abs((s1 - s0) - took(ok)) < 0.002, (s1 - s0, took(ok))
+    assert abs((q1 - q0) - took(no)) < 0.002, (q1 - q0, took(no))
+
+    # The gauges against the database itself (other tests may have left
+    # orders PENDING for good: their records are on a DLT); the gauges are
+    # refreshed at most every 2 s.
+    def db_pending():
+        n, age = stack.sql("orders", "SELECT count(*), coalesce(extract(epoch FROM "
+                           "clock_timestamp() - min(created_at)), 0) FROM orders "
+                           "WHERE status = 'PENDING'")[0]
+        return n, float(age)
+
+    def gauges_match(extra=0):
+        (n, age), m = db_pending(), metrics(svc.url)
+        shown = (m.get(("orders_pending", frozenset()), -1),
+                 m.get(("orders_pending_oldest_age_seconds", frozenset()), -1))
+        return shown[0] == n + extra and abs(shown[1] - age) < 4, (shown, n, age)
+
+    stack.wait_until(gauges_match, 30, "orders_pending* as the database counts them")
+    n0 = db_pending()[0]
+    # An order that cannot settle while payment-service is down.
+    pay.stop()
+    try:
+        oid = stack.orders.create_ok(cust, sku, 1, 100)
+        stack.wait_until(lambda: db_pending()[0] == n0 + 1 and gauges_match()[0]
+                         and metric(svc.url, "orders_pending_oldest_age_seconds") >= 2.0,
+                         30, "orders_pending one up, the oldest age 2 s or more")
+    finally:
+        pay.start()
+        pay.wait_ready()
+    stack.orders.wait_settled(oid, need=("payment", "inventory"))
+    stack.wait_until(lambda: db_pending()[0] == n0 and gauges_match()[0], 30,
+                     "orders_pending back down once the order settled")
 
 
 def test_log_lines_carry_record_fields_and_one_trace(stack):

@@ -47,7 +47,9 @@ ORIG_PARTITION = 3
 ORIG_OFFSET = 87
 ORIG_TIMESTAMP_MS = 1764197401123  # 2025-11-26T22:50:01.123Z
 GROUP = "payment-service"
-REASON = "field quantity: must be an integer >= 1"
+REASON = "unknown order order-orderctl-1"
+CAUSE_POISON = b"org.springframework.kafka.support.serializer.DeserializationException"
+CAUSE_PROCESSING = b"com.devcraftly.orders.RecordProcessingException"
 KEY = b"order-orderctl-1"
 VALUE = b'{"orderId":"order-orderctl-1","customerId":"c-1","sku":"sku-1","quantity":0,"amountCents":100}'
 EVENT_HEADERS = [
@@ -119,7 +121,7 @@ def topic_config(admin, topic, name):
     return configs[name].value
 
 
-def dlt_headers(orig_topic, partition, offset, ts_ms, group, reason):
+def dlt_headers(orig_topic, partition, offset, ts_ms, group, reason, cause=CAUSE_PROCESSING):
     """The kafka_dlt-* headers as Spring (and common/cm_dlt.c) encode them."""
     return [
         ("kafka_dlt-original-topic", orig_topic.encode()),
@@ -130,8 +132,7 @@ def dlt_headers(orig_topic, partition, offset, ts_ms, group, reason):
         ("kafka_dlt-original-consumer-group", group.encode()),
         ("kafka_dlt-exception-fqcn",
          b"org.springframework.kafka.listener.ListenerExecutionFailedException"),
-        ("kafka_dlt-exception-cause-fqcn",
-         b"org.springframework.kafka.support.serializer.DeserializationException"),
+        ("kafka_dlt-exception-cause-fqcn", cause),
         ("kafka_dlt-exception-message", reason.encode()),
     ]
 
@@ -244,8 +245,8 @@ def recreate_topic(admin, name, partitions, timeout=60):
 
 def test_kafka_launcher_variables_are_ignored(broker, admin):
     """orderctl works in a shell with Kafka's launcher variables set, without a
-    word about them (--verbose names each), and still warns about an unknown
-    KAFKA_* name."""
+    word about them (--verbose names each), and refuses an unknown KAFKA_*
+    name as the daemons do (exit 78 naming it, nothing created)."""
     cp = orderctl("topics", "ensure", extra_env=LAUNCHER_ENV)
     assert cp.returncode == 0, cp.stderr
     assert "ignoring" not in cp.stderr, cp.stderr
@@ -254,9 +255,10 @@ def test_kafka_launcher_variables_are_ignored(broker, admin):
     for var in LAUNCHER_ENV:
         assert f"ignoring {var}:" in cp.stderr, f"--verbose did not name {var}:\n{cp.stderr}"
     cp = orderctl("topics", "ensure", extra_env=dict(LAUNCHER_ENV, KAFKA_NO_SUCH_PROPERTY="1"))
-    assert cp.returncode == 0, cp.stderr
-    warned = [ln for ln in cp.stderr.splitlines() if "ignoring" in ln]
-    assert len(warned) == 1 and "KAFKA_NO_SUCH_PROPERTY" in warned[0], cp.stderr
+    assert cp.returncode == 78, cp.stderr
+    assert cp.stderr.startswith("orderctl: configuration error: unknown KAFKA_NO_SUCH_PROPERTY:"), (
+        cp.stderr)
+    assert "ignoring" not in cp.stderr and "created:" not in cp.stdout, cp.stderr
 
 
 def test_topics_ensure_reports_drift_and_changes_nothing(broker, admin):
@@ -305,7 +307,7 @@ def test_dlt_tail_decodes_headers(broker, dlt_record):
     assert r["originalTimestampType"] == "CREATE_TIME"
     assert r["consumerGroup"] == GROUP
     assert r["exceptionFqcn"].endswith("ListenerExecutionFailedException")
-    assert r["exceptionCauseFqcn"].endswith("DeserializationException")
+    assert r["exceptionCauseFqcn"].endswith("RecordProcessingException")
     assert r["exceptionMessage"] == REASON
     assert r["key"] == KEY.decode() and r["payload"] == VALUE.decode()
     assert [(h["name"], h["value"].encode()) for h in r["headers"]] == EVENT_HEADERS
@@ -397,3 +399,87 @@ def test_dlt_depth_after_replay(broker, admin, dlt_record):
     assert "0 not yet replayed" in cp.stdout
     # tail, depth and replay read with assign() and never commit: no group exists
     assert [g.id for g in admin.list_groups(timeout=10)] == []
+
+
+def write_dlt(broker, dlt_topic, dlt_partition, key, value, orig_offset, group, cause):
+    """Writes one DLT record as consumer group `group` would have dead-lettered
+    the record at <source>/<dlt_partition>/<orig_offset>; returns its offset."""
+    source = dlt_topic[:-len(".DLT")]
+    etype = {"orders.created": b"OrderCreated", "payments.completed": b"PaymentCompleted",
+             "inventory.reserved": b"InventoryReserved"}[source]
+    hdrs = [("event-type", etype), ("event-version", b"1")] + dlt_headers(
+        source, dlt_partition, orig_offset, ORIG_TIMESTAMP_MS, group, "test", cause)
+    p = Producer({"bootstrap.servers": broker, "enable.idempotence": True})
+    out = []
+    p.produce(dlt_topic, key=key, value=value, partition=dlt_partition, headers=hdrs,
+              on_delivery=lambda err, msg: out.append((err, msg)))
+    assert p.flush(30) == 0 and out and out[0][0] is None, out
+    return out[0][1].offset()
+
+
+def keys_on(broker, topic, partition):
+    return [m.key() for m in read_topic(broker, topic) if m.partition() == partition]
+
+
+def not_replayed(topic, partition):
+    cp = orderctl("dlt", "depth", "--warn", "1000")
+    assert cp.returncode == 0, cp.stderr
+    return depth_row(cp.stdout, topic, partition)[3]
+
+
+def test_dlt_replay_keeps_poison_records(broker):
+    """A poison record, dead-lettered by both consumer groups of
+    orders.created, is not sent back by `replay --all` (each group would
+    dead-letter it again: 2 copies become 4, then 8): replayed twice, the DLT
+    depth stays where it was and nothing reaches the source topic. Asked for
+    with --include-poison, it is sent back once for its two copies."""
+    key, val = b"poison-orderctl-1", b"\x00\xffnot json{"
+    for group in ("payment-service", "inventory-service"):
+        write_dlt(broker, DLT_TOPIC, 1, key, val, 40, group, CAUSE_POISON)
+    depth0 = not_replayed(DLT_TOPIC, 1)
+    source0 = total_records(broker, "orders.created")
+    assert depth0 == 2
+    for _ in range(2):
+        cp = orderctl("dlt", "replay", "--all")
+        assert cp.returncode == 0, cp.stderr
+        assert "replayed 0, skipped 1 already replayed, 0 failed" in cp.stdout
+        assert "kept 2 poison record(s) on the DLT" in cp.stdout
+        assert not_replayed(DLT_TOPIC, 1) == depth0
+        assert total_records(broker, DLT_TOPIC) == 3
+        assert total_records(broker, "orders.created") == source0
+    cp = orderctl("dlt", "replay", "--key", key.decode(), "--include-poison")
+    assert cp.returncode == 0, cp.stderr
+    assert "replayed 1, skipped 0 already replayed, 0 failed" in cp.stdout
+    assert "marked 1 copy(ies)" in cp.stdout
+    assert keys_on(broker, "orders.created", 1) == [key]
+    assert not_replayed(DLT_TOPIC, 1) == 0
+
+
+def test_dlt_replay_sends_a_record_of_both_groups_once(broker):
+    """A valid record that both consumer groups of inventory.reserved
+    dead-lettered (two DLT copies naming the same original offset) goes back
+    once, also when the second copy arrives after a first replay; the copies
+    are all marked as replayed, and a record of its own between them is sent
+    as usual."""
+    dlt, part = "inventory.reserved.DLT", 2
+    k1, k2, k3 = b"both-groups-1", b"one-group-2", b"late-copy-3"
+    write_dlt(broker, dlt, part, k1, b'{"v":1}', 70, "order-service", CAUSE_PROCESSING)
+    write_dlt(broker, dlt, part, k2, b'{"v":2}', 71, "payment-service", CAUSE_PROCESSING)
+    write_dlt(broker, dlt, part, k1, b'{"v":1}', 70, "payment-service", CAUSE_PROCESSING)
+    write_dlt(broker, dlt, part, k3, b'{"v":3}', 72, "order-service", CAUSE_PROCESSING)
+    cp = orderctl("dlt", "replay", "--topic", dlt, "--all")
+    assert cp.returncode == 0, cp.stderr
+    assert "replayed 3, skipped 0 already replayed, 0 failed" in cp.stdout
+    assert "marked 1 copy(ies)" in cp.stdout
+    assert sorted(keys_on(broker, "inventory.reserved", part)) == sorted([k1, k2, k3])
+    assert not_replayed(dlt, part) == 0
+
+    # The other group dead-letters k3 later: a second replay only marks it.
+    write_dlt(broker, dlt, part, k3, b'{"v":3}', 72, "payment-service", CAUSE_PROCESSING)
+    assert not_replayed(dlt, part) == 1
+    cp = orderctl("dlt", "replay", "--topic", dlt, "--all")
+    assert cp.returncode == 0, cp.stderr
+    assert "replayed 0, skipped 4 already replayed, 0 failed" in cp.stdout
+    assert "marked 1 copy(ies)" in cp.stdout
+    assert sorted(keys_on(broker, "inventory.reserved", part)) == sorted([k1, k2, k3])
+    assert not_replayed(dlt, part) == 0

@@ -259,7 +259,7 @@ def promtool():
 def test_alert_rules_check(promtool):
     r = run(promtool, "check", "rules", str(ALERTS))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 5 rules found" in r.stdout, r.stdout
+    assert "SUCCESS: 8 rules found" in r.stdout, r.stdout
 
 
 def test_alert_rules_fire(promtool, tmp_path):
@@ -292,6 +292,15 @@ def test_alert_rules_fire(promtool, tmp_path):
         ("orders_consumer_lag" + labels_str(**i, topic="orders.created", partition="3"),
          "900x20"),
         ("orders_outbox_oldest_age_seconds" + labels_str(**o), "0+60x20"),
+        # the oldest PENDING order grows a minute a minute: > 300 s from 6m on
+        ("orders_pending_oldest_age_seconds" + labels_str(**o), "0+60x20"),
+        # orders settle in 2..5 s: p99 ~5 s, above the 2 s objective
+        *[("orders_settle_duration_seconds_bucket" + labels_str(**o, outcome="confirmed", le=le),
+           v) for le, v in (("1", "0x30"), ("2", "0+1x30"), ("5", "0+100x30"),
+                            ("+Inf", "0+100x30"))],
+        # a third of the orders rejected, 1.5 settled a second
+        ("orders_settled_total" + labels_str(**o, status="REJECTED"), "0+30x40"),
+        ("orders_settled_total" + labels_str(**o, status="CONFIRMED"), "0+60x40"),
     ]
     tests = {
         "rule_files": [str(ALERTS)],
@@ -312,7 +321,35 @@ def test_alert_rules_fire(promtool, tmp_path):
                        job="payment-service", topic="orders.created", partition="3"),
                 expect("OrdersOutboxStuck", "5m"),
                 expect("OrdersOutboxStuck", "8m", severity="page", **o),
+                expect("OrdersNotSettling", "6m"),
+                expect("OrdersNotSettling", "9m", severity="page", job="order-service"),
+                expect("OrdersSettlementSlow", "4m"),
+                expect("OrdersSettlementSlow", "8m", severity="ticket", job="order-service"),
+                expect("OrdersRejectionRatioHigh", "14m"),
+                expect("OrdersRejectionRatioHigh", "20m", severity="ticket",
+                       job="order-service"),
             ],
+        }, {
+            # Healthy: nothing of the business view fires. Orders wait 30 s at
+            # most, settle within 100 ms, one in ten rejected; and one lone
+            # order rejected out of one (too few to call a spike).
+            "interval": "1m",
+            "input_series": [{"series": s, "values": v} for s, v in [
+                ("orders_pending_oldest_age_seconds" + labels_str(**o), "30x40"),
+                *[("orders_settle_duration_seconds_bucket"
+                   + labels_str(**o, outcome="confirmed", le=le), v)
+                  for le, v in (("0.05", "0+500x40"), ("0.1", "0+1000x40"),
+                                ("+Inf", "0+1000x40"))],
+                ("orders_settled_total" + labels_str(**o, status="REJECTED"), "0+10x40"),
+                ("orders_settled_total" + labels_str(**o, status="CONFIRMED"), "0+90x40"),
+                ("orders_settled_total" + labels_str(job="order-service-canary",
+                                                     instance="h2:8080", status="REJECTED"),
+                 "0+0.6x40"),
+            ]],
+            "promql_expr_test": [expect(a, t) for a in ("OrdersNotSettling",
+                                                        "OrdersSettlementSlow",
+                                                        "OrdersRejectionRatioHigh")
+                                 for t in ("10m", "30m")],
         }],
     }
     test_file = tmp_path / "alerts.test.yml"

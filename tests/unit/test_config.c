@@ -160,6 +160,13 @@ static void every_password_form_is_masked(void **state)
     /* a URI as a value (libpq expands a dbname that is one) */
     expect_mask("dbname=postgresql://u:pw@h/db password=x",
                 "dbname=postgresql://u:***@h/db password=***");
+    /* libpq ends the credentials at an '@' before the first '/', so a raw
+     * '?' or '#' in the password is still the password */
+    expect_mask("postgresql://app:s3?cret@db:5432/orders", "postgresql://app:***@db:5432/orders");
+    expect_mask("postgresql://app:a?b@db", "postgresql://app:***@db");
+    expect_mask("postgresql://app:x?password=y@db/o?sslmode=require",
+                "postgresql://app:***@db/o?sslmode=require");
+    expect_mask("postgresql://app:p#w@db/o", "postgresql://app:***@db/o");
 }
 
 static void secret_names(void **state)
