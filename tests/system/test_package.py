@@ -248,6 +248,14 @@ def test_version_is_the_projects_and_the_changelogs(built):
         assert sh(["dpkg-deb", "-f", p, "Version"]).stdout.strip() == v2
 
 
+def test_package_sh_refuses_a_version_that_is_not_an_upgrade():
+    for v, why in (("0.0.1", "not higher"), ("1.x", "numeric")):
+        r = sh([ROOT / "deploy" / "package.sh", "--version", v, "--out", WORK / "refused"],
+               check=False)
+        assert r.returncode == 1 and why in r.stderr, r.stderr
+    assert not (WORK / "refused").exists()
+
+
 def test_lintian_finds_no_errors_and_each_warning_is_documented(built):
     lines = [ln for ln in built["lintian"].splitlines() if re.match(r"^[EWX]: ", ln)]
     assert not [ln for ln in lines if ln.startswith(("E:", "X:"))], built["lintian"]
