@@ -15,29 +15,40 @@ PACKAGES=(
     curl procps
     systemd prometheus clang-format
 )
+# --packaging: what deploy/package.sh needs on top (debian/control's
+# Build-Depends are the C libraries above); --container: what the package
+# test's systemd container needs (without recommends: libnss-mymachines would
+# edit the host's /etc/nsswitch.conf).
+PACKAGING=(debhelper dpkg-dev help2man lintian)
+CONTAINER=(debootstrap systemd-container)
 
 usage() {
     cat <<USAGE
-Usage: $(basename "$0") [--check] [--help]
+Usage: $(basename "$0") [--check] [--packaging] [--container] [--help]
 
 Installs the missing ones of: ${PACKAGES[*]}
 and default-jre-headless when no 'java' is on PATH.
 
-  --check   only report; exit 1 when something is missing
+  --check       only report; exit 1 when something is missing
+  --packaging   also ${PACKAGING[*]} (deploy/package.sh)
+  --container   also ${CONTAINER[*]} (the package test's systemd container)
   --help    this text
 USAGE
 }
 
 CHECK=0
+EXTRA=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --check) CHECK=1; shift ;;
+        --packaging) EXTRA+=("${PACKAGING[@]}"); shift ;;
+        --container) EXTRA+=("${CONTAINER[@]}"); shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "install-deps: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 
-wanted=("${PACKAGES[@]}")
+wanted=("${PACKAGES[@]}" "${EXTRA[@]}")
 command -v java >/dev/null 2>&1 || wanted+=(default-jre-headless)
 
 missing=()

@@ -13,5 +13,7 @@ int oc_cmd_dlt_replay(oc_opts *o, int argc, char **argv);
 int oc_cmd_topics_ensure(oc_opts *o, int argc, char **argv);
 int oc_cmd_token_new(oc_opts *o, int argc, char **argv);
 int oc_cmd_token_hash(oc_opts *o, int argc, char **argv);
+int oc_cmd_token_init(oc_opts *o, int argc, char **argv);
+int oc_cmd_db_create(oc_opts *o, int argc, char **argv);
 int oc_cmd_acls_show(oc_opts *o, int argc, char **argv);
 int oc_cmd_acls_ensure(oc_opts *o, int argc, char **argv);

@@ -12,8 +12,8 @@
 static const char usage_text[] =
     "Usage: orderctl [common options] COMMAND [options]\n"
     "\n"
-    "Operate the dead-letter topics and the topics of the order system; make\n"
-    "the HTTP API's bearer tokens.\n"
+    "Set a host up (a service's database, the HTTP API's token file), operate the\n"
+    "dead-letter topics and the topics of the order system, make bearer tokens.\n"
     "\n"
     "Commands:\n"
     "  dlt tail [-f]    print the records of the dead-letter topics, decoded\n"
@@ -24,6 +24,9 @@ static const char usage_text[] =
     "  topics ensure    create the missing topics, report drift of existing ones\n"
     "  token new        a new bearer token for the HTTP API and its token-file line\n"
     "  token hash       the token-file hash of a token read from stdin\n"
+    "  token init       write a host's token file and print its clients' tokens\n"
+    "  db create        a service's PostgreSQL role and database (administrator's\n"
+    "                   connection; --pgpass: a password and its pgpass file)\n"
     "  acls show        print the least-privilege ACLs of the system's principals\n"
     "  acls ensure      create the missing ACLs, report (--prune: delete) extra ones\n"
     "\n"
@@ -43,10 +46,11 @@ typedef struct {
 } command;
 
 static const command commands[] = {
-    {"dlt", "tail", oc_cmd_dlt_tail, true},     {"dlt", "depth", oc_cmd_dlt_depth, true},
-    {"dlt", "replay", oc_cmd_dlt_replay, true}, {"topics", "ensure", oc_cmd_topics_ensure, true},
-    {"token", "new", oc_cmd_token_new, false},  {"token", "hash", oc_cmd_token_hash, false},
-    {"acls", "show", oc_cmd_acls_show, false},  {"acls", "ensure", oc_cmd_acls_ensure, true},
+    {"dlt", "tail", oc_cmd_dlt_tail, true},      {"dlt", "depth", oc_cmd_dlt_depth, true},
+    {"dlt", "replay", oc_cmd_dlt_replay, true},  {"topics", "ensure", oc_cmd_topics_ensure, true},
+    {"token", "new", oc_cmd_token_new, false},   {"token", "hash", oc_cmd_token_hash, false},
+    {"acls", "show", oc_cmd_acls_show, false},   {"acls", "ensure", oc_cmd_acls_ensure, true},
+    {"token", "init", oc_cmd_token_init, false}, {"db", "create", oc_cmd_db_create, false},
 };
 
 /* Parses the common options before the command; returns -1 to go on. */
