@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 volatile sig_atomic_t oc_stop = 0;
 
@@ -216,4 +217,56 @@ int64_t oc_now_ms(void)
 int64_t oc_mono_ms(void)
 {
     return tl_clock_ns(CLOCK_MONOTONIC) / 1000000;
+}
+
+int oc_write_file(const char *path, const char *text, mode_t mode, bool make_dirs)
+{
+    char dir[4096], tmp[4200];
+    const char *slash = strrchr(path, '/');
+    size_t len = strlen(text);
+    int fd;
+
+    if (make_dirs && slash && slash != path) {
+        if ((size_t)(slash - path) >= sizeof(dir)) {
+            oc_err("%s: path too long", path);
+            return -1;
+        }
+        memcpy(dir, path, (size_t)(slash - path));
+        dir[slash - path] = '\0';
+        /* mkdir -p: each missing folder on the way, 0700 */
+        for (char *p = dir + 1;; p++) {
+            bool last = *p == '\0';
+
+            if (*p != '/' && !last)
+                continue;
+            *p = '\0';
+            if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+                oc_err("could not create %s: %s", dir, strerror(errno));
+                return -1;
+            }
+            if (last)
+                break;
+            *p = '/';
+        }
+    }
+    if (snprintf(tmp, sizeof(tmp), "%s.tmpXXXXXX", path) >= (int)sizeof(tmp)) {
+        oc_err("%s: path too long", path);
+        return -1;
+    }
+    if ((fd = mkstemp(tmp)) < 0) {
+        oc_err("could not create %s: %s", tmp, strerror(errno));
+        return -1;
+    }
+    if (fchmod(fd, mode) < 0 || write(fd, text, len) != (ssize_t)len || fsync(fd) < 0) {
+        oc_err("could not write %s: %s", tmp, strerror(errno));
+        close(fd);
+        unlink(tmp);
+        return -1;
+    }
+    if (close(fd) < 0 || rename(tmp, path) < 0) {
+        oc_err("could not write %s: %s", path, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
 }

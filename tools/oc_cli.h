@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* Exit codes of every command (documented in each --help). */
 enum {
@@ -95,6 +96,11 @@ int oc_getopt(int argc, char **argv, const char *shortopts, const struct option 
 
 /* True if topic names a dead-letter topic ("<topic>.DLT"). */
 bool oc_is_dlt_topic(const char *topic);
+
+/* Writes text to path atomically (temporary file, fsync, rename) with mode;
+ * with make_dirs, makes missing folders on the way (0700). 0 or -1
+ * (reported): a daemon reading the file never sees half of it. */
+int oc_write_file(const char *path, const char *text, mode_t mode, bool make_dirs);
 
 /* Prints "orderctl: <message>\n" on stderr. */
 void oc_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -169,60 +169,6 @@ static int random_password(char out[33])
     return 0;
 }
 
-/* Writes text to path atomically (temporary file, fsync, rename), mode 0600;
- * makes the folder (0700) if missing. 0 or -1 (reported). */
-static int write_private(const char *path, const char *text)
-{
-    char dir[4096], tmp[4200];
-    const char *slash = strrchr(path, '/');
-    size_t len = strlen(text);
-    int fd;
-
-    if (slash && slash != path) {
-        if ((size_t)(slash - path) >= sizeof(dir)) {
-            oc_err("%s: path too long", path);
-            return -1;
-        }
-        memcpy(dir, path, (size_t)(slash - path));
-        dir[slash - path] = '\0';
-        /* mkdir -p: each missing folder on the way, 0700 */
-        for (char *p = dir + 1;; p++) {
-            bool last = *p == '\0';
-
-            if (*p != '/' && !last)
-                continue;
-            *p = '\0';
-            if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
-                oc_err("could not create %s: %s", dir, strerror(errno));
-                return -1;
-            }
-            if (last)
-                break;
-            *p = '/';
-        }
-    }
-    if (snprintf(tmp, sizeof(tmp), "%s.tmpXXXXXX", path) >= (int)sizeof(tmp)) {
-        oc_err("%s: path too long", path);
-        return -1;
-    }
-    if ((fd = mkstemp(tmp)) < 0) {
-        oc_err("could not create %s: %s", tmp, strerror(errno));
-        return -1;
-    }
-    if (fchmod(fd, 0600) < 0 || write(fd, text, len) != (ssize_t)len || fsync(fd) < 0) {
-        oc_err("could not write %s: %s", tmp, strerror(errno));
-        close(fd);
-        unlink(tmp);
-        return -1;
-    }
-    if (close(fd) < 0 || rename(tmp, path) < 0) {
-        oc_err("could not write %s: %s", path, strerror(errno));
-        unlink(tmp);
-        return -1;
-    }
-    return 0;
-}
-
 static int set_password(PGconn *conn, const char *role, const char *db, const char *file)
 {
     char pw[33], line[256], sql[512];
@@ -252,7 +198,7 @@ static int set_password(PGconn *conn, const char *role, const char *db, const ch
     /* The file first: a failed ALTER leaves the old password working, while
      * a password set but never written down would lock the service out. */
     snprintf(line, sizeof(line), "*:*:%s:%s:%s\n", db, role, pw);
-    if (write_private(file, line) < 0 || exec_ok(conn, sql, "set the password") < 0)
+    if (oc_write_file(file, line, 0600, true) < 0 || exec_ok(conn, sql, "set the password") < 0)
         goto out;
     fprintf(stderr, "orderctl: new password of \"%s\" written to %s (0600)\n", role, file);
     r = 0;

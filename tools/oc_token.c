@@ -207,36 +207,6 @@ static int parse_client(const char *arg, init_client *c)
     return check_scopes(c->scopes) == 0 ? -1 : OC_EXIT_USAGE;
 }
 
-/* Writes text to path through a temporary file and rename, mode 0644: the
- * daemons never see half a file. 0 or -1 (reported). */
-static int write_public(const char *path, const char *text)
-{
-    char tmp[4200];
-    size_t len = strlen(text);
-    int fd;
-
-    if (snprintf(tmp, sizeof(tmp), "%s.tmpXXXXXX", path) >= (int)sizeof(tmp)) {
-        oc_err("%s: path too long", path);
-        return -1;
-    }
-    if ((fd = mkstemp(tmp)) < 0) {
-        oc_err("could not create %s: %s", tmp, strerror(errno));
-        return -1;
-    }
-    if (fchmod(fd, 0644) < 0 || write(fd, text, len) != (ssize_t)len || fsync(fd) < 0 ||
-        close(fd) < 0) {
-        oc_err("could not write %s: %s", tmp, strerror(errno));
-        unlink(tmp);
-        return -1;
-    }
-    if (rename(tmp, path) < 0) {
-        oc_err("could not write %s: %s", path, strerror(errno));
-        unlink(tmp);
-        return -1;
-    }
-    return 0;
-}
-
 int oc_cmd_token_init(oc_opts *o, int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -307,7 +277,7 @@ int oc_cmd_token_init(oc_opts *o, int argc, char **argv)
         used += (size_t)snprintf(file_text + used, sizeof(file_text) - used, "%s %s %s\n", hash,
                                  clients[i].name, clients[i].scopes);
     }
-    if (write_public(file, file_text) < 0) {
+    if (oc_write_file(file, file_text, 0644, false) < 0) {
         explicit_bzero(toks, sizeof(toks));
         return OC_EXIT_INFRA;
     }
