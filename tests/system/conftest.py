@@ -28,7 +28,11 @@ Environment:
                     then topics get replication factor 3, min.insync.replicas 2)
   TEST_PORT_OFFSET  added to every port the tests listen on (daemons, broker),
                     and part of the test databases' prefix, so that two test
-                    runs (two work trees) can share one host (default 0)
+                    runs (two work trees) can share one host (default 0).
+                    kafka.sh takes ports P, P+100 and P+200 and the secure
+                    brokers start at 19392 and 19692: offsets of parallel runs
+                    must be 300 or more apart (e.g. 0, 500, 1000), or under 100
+                    apart with none of their ports overlapping (0 and 50)
 """
 
 import atexit
