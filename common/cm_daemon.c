@@ -375,7 +375,11 @@ static void refresh_on_scrape(cm_daemon *d)
         return;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     now = ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
-    pthread_mutex_lock(&d->scrape_mu);
+    /* A refresh already running (a slow database) is not waited for: this
+     * scrape gets the last values, and scrapes never pile up on HTTP
+     * threads behind one query. */
+    if (pthread_mutex_trylock(&d->scrape_mu) != 0)
+        return;
     if (d->scraped_ms == 0 || now - d->scraped_ms >= SCRAPE_REFRESH_MS) {
         d->def->on_scrape(d);
         d->scraped_ms = now;
