@@ -544,6 +544,16 @@ void ev_traceparent_new(char out[56])
     memcpy(p, "-01", 4); /* sampled; includes the NUL */
 }
 
+void ev_span_id(char out[17])
+{
+    unsigned char span[8];
+
+    do
+        random_bytes(span, sizeof(span));
+    while (all_zero(span, sizeof(span)));
+    *hex(out, span, sizeof(span)) = '\0';
+}
+
 /* n lowercase hex digits; *ret_nonzero tells whether any is not '0'. */
 static bool lower_hex(const char *s, size_t n, bool *ret_nonzero)
 {

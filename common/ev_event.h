@@ -101,5 +101,7 @@ bool ev_id_valid(const char *s, size_t max);
 void ev_uuid(char out[37]);
 /* Fills out with a new W3C traceparent "00-<32 hex>-<16 hex>-01" (56 bytes). */
 void ev_traceparent_new(char out[56]);
+/* Fills out with a new random, non-zero span id: 16 lowercase hex digits. */
+void ev_span_id(char out[17]);
 /* Returns true if s is a well-formed W3C traceparent of version 00. */
 bool ev_traceparent_valid(const char *s, size_t len);
