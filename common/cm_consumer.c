@@ -28,6 +28,13 @@ typedef struct {
     bool has_traceparent;
     cm_plan plan;
     PGresult *res[CM_PLAN_MAX];
+    /* The record's CONSUMER span, when traced: its traceparent goes to the
+     * handler; result is the loop's verdict, outcome the handler's. */
+    bool traced;
+    cm_span_ctx span;
+    char span_tp[56];
+    const char *result;
+    char outcome[CM_OUTCOME_MAX];
 } slot;
 
 typedef struct {
@@ -65,7 +72,7 @@ static const cm_subscription *find_sub(const loop *l, const rd_kafka_message_t *
     return NULL;
 }
 
-static void slot_fill(slot *s, rd_kafka_message_t *m)
+static void slot_fill(const loop *l, slot *s, rd_kafka_message_t *m)
 {
     rd_kafka_headers_t *h = NULL;
     const void *v;
@@ -83,6 +90,37 @@ static void slot_fill(slot *s, rd_kafka_message_t *m)
         if (ev_traceparent_valid(s->traceparent, len))
             snprintf(s->trace_id, sizeof(s->trace_id), "%.32s", s->traceparent + 3);
     }
+    s->traced =
+        s->has_traceparent && cm_trace_start(l->cfg->tracer, s->traceparent, false, &s->span);
+    if (s->traced) {
+        cm_trace_traceparent(&s->span, s->span_tp);
+        s->result = "interrupted"; /* until the loop knows better */
+        s->outcome[0] = '\0';
+    }
+}
+
+/* Ends the span of a traced record once its fate is known. */
+static void end_span(const loop *l, const slot *s)
+{
+    const rd_kafka_message_t *m = s->msg;
+    char name[CM_SPAN_NAME_MAX], key[CM_SPAN_TAG_MAX], part[12], off[24];
+    size_t klen = m->key_len < sizeof(key) - 1 ? m->key_len : sizeof(key) - 1;
+    const cm_span_tag tags[] = {
+        {"order.id", key},
+        {"kafka.topic", rd_kafka_topic_name(m->rkt)},
+        {"kafka.partition", part},
+        {"kafka.offset", off},
+        {"outcome", s->outcome[0] ? s->outcome : s->result},
+        {"consumer.result", s->result},
+    };
+
+    memcpy(key, m->key ? m->key : "", m->key ? klen : 0);
+    key[m->key ? klen : 0] = '\0';
+    snprintf(name, sizeof(name), "consume %s", rd_kafka_topic_name(m->rkt));
+    snprintf(part, sizeof(part), "%d", (int)m->partition);
+    snprintf(off, sizeof(off), "%lld", (long long)m->offset);
+    cm_trace_end(l->cfg->tracer, &s->span, CM_SPAN_CONSUMER, name, "kafka", tags,
+                 sizeof(tags) / sizeof(tags[0]), 0);
 }
 
 /* Checks what the loop itself can tell about a record: a handler exists, the
@@ -114,9 +152,11 @@ bad:
     return -EPROTONOSUPPORT;
 }
 
-static cm_record record_of(const slot *s)
+static cm_record record_of(slot *s)
 {
-    return (cm_record){s->msg, s->has_traceparent ? s->traceparent : NULL, s->trace_id};
+    if (s->traced)
+        return (cm_record){s->msg, s->span_tp, s->trace_id, s->outcome};
+    return (cm_record){s->msg, s->has_traceparent ? s->traceparent : NULL, s->trace_id, NULL};
 }
 
 static void slot_release(slot *s)
@@ -187,6 +227,7 @@ static int done_slot(loop *l, slot *s, char *reason, size_t reasonlen)
     int r;
 
     reason[0] = '\0';
+    s->outcome[0] = '\0'; /* a verdict of a rolled-back attempt is not one */
     r = find_sub(l, s->msg)->done(l->cfg->ctx, &rec, &s->plan, s->res, reason, reasonlen);
     if (r < 0 && !reason[0])
         snprintf(reason, reasonlen, "%s", r == -ECONNRESET ? cm_db_error(l->conn) : strerror(-r));
@@ -279,7 +320,7 @@ static void wait_for(loop *l, long long ms, bool (*done)(void *arg), void *arg)
             rd_kafka_seek(m->rkt, m->partition, m->offset, 0);
             rd_kafka_message_destroy(m);
         } else {
-            slot_fill(&l->later[l->nlater++], m);
+            slot_fill(l, &l->later[l->nlater++], m);
         }
         if (as) {
             rd_kafka_topic_partition_list_destroy(as);
@@ -334,7 +375,7 @@ static void dlt_episode(loop *l, bool failing)
  * consumer and feeding the watchdog meanwhile. Never skips a record without
  * its DLT copy: retries until done. Returns 0, or -ECANCELED when stop came
  * first (the record is then redelivered after the restart). */
-static int dead_letter(loop *l, const slot *s, bool poison, const char *reason)
+static int dead_letter(loop *l, slot *s, bool poison, const char *reason)
 {
     long long backoff = 500;
 
@@ -353,6 +394,8 @@ static int dead_letter(loop *l, const slot *s, bool poison, const char *reason)
             }
         }
         if (r > 0) {
+            s->result = "dead-lettered";
+            s->outcome[0] = '\0';
             dlt_episode(l, false);
             atomic_fetch_add(&l->cfg->health->dead_lettered, 1);
             count(l, "orders_dead_lettered_total", s->msg);
@@ -390,6 +433,7 @@ static void process_single(loop *l, slot *s)
         }
         if (r == 0) {
             atomic_store(&l->cfg->health->db_ok, true);
+            s->result = "applied";
             return;
         }
         if (r == -ECONNRESET) {
@@ -454,6 +498,8 @@ static void process(loop *l)
         int r = process_batch_tx(l, reason, sizeof(reason));
         if (r == 0) {
             atomic_store(&l->cfg->health->db_ok, true);
+            for (int i = 0; i < l->n; i++)
+                l->batch[i].result = "applied";
             return;
         }
         if (r != -ECONNRESET)
@@ -527,7 +573,7 @@ static void collect(loop *l)
         }
         atomic_store(&l->cfg->health->kafka_ok, true);
         cm_kafka_access_ok(l->cfg->health, l->rk);
-        slot_fill(&l->batch[l->n++], m);
+        slot_fill(l, &l->batch[l->n++], m);
     }
 }
 
@@ -659,8 +705,11 @@ int cm_consumer_run(const cm_consumer_config *cfg, volatile const sig_atomic_t *
         process(&l);
         log_debug("consumer batch done count=%d", l.n);
         atomic_fetch_add(&cfg->health->consumed, l.n);
-        for (int i = 0; i < l.n; i++)
+        for (int i = 0; i < l.n; i++) {
             count(&l, "orders_records_consumed_total", l.batch[i].msg);
+            if (l.batch[i].traced)
+                end_span(&l, &l.batch[i]);
+        }
         /* Offsets of a batch cut short by stop are not stored: redelivered. */
         if (!*stop)
             store_offsets(&l);

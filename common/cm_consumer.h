@@ -27,17 +27,37 @@
 
 #include "cm_db.h"
 #include "cm_health.h"
+#include "cm_trace.h"
 
 #include <libpq-fe.h>
 #include <librdkafka/rdkafka.h>
 #include <signal.h>
 #include <stddef.h>
+#include <string.h>
+
+#define CM_OUTCOME_MAX 24
 
 typedef struct {
     const rd_kafka_message_t *msg;
-    const char *traceparent; /* NUL-terminated copy of the header, or NULL */
-    const char *trace_id;    /* its 32 hex digits, or "-" */
+    /* NUL-terminated copy of the header, or NULL; when the record is traced,
+     * the traceparent of its CONSUMER span instead, so that what the
+     * handler writes (its reply) becomes a child of that span. */
+    const char *traceparent;
+    const char *trace_id; /* its 32 hex digits, or "-" */
+    char *outcome;        /* CM_OUTCOME_MAX bytes when traced, else NULL */
 } cm_record;
+
+/* Names what the handler did with rec ("charged", "refunded", "duplicate"):
+ * the outcome tag of the record's span. A literal or short word; nothing
+ * happens when the record is not traced. */
+static inline void cm_record_outcome(const cm_record *rec, const char *word)
+{
+    if (rec->outcome) {
+        size_t n = strnlen(word, CM_OUTCOME_MAX - 1);
+        memcpy(rec->outcome, word, n);
+        rec->outcome[n] = '\0';
+    }
+}
 
 /* The key=value fields that place a record in a log line. */
 #define CM_REC_FMT "topic=%s partition=%d offset=%lld trace_id=%s"
@@ -91,6 +111,10 @@ typedef struct {
      * also while it waits out an outage (systemd watchdog, status). */
     void (*tick)(void *arg);
     void *tick_arg;
+    /* NULL: off. Else a CONSUMER span per record whose traceparent is
+     * sampled, from its arrival to the commit of its effects (or its DLT
+     * write), with order id, topic, partition, offset and outcome tags. */
+    cm_tracer *tracer;
 } cm_consumer_config;
 
 /* Runs until *stop becomes non-zero, then closes the consumer (leaving the

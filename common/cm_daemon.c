@@ -8,6 +8,7 @@
 #include "cm_log.h"
 #include "cm_notify.h"
 #include "cm_outbox.h"
+#include "cm_trace.h"
 #include "ev_event.h"
 
 #include <errno.h>
@@ -71,6 +72,12 @@ static const cm_cfg_item base_items[] = {
      "PEM private key file of HTTP_TLS_CERT (read once at start)"},
     {"HTTP_CLIENT_CONNECTIONS", CM_CFG_INT, "128", 0, 1000, BASE(http_client_connections), false,
      "HTTP connections at once from one client address; 0 = no limit"},
+    {"TRACING_URL", CM_CFG_STRING, "", 0, 0, BASE(tracing_url), false,
+     "Zipkin collector base URL (spans POSTed to <url>/api/v2/spans); empty = tracing off"},
+    {"TRACING_SAMPLE_RATIO", CM_CFG_STRING, "0.1", 0, 0, BASE(tracing_sample_ratio), false,
+     "share of new traces sampled, 0 to 1 (decided where a trace starts)"},
+    {"TRACING_QUEUE", CM_CFG_INT, CM_TRACE_QUEUE_DEFAULT, CM_TRACE_QUEUE_MIN, CM_TRACE_QUEUE_MAX,
+     BASE(tracing_queue), false, "spans held for the sender; more are dropped and counted"},
 };
 #define NBASE (sizeof(base_items) / sizeof(base_items[0]))
 
@@ -269,6 +276,11 @@ static int load_config(cm_daemon *d, cm_cfg_item *items, char *err, size_t errle
         r = cm_kafka_check_env(err, errlen);
     if (r == 0)
         r = check_http_config(&d->base, err, errlen);
+    if (r == 0)
+        r = cm_trace_config_check(&(cm_trace_config){d->base.tracing_url,
+                                                     d->base.tracing_sample_ratio,
+                                                     d->base.tracing_queue, d->def->name},
+                                  err, errlen);
     return r;
 }
 
@@ -350,6 +362,9 @@ static const cm_metric_def common_metrics[] = {
      "HTTP request latency from first byte to response."},
     {"orders_ready", CM_METRIC_GAUGE, "1 when the daemon is ready (as /readyz), else 0."},
     {"orders_dependency_up", CM_METRIC_GAUGE, "1 when a dependency is usable, else 0."},
+    {"orders_spans_sent_total", CM_METRIC_COUNTER, "Spans accepted by the tracing collector."},
+    {"orders_spans_dropped_total", CM_METRIC_COUNTER,
+     "Spans not sent: queue full, collector down or slow, or still queued at stop."},
 };
 
 cm_batch *cm_daemon_batch(cm_daemon *d)
@@ -360,6 +375,11 @@ cm_batch *cm_daemon_batch(cm_daemon *d)
 cm_metrics *cm_daemon_metrics(cm_daemon *d)
 {
     return d->health.metrics;
+}
+
+cm_tracer *cm_daemon_tracer(cm_daemon *d)
+{
+    return d->tracer;
 }
 
 /* Gauges read from the database are refreshed on scrape, not per request and
@@ -556,17 +576,28 @@ static int run(cm_daemon *d)
 
     if (!routes)
         return -ENOMEM;
-    routes[0] = (cm_http_route){"GET", "/healthz", health_route, NULL, NULL};
-    routes[1] = (cm_http_route){"GET", "/readyz", ready_route, NULL, NULL};
-    routes[2] =
-        (cm_http_route){"GET", "/metrics", metrics_route, NULL,
-                        d->base.metrics_token_scope[0] ? d->base.metrics_token_scope : NULL};
+    /* Probes and scrapes are not traced: they would be most of the traces. */
+    routes[0] = (cm_http_route){"GET", "/healthz", health_route, NULL, NULL, true};
+    routes[1] = (cm_http_route){"GET", "/readyz", ready_route, NULL, NULL, true};
+    routes[2] = (cm_http_route){"GET",
+                                "/metrics",
+                                metrics_route,
+                                NULL,
+                                d->base.metrics_token_scope[0] ? d->base.metrics_token_scope : NULL,
+                                true};
     memcpy(routes + 3, d->def->routes, d->def->nroutes * sizeof(*routes));
 
     r = cm_dbpool_new(d->base.database_url, (size_t)d->base.db_pool_size, &d->pool);
+    if (r == 0) {
+        cm_trace_config tc = {d->base.tracing_url, d->base.tracing_sample_ratio,
+                              d->base.tracing_queue, d->def->name};
+        char err[512];
+        if ((r = cm_tracer_new(&tc, d->health.metrics, &d->tracer, err, sizeof(err))) < 0)
+            log_error("could not start tracing: %s", err);
+    }
     if (r == 0)
         r = cm_relay_start(d->base.database_url, d->def->name, (int)d->base.outbox_batch,
-                           &d->health, &relay);
+                           &d->health, d->tracer, &relay);
     if (r == 0 && d->def->batch_flush)
         r = cm_batch_start((int)d->base.write_batch, d->def->batch_flush, d, &d->batch);
     if (r == 0) {
@@ -582,6 +613,7 @@ static int run(cm_daemon *d)
             .tls_cert = d->tls_cert,
             .tls_key = d->tls_key,
             .auth = d->auth,
+            .tracer = d->tracer,
         };
         r = cm_http_start(&ho, routes, nroutes, d, d->health.metrics, &d->http);
         if (r == -EPROTO)
@@ -607,6 +639,7 @@ static int run(cm_daemon *d)
             .before_close_arg = d,
             .tick = tick,
             .tick_arg = &d->notify,
+            .tracer = d->tracer,
         };
         cm_notify_init(&d->notify, &d->health);
         atomic_store(&d->health.started, true);
@@ -619,6 +652,11 @@ static int run(cm_daemon *d)
     d->batch = NULL;
     log_info("stopping: outbox relay");
     cm_relay_stop(relay);
+    /* Last of the span producers stopped: what they queued is sent now. */
+    if (d->tracer)
+        log_info("stopping: tracing (sending the spans queued)");
+    cm_tracer_stop(d->tracer);
+    d->tracer = NULL;
     log_info("stopping: database");
     cm_dbpool_free(d->pool);
     free(routes);

@@ -12,7 +12,8 @@
  *   SIGHUP reloads the HTTP token file (a bad file keeps the old tokens);
  *   4. on SIGTERM or SIGINT drain in a fixed order: stop HTTP, close the
  *      consumer (the group rebalances at once), stop the relay (flushing the
- *      producer), close the database.
+ *      producer), send the spans still queued (at most 2 s), close the
+ *      database.
  * Handlers receive the cm_daemon as their ctx.
  */
 #pragma once
@@ -24,6 +25,7 @@
 #include "cm_health.h"
 #include "cm_http.h"
 #include "cm_notify.h"
+#include "cm_trace.h"
 
 #include <pthread.h>
 #include <stdbool.h>
@@ -48,6 +50,9 @@ typedef struct {
     const char *http_tls_cert;
     const char *http_tls_key;
     long long http_client_connections;
+    const char *tracing_url; /* "" = tracing off */
+    const char *tracing_sample_ratio;
+    long long tracing_queue;
 } cm_base_config;
 
 typedef struct {
@@ -91,7 +96,8 @@ typedef struct cm_daemon {
     cm_auth *auth;  /* NULL with HTTP_AUTH=none */
     char *tls_cert; /* PEM contents, read once at start */
     char *tls_key;
-    cm_batch *batch; /* when def->batch_flush is set */
+    cm_batch *batch;   /* when def->batch_flush is set */
+    cm_tracer *tracer; /* NULL: tracing off */
     cm_notify notify;
     pthread_mutex_t scrape_mu; /* one on_scrape at a time; when it last ran */
     long long scraped_ms;
@@ -116,6 +122,9 @@ void cm_daemon_get_one(cm_daemon *d, const cm_http_req *req, cm_http_resp *resp,
 
 /* The daemon's metrics registry (for handlers' domain counters). */
 cm_metrics *cm_daemon_metrics(cm_daemon *d);
+
+/* The daemon's tracer (cm_trace.h), NULL when tracing is off. */
+cm_tracer *cm_daemon_tracer(cm_daemon *d);
 
 /* Runs the daemon; returns the process exit status. */
 int cm_daemon_main(const cm_daemon_def *def, int argc, char **argv);

@@ -29,6 +29,7 @@ struct cm_http {
     void *ctx;
     cm_metrics *metrics;
     cm_auth *auth;
+    cm_tracer *tracer;
     /* The graceful stop (cm_http_quiesce, cm_http_refuse, cm_http_drain):
      * requests taken and not yet answered, the listening socket once
      * libmicrohttpd handed it back, and the phase. */
@@ -74,6 +75,9 @@ typedef struct cm_http_pending {
     const char *url;              /* libmicrohttpd's, valid for the whole request */
     size_t discarded;             /* body bytes read and thrown away (refused) */
     bool finished;                /* answered early: ignore what else arrives */
+    bool traced;                  /* span holds the request's SERVER span */
+    cm_span_ctx span;
+    char traceparent[56]; /* span as a traceparent, for the handler */
 } reqstate;
 
 const char *cm_http_header(const cm_http_req *req, const char *name)
@@ -304,6 +308,25 @@ static const char *method_label(const char *method)
     return "OTHER";
 }
 
+/* Ends the request's span: named "<method> <route>" as Zipkin shows it. */
+static void end_span(cm_http *h, const reqstate *st, const char *route, const char *method,
+                     int status)
+{
+    char name[CM_SPAN_NAME_MAX], code[8];
+    const cm_span_tag tags[] = {
+        {"http.method", method_label(method)},
+        {"http.route", route},
+        {"http.status_code", code},
+        {"http.path", st->url},
+        {"error", status >= 500 ? code : NULL},
+    };
+
+    snprintf(name, sizeof(name), "%s %s", method_label(method), route);
+    snprintf(code, sizeof(code), "%d", status);
+    cm_trace_end(h->tracer, &st->span, CM_SPAN_SERVER, name, NULL, tags,
+                 sizeof(tags) / sizeof(tags[0]), 0);
+}
+
 static enum MHD_Result finish(cm_http *h, struct MHD_Connection *c, reqstate *st, const char *route,
                               const char *method, cm_http_resp *resp, const char *allow)
 {
@@ -311,6 +334,8 @@ static enum MHD_Result finish(cm_http *h, struct MHD_Connection *c, reqstate *st
     char labels[192], r[96];
     double secs;
 
+    if (st->traced)
+        end_span(h, st, route, method, resp->status);
     if (st->audit && !st->denial_quiet)
         audit(st, route, method, st->url, resp);
 
@@ -376,7 +401,10 @@ static enum MHD_Result dispatch(cm_http *h, struct MHD_Connection *c, const char
     const cm_http_route *rt = find_route(h, url, method, &param, allow, sizeof(allow));
 
     if (rt) {
-        cm_http_req req = {method, url, param, st->body, st->len, c, st->token};
+        cm_http_req req = {method, url, param, st->body, st->len, c, st->token, NULL};
+        req.traceparent = h->tracer
+                              ? st->traceparent
+                              : MHD_lookup_connection_value(c, MHD_HEADER_KIND, "traceparent");
         if (st->denied) {
             resp = st->denial;
             st->denial = (cm_http_resp){0};
@@ -515,6 +543,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         clock_gettime(CLOCK_MONOTONIC, &st->start);
         snprintf(st->token, sizeof(st->token), "-");
         rt = find_route(h, url, method, &param, allow, sizeof(allow));
+        if (h->tracer && rt && !rt->untraced) {
+            const char *tp = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "traceparent");
+            st->traced = cm_trace_start(h->tracer, tp, true, &st->span);
+            cm_trace_traceparent(&st->span, st->traceparent);
+        }
         /* Stopping, past the drain: a request that arrives on a kept-alive
          * connection now is not run at all, so it cannot commit anything
          * whose answer the stop could cut off. */
@@ -670,6 +703,7 @@ int cm_http_start(const cm_http_opts *o, const cm_http_route *routes, size_t nro
     h->ctx = ctx;
     h->metrics = metrics;
     h->auth = o->auth;
+    h->tracer = o->tracer;
     h->listen_fd = MHD_INVALID_SOCKET;
     pthread_mutex_init(&h->denial_mu, NULL);
     h->denial_credit = DENIAL_LOG_BURST;

@@ -32,6 +32,7 @@
 
 #include "cm_auth.h"
 #include "cm_metrics.h"
+#include "cm_trace.h"
 
 #include <jansson.h>
 #include <stdbool.h>
@@ -47,6 +48,10 @@ typedef struct {
     void *conn;        /* for cm_http_header() */
     const char *token; /* name of the token that was let in; "-" when the
                           route is open or authentication is off */
+    /* The trace context of the handler's work: with tracing on, the
+     * request's SERVER span (sampled or not, "-00"); with it off, the
+     * client's traceparent header as sent (NULL, maybe not valid). */
+    const char *traceparent;
 } cm_http_req;
 
 typedef struct {
@@ -76,6 +81,7 @@ typedef struct {
     cm_http_fn handle;
     cm_http_async_fn handle_async; /* used instead of handle when set */
     const char *scope;             /* required scope ("orders:write"), or NULL: open */
+    bool untraced;                 /* no span (probes, scrapes) */
 } cm_http_route;
 
 typedef struct cm_http cm_http;
@@ -90,7 +96,9 @@ typedef struct {
      * and 1.3). Must stay valid until cm_http_stop(). */
     const char *tls_cert;
     const char *tls_key;
-    cm_auth *auth; /* token table, or NULL: authentication off, every route open */
+    cm_auth *auth;     /* token table, or NULL: authentication off, every route open */
+    cm_tracer *tracer; /* NULL: tracing off; else a SERVER span per request to a
+                          traced route, child of the client's traceparent */
 } cm_http_opts;
 
 /* Starts listening as o says. routes must outlive the server. Requests are

@@ -6,6 +6,7 @@
 #include "cm_db.h"
 #include "cm_kafka.h"
 #include "cm_log.h"
+#include "cm_trace.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -22,6 +23,11 @@
  * the HTTP drain and the consumer's close before it, the whole stop stays
  * well inside the units' TimeoutStopSec=30s. */
 #define RELAY_STOP_GRACE_MS 3000
+/* The span id of the event's parent (the commit or consume span that wrote
+ * the row), kept in the row's headers for the relay's publish span; the
+ * relay strips it, so it never reaches Kafka. Rows without it (older ones,
+ * unsampled ones) get no publish span. */
+#define HDR_PARENT_SPAN "x-orders-parent-span-id"
 
 const char cm_outbox_migration[] =
     "CREATE TABLE outbox ("
@@ -36,35 +42,45 @@ const char cm_outbox_migration[] =
     "CREATE TRIGGER outbox_notify AFTER INSERT ON outbox"
     " FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();";
 
-static void traceparent_child(const char *parent, char out[56])
+/* Returns whether parent was valid and sampled (then its span id is in
+ * ret_parent_span). */
+static bool traceparent_child(const char *parent, char out[56], char ret_parent_span[17])
 {
     char fresh[56];
 
     ev_traceparent_new(fresh);
     if (parent && ev_traceparent_valid(parent, strlen(parent))) {
-        /* Keep the trace id ("00-<32 hex>-"), take a new span id. */
+        /* Keep the trace id ("00-<32 hex>-") and the flags, take a new span
+         * id: the span that publishes this event. */
         memcpy(out, parent, 36);
-        memcpy(out + 36, fresh + 36, 56 - 36);
-    } else {
-        memcpy(out, fresh, 56);
+        memcpy(out + 36, fresh + 36, 16);
+        memcpy(out + 52, parent + 52, 4);
+        memcpy(ret_parent_span, parent + 36, 16);
+        ret_parent_span[16] = '\0';
+        return strchr("13579bdf", parent[54]) != NULL; /* flags bit 0: sampled */
     }
+    memcpy(out, fresh, 56);
+    return false;
 }
 
 int cm_outbox_headers(ev_type type, const char *parent_traceparent, char **ret_json,
                       char *ret_trace_id)
 {
-    char id[37], tp[56], version[12];
+    char id[37], tp[56], version[12], parent_span[17];
     json_t *h;
     char *s;
+    bool sampled;
 
     ev_uuid(id);
-    traceparent_child(parent_traceparent, tp);
+    sampled = traceparent_child(parent_traceparent, tp, parent_span);
     if (ret_trace_id)
         snprintf(ret_trace_id, 33, "%.32s", tp + 3);
     snprintf(version, sizeof(version), "%d", EV_VERSION);
     h = json_pack("{s:s, s:s, s:s, s:s, s:s}", EV_HDR_EVENT_ID, id, EV_HDR_EVENT_TYPE,
                   ev_type_name(type), EV_HDR_EVENT_VERSION, version, EV_HDR_TRACEPARENT, tp,
                   EV_HDR_TYPE_ID, ev_type_java_class(type));
+    if (h && sampled)
+        json_object_set_new(h, HDR_PARENT_SPAN, json_string(parent_span));
     if (!h)
         return -ENOMEM;
     s = json_dumps(h, JSON_COMPACT);
@@ -139,6 +155,7 @@ struct cm_relay {
     const char *client_id;
     int batch;
     cm_health *health;
+    cm_tracer *tracer;
     atomic_bool stop;
     pthread_t thread;
     PGconn *conn;
@@ -162,6 +179,13 @@ static long long mono_ms(void)
 typedef struct {
     int state; /* 0 pending, 1 persisted, -1 failed */
     rd_kafka_resp_err_t err;
+    /* The publish span (produce -> delivery report), when sampled: its id is
+     * the span id of the record's traceparent. */
+    bool traced;
+    cm_span_ctx span;
+    long long end_us;
+    int32_t partition;
+    int64_t offset;
 } relay_slot;
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
@@ -171,6 +195,29 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     (void)opaque;
     slot->err = m->err;
     slot->state = m->err ? -1 : 1;
+    if (slot->traced) {
+        slot->end_us = cm_trace_now_us();
+        slot->partition = m->partition;
+        slot->offset = m->offset;
+    }
+}
+
+/* Ends the publish span of a delivered row. */
+static void end_publish(cm_relay *r, PGresult *res, int i, const relay_slot *slot)
+{
+    char name[CM_SPAN_NAME_MAX], part[12], off[24];
+    const cm_span_tag tags[] = {
+        {"kafka.topic", PQgetvalue(res, i, 1)},
+        {"order.id", PQgetvalue(res, i, 2)},
+        {"kafka.partition", part},
+        {"kafka.offset", off},
+    };
+
+    snprintf(name, sizeof(name), "publish %s", PQgetvalue(res, i, 1));
+    snprintf(part, sizeof(part), "%d", (int)slot->partition);
+    snprintf(off, sizeof(off), "%lld", (long long)slot->offset);
+    cm_trace_end(r->tracer, &slot->span, CM_SPAN_PRODUCER, name, "kafka", tags,
+                 sizeof(tags) / sizeof(tags[0]), slot->end_us);
 }
 
 static void sleep_ms(cm_relay *r, long ms)
@@ -264,17 +311,34 @@ static int relay_producer(cm_relay *r)
     return 0;
 }
 
-static rd_kafka_headers_t *headers_from_json(const char *text)
+/* The row's headers for Kafka, less the internal parent span id; with
+ * tracing on, a sampled row's publish span is begun in slot. */
+static rd_kafka_headers_t *headers_from_json(cm_relay *r, const char *text, relay_slot *slot)
 {
     json_t *obj = json_loads(text, 0, NULL);
     rd_kafka_headers_t *h = rd_kafka_headers_new(8);
-    const char *name;
+    const char *name, *parent = NULL, *tp = NULL;
     json_t *v;
 
     json_object_foreach(obj, name, v)
     {
-        if (json_is_string(v))
-            rd_kafka_header_add(h, name, -1, json_string_value(v), (ssize_t)json_string_length(v));
+        if (!json_is_string(v))
+            continue;
+        if (strcmp(name, HDR_PARENT_SPAN) == 0) {
+            parent = json_string_value(v);
+            continue;
+        }
+        if (strcmp(name, EV_HDR_TRACEPARENT) == 0)
+            tp = json_string_value(v);
+        rd_kafka_header_add(h, name, -1, json_string_value(v), (ssize_t)json_string_length(v));
+    }
+    slot->traced = false;
+    if (cm_trace_on(r->tracer) && parent && strlen(parent) == 16 &&
+        cm_traceparent_parse(tp, slot->span.trace_id, slot->span.span_id, &slot->span.sampled) &&
+        slot->span.sampled) {
+        memcpy(slot->span.parent_id, parent, 17);
+        slot->span.start_us = cm_trace_now_us();
+        slot->traced = true;
     }
     json_decref(obj);
     return h;
@@ -284,7 +348,7 @@ static int produce_row(cm_relay *r, PGresult *res, int i, relay_slot *slot)
 {
     const char *topic = PQgetvalue(res, i, 1), *key = PQgetvalue(res, i, 2);
     const char *value = PQgetvalue(res, i, 3);
-    rd_kafka_headers_t *h = headers_from_json(PQgetvalue(res, i, 4));
+    rd_kafka_headers_t *h = headers_from_json(r, PQgetvalue(res, i, 4), slot);
     rd_kafka_resp_err_t err;
 
     for (;;) {
@@ -321,6 +385,8 @@ static int delete_acked(cm_relay *r, PGresult *res, relay_slot *slots, int n, in
             char labels[160];
             snprintf(labels, sizeof(labels), "topic=\"%s\"", PQgetvalue(res, i, 1));
             cm_metrics_add(r->health->metrics, "orders_records_produced_total", labels, 1);
+            if (slots[i].traced)
+                end_publish(r, res, i, &slots[i]);
         }
         if (slots[i].state != 1) {
             if (cm_kafka_is_access_error(slots[i].err, NULL))
@@ -503,7 +569,7 @@ static void *relay_main(void *arg)
 }
 
 int cm_relay_start(const char *db_url, const char *client_id, int batch, cm_health *health,
-                   cm_relay **ret)
+                   cm_tracer *tracer, cm_relay **ret)
 {
     cm_relay *r = calloc(1, sizeof(*r));
     int rc;
@@ -514,6 +580,7 @@ int cm_relay_start(const char *db_url, const char *client_id, int batch, cm_heal
     r->client_id = client_id;
     r->batch = batch;
     r->health = health;
+    r->tracer = tracer;
     const char *fault = getenv("CM_FAULT_PRODUCER_FATAL_AFTER");
     r->fatal_after = fault ? strtoll(fault, NULL, 10) : 0;
     rc = pthread_create(&r->thread, NULL, relay_main, r);

@@ -22,6 +22,7 @@
 
 #include "cm_consumer.h"
 #include "cm_health.h"
+#include "cm_trace.h"
 #include "ev_event.h"
 
 #include <libpq-fe.h>
@@ -32,8 +33,11 @@ extern const char cm_outbox_migration[];
 
 /* The headers of a new event as a JSON object text (caller frees): event-id,
  * event-type, event-version, traceparent (a child of parent_traceparent when
- * that is valid, else a new trace), __TypeId__. If ret_trace_id is not NULL
- * it receives the trace id (32 hex digits + NUL). Returns 0 or -ENOMEM. */
+ * that is valid, with its flags, else a new trace), __TypeId__; when the
+ * parent is sampled, also the parent's span id under an internal key that
+ * the relay strips (it is the parent of the publish span). If ret_trace_id
+ * is not NULL it receives the trace id (32 hex digits + NUL). Returns 0 or
+ * -ENOMEM. */
 int cm_outbox_headers(ev_type type, const char *parent_traceparent, char **ret_json,
                       char *ret_trace_id);
 
@@ -63,9 +67,12 @@ void cm_outbox_reply_free(cm_outbox_reply *reply);
 
 typedef struct cm_relay cm_relay;
 
-/* Starts the relay thread. db_url and client_id must outlive the relay. */
+/* Starts the relay thread. db_url and client_id must outlive the relay.
+ * tracer (NULL: off) gets a PRODUCER span per delivered row whose headers
+ * were written from a sampled parent: its id is the span id of the row's
+ * traceparent, its parent the span that wrote the row. */
 int cm_relay_start(const char *db_url, const char *client_id, int batch, cm_health *health,
-                   cm_relay **ret);
+                   cm_tracer *tracer, cm_relay **ret);
 /* Asks the relay to stop, waits for in-flight deliveries (bounded by
  * message.timeout.ms), joins and frees it. NULL is fine. */
 void cm_relay_stop(cm_relay *relay);

@@ -45,17 +45,23 @@ int cm_saga_done(const cm_saga_def *def, cm_metrics *metrics, const cm_record *r
 {
     const saga_state *st = plan->state;
 
-    if (plan->n == 0)
+    if (plan->n == 0) {
+        cm_record_outcome(rec, "nothing-to-undo");
         return 0;
+    }
     if (strcmp(PQcmdTuples(res[0]), "1") == 0) {
         /* The order had not arrived: the tombstone was written. */
+        cm_record_outcome(rec, def->remembered_outcome);
         cm_metrics_add(metrics, def->metric, def->remembered_labels, 1);
         log_info("%s order_id=%s reason=%s " CM_REC_FMT, def->remembered_log, st->order_id, st->why,
                  CM_REC_ARGS(rec));
     } else if (PQntuples(res[1]) > 0) {
+        cm_record_outcome(rec, def->undone_outcome);
         cm_metrics_add(metrics, def->metric, def->undone_labels, 1);
         log_info("%s order_id=%s reason=%s " CM_REC_FMT, def->undone_log, st->order_id, st->why,
                  CM_REC_ARGS(rec));
+    } else {
+        cm_record_outcome(rec, "nothing-to-undo"); /* already undone, or nothing taken */
     }
-    return 0; /* else already compensated, or nothing was taken */
+    return 0;
 }

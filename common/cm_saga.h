@@ -28,6 +28,8 @@ typedef struct {
     const char *remembered_labels;
     const char *undone_log; /* e.g. "payment refunded" */
     const char *remembered_log;
+    const char *undone_outcome; /* the span's outcome tag, e.g. "refunded" */
+    const char *remembered_outcome;
 } cm_saga_def;
 
 /* The consumer handler's two steps. cm_saga_plan() decodes rec as

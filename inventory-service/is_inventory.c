@@ -123,10 +123,12 @@ static int done_order_created(void *ctx, const cm_record *rec, const cm_plan *pl
 
     if (cm_outbox_reply_done(res, verdict, sizeof(verdict)) == 0) {
         /* A duplicate: its reply went to the outbox with the first one. */
+        cm_record_outcome(rec, "duplicate");
         log_info("duplicate order ignored order_id=%s " CM_REC_FMT, o->order_id, CM_REC_ARGS(rec));
         return 0;
     }
     bool reserved = strcmp(verdict, "OK") == 0;
+    cm_record_outcome(rec, reserved ? "reserved" : "rejected");
     cm_metrics_add(cm_daemon_metrics(ctx), "orders_reservations_total",
                    reserved ? "outcome=\"reserved\"" : "outcome=\"rejected\"", 1);
     log_info("stock %s order_id=%s sku=%s quantity=%d reason=%s " CM_REC_FMT,
@@ -154,6 +156,8 @@ static const cm_saga_def release = {
     .metric = "orders_reservations_total",
     .undone_labels = "outcome=\"released\"",
     .remembered_labels = "outcome=\"cancelled\"",
+    .undone_outcome = "released",
+    .remembered_outcome = "cancelled",
     .undone_log = "stock released",
     .remembered_log = "order cancelled before reservation",
 };
@@ -243,9 +247,9 @@ static void get_reservation(void *ctx, const cm_http_req *req, cm_http_resp *res
 }
 
 const cm_http_route is_routes[] = {
-    {"PUT", "/stock/{}", put_stock, NULL, "inventory:admin"},
-    {"GET", "/stock/{}", get_stock, NULL, "inventory:read"},
-    {"GET", "/reservations/{}", get_reservation, NULL, "inventory:read"},
+    {"PUT", "/stock/{}", put_stock, NULL, "inventory:admin", false},
+    {"GET", "/stock/{}", get_stock, NULL, "inventory:read", false},
+    {"GET", "/reservations/{}", get_reservation, NULL, "inventory:read", false},
 };
 const size_t is_nroutes = sizeof(is_routes) / sizeof(is_routes[0]);
 

@@ -8,6 +8,7 @@
 #include "cm_db.h"
 #include "cm_log.h"
 #include "cm_outbox.h"
+#include "cm_trace.h"
 #include "ev_event.h"
 
 #include <errno.h>
@@ -173,7 +174,30 @@ typedef struct {
     ev_order_created o;
     char *json, *headers;
     char trace_id[33];
+    bool traced; /* commit: the order's commit span (child of the request's) */
+    cm_span_ctx commit;
 } os_write;
+
+/* Ends the order's commit span: from the start of the transaction that
+ * stored it (shared by every order of a group commit) to its answer. */
+static void end_commit(cm_daemon *d, os_write *w, long long start_us, int batch, int status)
+{
+    char n[12], code[8];
+    const cm_span_tag tags[] = {
+        {"order.id", w->o.order_id},
+        {"db.batch_size", n},
+        {"http.status_code", code},
+        {"error", status >= 500 ? code : NULL},
+    };
+
+    if (!w->traced)
+        return;
+    snprintf(n, sizeof(n), "%d", batch);
+    snprintf(code, sizeof(code), "%d", status);
+    w->commit.start_us = start_us;
+    cm_trace_end(cm_daemon_tracer(d), &w->commit, CM_SPAN_CLIENT, "commit order", "postgresql",
+                 tags, sizeof(tags) / sizeof(tags[0]), 0);
+}
 
 static void accepted(cm_daemon *d, const os_write *w, cm_http_resp *resp)
 {
@@ -244,6 +268,7 @@ void os_flush_orders(void *ctx, void **items, int n)
 {
     os_write **ws = (os_write **)items;
     cm_http_resp resp = {0};
+    long long start_us = cm_daemon_tracer(ctx) ? cm_trace_now_us() : 0;
     PGconn *conn;
     int r;
 
@@ -263,6 +288,7 @@ void os_flush_orders(void *ctx, void **items, int n)
             store_one(ctx, conn, ws[i], NULL, NULL, &resp);
         else
             cm_daemon_db_problem(&resp, -ECONNRESET);
+        end_commit(ctx, ws[i], start_us, n, resp.status);
         cm_http_complete(ws[i]->pending, &resp);
         free(ws[i]->json);
         free(ws[i]->headers);
@@ -296,9 +322,16 @@ static int post_order(void *ctx, const cm_http_req *req, cm_http_resp *resp,
         goto out;
     ev_uuid(w->o.order_id);
     r = ev_order_created_encode(&w->o, &w->json);
+    /* The event's trace: a child of the commit span when sampled, else of
+     * the request (its span, or the client's traceparent with tracing off). */
+    char commit_tp[56];
+    const char *parent = req->traceparent;
+    if ((w->traced = cm_trace_start(cm_daemon_tracer(ctx), req->traceparent, false, &w->commit))) {
+        cm_trace_traceparent(&w->commit, commit_tp);
+        parent = commit_tp;
+    }
     if (r == 0)
-        r = cm_outbox_headers(EV_ORDER_CREATED, cm_http_header(req, "traceparent"), &w->headers,
-                              w->trace_id);
+        r = cm_outbox_headers(EV_ORDER_CREATED, parent, &w->headers, w->trace_id);
     if (r < 0) {
         cm_http_problem(resp, 400, "Bad Request", "the order is not valid");
         goto out;
@@ -307,7 +340,9 @@ static int post_order(void *ctx, const cm_http_req *req, cm_http_resp *resp,
     if (!key && cm_daemon_batch(ctx) && cm_batch_submit(cm_daemon_batch(ctx), w) == 0)
         return 1;
     if ((conn = cm_daemon_db(ctx, resp))) {
+        long long start_us = w->traced ? cm_trace_now_us() : 0;
         store_one(ctx, conn, w, req->token ? req->token : "-", key, resp);
+        end_commit(ctx, w, start_us, 1, resp->status);
         cm_daemon_db_release(ctx, conn);
     }
 out:
@@ -356,7 +391,7 @@ static void get_order(void *ctx, const cm_http_req *req, cm_http_resp *resp)
 }
 
 const cm_http_route os_routes[] = {
-    {"POST", "/orders", NULL, post_order, "orders:write"},
-    {"GET", "/orders/{}", get_order, NULL, "orders:read"},
+    {"POST", "/orders", NULL, post_order, "orders:write", false},
+    {"GET", "/orders/{}", get_order, NULL, "orders:read", false},
 };
 const size_t os_nroutes = sizeof(os_routes) / sizeof(os_routes[0]);

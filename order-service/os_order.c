@@ -129,11 +129,13 @@ static int done_reply(void *ctx, const cm_record *rec, const cm_plan *plan, PGre
         return -ENOENT; /* tied to the record: retried, then dead-lettered */
     }
     if (PQgetisnull(r, 0, 1)) {
+        cm_record_outcome(rec, "duplicate");
         log_info("duplicate reply ignored order_id=%s side=%s " CM_REC_FMT, y->order_id,
                  y->side == OS_SIDE_PAYMENT ? "payment" : "inventory", CM_REC_ARGS(rec));
     } else if (strcmp(PQgetvalue(r, 0, 0), "PENDING") == 0 &&
                strcmp(PQgetvalue(r, 0, 1), "PENDING") != 0) {
         bool confirmed = strcmp(PQgetvalue(r, 0, 1), "CONFIRMED") == 0;
+        cm_record_outcome(rec, confirmed ? "confirmed" : "rejected");
         cm_metrics_add(cm_daemon_metrics(ctx), "orders_settled_total",
                        confirmed ? "status=\"CONFIRMED\"" : "status=\"REJECTED\"", 1);
         /* created (the POST's commit) -> settled, both on the database's clock */

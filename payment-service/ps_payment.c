@@ -119,10 +119,12 @@ static int done_order_created(void *ctx, const cm_record *rec, const cm_plan *pl
 
     if (cm_outbox_reply_done(res, verdict, sizeof(verdict)) == 0) {
         /* A duplicate: its reply went to the outbox with the first one. */
+        cm_record_outcome(rec, "duplicate");
         log_info("duplicate order ignored order_id=%s " CM_REC_FMT, o->order_id, CM_REC_ARGS(rec));
         return 0;
     }
     bool approved = strcmp(verdict, "OK") == 0;
+    cm_record_outcome(rec, approved ? "charged" : "declined");
     cm_metrics_add(cm_daemon_metrics(ctx), "orders_payments_total",
                    approved ? "outcome=\"charged\"" : "outcome=\"declined\"", 1);
     log_info("payment %s order_id=%s customer_id=%s amount_cents=%" PRId64 " reason=%s " CM_REC_FMT,
@@ -151,6 +153,8 @@ static const cm_saga_def refund = {
     .metric = "orders_payments_total",
     .undone_labels = "outcome=\"refunded\"",
     .remembered_labels = "outcome=\"cancelled\"",
+    .undone_outcome = "refunded",
+    .remembered_outcome = "cancelled",
     .undone_log = "payment refunded",
     .remembered_log = "order cancelled before payment",
 };
@@ -244,9 +248,9 @@ static void get_payment(void *ctx, const cm_http_req *req, cm_http_resp *resp)
 }
 
 const cm_http_route ps_routes[] = {
-    {"PUT", "/accounts/{}", put_account, NULL, "payments:admin"},
-    {"GET", "/accounts/{}", get_account, NULL, "payments:read"},
-    {"GET", "/payments/{}", get_payment, NULL, "payments:read"},
+    {"PUT", "/accounts/{}", put_account, NULL, "payments:admin", false},
+    {"GET", "/accounts/{}", get_account, NULL, "payments:read", false},
+    {"GET", "/payments/{}", get_payment, NULL, "payments:read", false},
 };
 const size_t ps_nroutes = sizeof(ps_routes) / sizeof(ps_routes[0]);
 
