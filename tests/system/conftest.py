@@ -32,7 +32,8 @@ Environment:
                     kafka.sh takes ports P, P+100 and P+200 and the secure
                     brokers start at 19392 and 19692: offsets of parallel runs
                     must be 300 or more apart (e.g. 0, 500, 1000), or under 100
-                    apart with none of their ports overlapping (0 and 50)
+                    apart with none of their ports overlapping (0 and 50).
+                    The test Zipkin (fixture `zipkin`) listens on 19411 + offset.
 """
 
 import atexit
@@ -67,6 +68,9 @@ KAFKA_PORT = 19092 + PORT_OFFSET
 KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
 TOPICS_SH = ROOT / "deploy" / "kafka" / "topics.sh"
 PG_SH = ROOT / "deploy" / "postgres" / "pg.sh"
+ZIPKIN_SH = ROOT / "deploy" / "zipkin" / "zipkin.sh"
+ZIPKIN_PORT = 19411 + PORT_OFFSET
+ZIPKIN_DIR = RUN_DIR / f"test-zipkin{PORT_OFFSET}"
 DB_PREFIX = f"test{PORT_OFFSET}_" if PORT_OFFSET else "test_"
 PARTITIONS = 6
 KAFKA_NODES = int(os.environ.get("TEST_KAFKA_NODES", "1"))
@@ -681,6 +685,25 @@ class Stack:
                    HTTP_ADDR="127.0.0.1", HTTP_TOKENS_FILE=str(TOKENS_FILE))
         return env
 
+    def set_daemon_env(self, **overrides):
+        """Restarts the three daemons with these environment variables set
+        (a value of None removes one), and waits until all are ready again.
+        The change lasts until the next call: callers restore what they set."""
+        for d in self.daemons.values():
+            if d.running():
+                d.stop()
+        for d in self.daemons.values():
+            for k, v in overrides.items():
+                if v is None:
+                    d.env.pop(k, None)
+                else:
+                    d.env[k] = str(v)
+        for d in self.daemons.values():
+            wait_until(lambda: not port_in_use(d.port), 10, f"port {d.port} to be free")
+            d.start()
+        for d in self.daemons.values():
+            d.wait_ready()
+
     # -- teardown
 
     def teardown(self):
@@ -879,6 +902,36 @@ def stack():
         problems = st.teardown()
     if problems:
         pytest.fail("teardown: " + "; ".join(problems) + "\n" + log_tails(), pytrace=False)
+
+
+class Zipkin:
+    """The test session's Zipkin server (deploy/zipkin/zipkin.sh), read
+    through its API."""
+
+    def __init__(self, url):
+        self.url = url
+
+    def trace(self, trace_id):
+        """The spans of one trace (a list, empty when Zipkin has none)."""
+        r = requests.get(f"{self.url}/api/v2/trace/{trace_id}", timeout=5)
+        if r.status_code == 404:
+            return []
+        assert r.status_code == 200, f"GET /api/v2/trace/{trace_id}: {r.status_code} {r.text}"
+        return r.json()
+
+
+@pytest.fixture(scope="session")
+def zipkin():
+    """A real Zipkin server (in-memory storage) on 19411 + TEST_PORT_OFFSET,
+    stopped at the end of the session."""
+    try:
+        out = run_script([ZIPKIN_SH, "start", "--port", ZIPKIN_PORT, "--dir", ZIPKIN_DIR])
+        url = parse_assignments(out).get("url")
+        if not url:
+            raise RuntimeError(f"zipkin.sh start printed no url=...:\n{out}")
+        yield Zipkin(url)
+    finally:
+        run_script([ZIPKIN_SH, "stop", "--dir", ZIPKIN_DIR], check=False, timeout=60)
 
 
 @pytest.fixture(autouse=True)
