@@ -90,8 +90,8 @@ static void slot_fill(const loop *l, slot *s, rd_kafka_message_t *m)
         if (ev_traceparent_valid(s->traceparent, len))
             snprintf(s->trace_id, sizeof(s->trace_id), "%.32s", s->traceparent + 3);
     }
-    s->traced =
-        s->has_traceparent && cm_trace_start(l->cfg->tracer, s->traceparent, false, &s->span);
+    s->traced = l->cfg->tracer && s->has_traceparent &&
+                cm_trace_start(l->cfg->tracer, s->traceparent, false, &s->span);
     if (s->traced) {
         cm_trace_traceparent(&s->span, s->span_tp);
         s->result = "interrupted"; /* until the loop knows better */

@@ -16,11 +16,12 @@ traces back through Zipkin's API (GET /api/v2/trace/{id}).
 
 import os
 import re
+import subprocess
 
 import pytest
 import requests
 
-from conftest import bearer, port_in_use
+from conftest import bearer, build_dir, port_in_use
 from helpers import header_map, metrics
 
 SERVICES = ("order-service", "payment-service", "inventory-service")
@@ -257,3 +258,21 @@ def test_sampling_zero_sends_no_spans(stack, zipkin, tracing):
     for name in SERVICES:
         m = metrics(stack.daemons[name].url)
         assert m.get(("orders_spans_sent_total", frozenset()), 0) > 0, name
+
+
+@pytest.mark.parametrize("name", SERVICES)
+@pytest.mark.parametrize("var,value", [
+    ("TRACING_SAMPLE_RATIO", "1.5"),
+    ("TRACING_SAMPLE_RATIO", "ten percent"),
+    ("TRACING_URL", "zipkin:9411"),
+    ("TRACING_QUEUE", "8"),
+])
+def test_bad_tracing_setting_exits_78_naming_it(name, var, value):
+    env = {"PATH": "/usr/bin:/bin", "HTTP_AUTH": "none", "HTTP_PORT": "1",
+           "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none",
+           "TRACING_URL": "http://127.0.0.1:9411", var: value}
+    cp = subprocess.run([str(build_dir() / name / name)], env=env, stdin=subprocess.DEVNULL,
+                        capture_output=True, text=True, timeout=15)
+    assert cp.returncode == 78, f"{name} with {var}={value}: exit {cp.returncode}\n{cp.stderr}"
+    errors = [ln for ln in cp.stderr.splitlines() if "configuration error" in ln]
+    assert len(errors) == 1 and f"{var}=" in errors[0], cp.stderr
