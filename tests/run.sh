@@ -23,6 +23,8 @@ esac
 # shellcheck source=../deploy/kafka/versions.sh
 . "$ROOT/deploy/kafka/versions.sh"
 env -u KAFKA_LIBS_DIR KAFKA_VERSION="$KAFKA4_TEST_VERSION" "$ROOT/deploy/kafka/fetch-jars.sh" --quiet
+# The Zipkin server of the tracing test (system_tracing).
+"$ROOT/deploy/zipkin/zipkin.sh" fetch >/dev/null
 cmake --preset "$PRESET" -S "$ROOT" >/dev/null
 cmake --build --preset "$PRESET" -j"$(nproc)"
 cd "$ROOT"
