@@ -401,10 +401,8 @@ static enum MHD_Result dispatch(cm_http *h, struct MHD_Connection *c, const char
     const cm_http_route *rt = find_route(h, url, method, &param, allow, sizeof(allow));
 
     if (rt) {
-        cm_http_req req = {method, url, param, st->body, st->len, c, st->token, NULL};
-        req.traceparent = h->tracer
-                              ? st->traceparent
-                              : MHD_lookup_connection_value(c, MHD_HEADER_KIND, "traceparent");
+        cm_http_req req = {method,  url, param,     st->body,
+                           st->len, c,   st->token, h->tracer ? st->traceparent : NULL};
         if (st->denied) {
             resp = st->denial;
             st->denial = (cm_http_resp){0};

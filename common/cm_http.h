@@ -48,9 +48,9 @@ typedef struct {
     void *conn;        /* for cm_http_header() */
     const char *token; /* name of the token that was let in; "-" when the
                           route is open or authentication is off */
-    /* The trace context of the handler's work: with tracing on, the
-     * request's SERVER span (sampled or not, "-00"); with it off, the
-     * client's traceparent header as sent (NULL, maybe not valid). */
+    /* With tracing on, the trace context of the handler's work: the
+     * request's SERVER span as a traceparent (sampled or not: "-01"/"-00").
+     * NULL with tracing off (the client's header is cm_http_header()'s). */
     const char *traceparent;
 } cm_http_req;
 

@@ -325,7 +325,7 @@ static int post_order(void *ctx, const cm_http_req *req, cm_http_resp *resp,
     /* The event's trace: a child of the commit span when sampled, else of
      * the request (its span, or the client's traceparent with tracing off). */
     char commit_tp[56];
-    const char *parent = req->traceparent;
+    const char *parent = req->traceparent ? req->traceparent : cm_http_header(req, "traceparent");
     if ((w->traced = cm_trace_start(cm_daemon_tracer(ctx), req->traceparent, false, &w->commit))) {
         cm_trace_traceparent(&w->commit, commit_tp);
         parent = commit_tp;
