@@ -342,8 +342,10 @@ static int wait_database(cm_daemon *d)
             log_debug("waiting for database error=\"%s\"", last);
         }
         PQfinish(conn);
-        for (long t = 0; t < backoff && !stop_requested; t += 100)
+        for (long t = 0; t < backoff && !stop_requested; t += 100) {
+            cm_notify_waiting(&d->notify, "database");
             nap(100);
+        }
         quiet_ms += backoff;
         backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
     }
@@ -623,7 +625,6 @@ static int run(cm_daemon *d)
             .tick = tick,
             .tick_arg = &d->notify,
         };
-        cm_notify_init(&d->notify, &d->health);
         atomic_store(&d->health.started, true);
         log_info("started http=%s://%s:%lld auth=%s group=%s", d->tls_cert ? "https" : "http",
                  d->base.http_addr, d->base.http_port, d->base.http_auth, d->base.consumer_group);
@@ -696,6 +697,7 @@ int cm_daemon_main(const cm_daemon_def *def, int argc, char **argv)
         log_warning("SIGHUP will not reload the token file: no reload thread error=\"%s\"",
                     strerror(errno));
     r = init_metrics(&d);
+    cm_notify_init(&d.notify, &d.health);
     if (r == 0)
         r = wait_database(&d);
     if (r == 0)
