@@ -21,7 +21,7 @@ import subprocess
 import pytest
 import requests
 
-from conftest import bearer, build_dir, port_in_use
+from conftest import LOG_DIR, ROOT, bearer, build_dir, port_in_use
 from helpers import header_map, metrics
 
 SERVICES = ("order-service", "payment-service", "inventory-service")
@@ -192,6 +192,31 @@ def test_traces_of_a_confirmed_and_a_compensated_order(stack, zipkin, tracing):
     assert outcome[("payment-service", "consume inventory.reserved")] == "refunded", outcome
     assert "rejected" in (outcome[("order-service", "consume payments.completed")],
                           outcome[("order-service", "consume inventory.reserved")]), outcome
+
+    screenshot(zipkin, trace_ok, "order-trace.png")
+    screenshot(zipkin, trace_rej, "order-trace-compensated.png")
+
+
+def screenshot(zipkin, trace_id, name):
+    """deploy/zipkin/screenshot.sh draws a trace with headless Chromium: a
+    PNG of the asked size, left in .run/test-logs/ (the README's picture,
+    deploy/zipkin/order-trace.png, is the confirmed order's of such a run)."""
+    out = LOG_DIR / name
+    out.unlink(missing_ok=True)
+    cp = subprocess.run([str(ROOT / "deploy" / "zipkin" / "screenshot.sh"), "--zipkin", zipkin.url,
+                         "--size", "1200x700", "--wait", "30", trace_id, str(out)],
+                        capture_output=True, text=True, timeout=180)
+    assert cp.returncode == 0, f"screenshot.sh exited {cp.returncode}\n{cp.stdout}\n{cp.stderr}"
+    assert trace_id in cp.stdout, cp.stdout
+    png = out.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR", png[:16]
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == (1200, 700), (width, height)
+    assert len(png) > 20_000, f"{len(png)} bytes: an empty page?"
+    # Wrong input is refused before Chromium starts.
+    bad = subprocess.run([str(ROOT / "deploy" / "zipkin" / "screenshot.sh"), "not-hex", str(out)],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "trace id" in bad.stderr, bad.stderr
 
 
 def test_collector_down_costs_only_spans(stack, tracing):
