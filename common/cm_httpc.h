@@ -52,8 +52,8 @@ int cm_httpc_parse_url(const char *url, cm_httpc_url *out, char *err, size_t err
  * On failure *resp is left empty (safe to free).
  */
 int cm_httpc_request(const cm_httpc_url *base, const cm_httpc_opts *opts, const char *method,
-                     const char *path, const char *const *headers, const char *body,
-                     size_t bodylen, cm_httpc_response *resp, char *err, size_t errlen);
+                     const char *path, const char *const *headers, const char *body, size_t bodylen,
+                     cm_httpc_response *resp, char *err, size_t errlen);
 
 void cm_httpc_response_free(cm_httpc_response *resp);
 
