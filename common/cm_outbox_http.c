@@ -14,17 +14,18 @@
 static const char unpublished_sql[] =
     "SELECT id, topic, coalesce(headers->>'event-type', ''), coalesce(headers->>'event-id', ''),"
     " coalesce(headers->>'traceparent', ''), " CM_DB_ISO_TS("created_at") ","
-    " extract(epoch FROM clock_timestamp() - created_at)"
+    " floor(extract(epoch FROM clock_timestamp() - created_at))::bigint"
     " FROM outbox WHERE msg_key = $1 ORDER BY id LIMIT $2::int";
 /* clang-format on */
 
 static json_t *row_json(PGresult *res, int i)
 {
-    return json_pack("{s:I, s:s, s:s, s:s, s:s, s:s, s:f}", "id",
+    return json_pack("{s:I, s:s, s:s, s:s, s:s, s:s, s:I}", "id",
                      (json_int_t)strtoll(PQgetvalue(res, i, 0), NULL, 10), "topic",
                      PQgetvalue(res, i, 1), "eventType", PQgetvalue(res, i, 2), "eventId",
                      PQgetvalue(res, i, 3), "traceparent", PQgetvalue(res, i, 4), "createdAt",
-                     PQgetvalue(res, i, 5), "ageSeconds", strtod(PQgetvalue(res, i, 6), NULL));
+                     PQgetvalue(res, i, 5), "ageSeconds",
+                     (json_int_t)strtoll(PQgetvalue(res, i, 6), NULL, 10));
 }
 
 void cm_outbox_http_get(void *ctx, const cm_http_req *req, cm_http_resp *resp)

@@ -26,7 +26,7 @@
 /* clang-format off */
 static const char pending_sql[] =
     "SELECT order_id, customer_id, sku, quantity, amount_cents, " CM_DB_ISO_TS("created_at") ","
-    " extract(epoch FROM clock_timestamp() - created_at),"
+    " floor(extract(epoch FROM clock_timestamp() - created_at))::bigint,"
     " payment_approved IS NOT NULL, inventory_reserved IS NOT NULL, trace_id"
     " FROM orders WHERE status = 'PENDING'"
     " AND created_at <= clock_timestamp() - make_interval(secs => $1::bigint)"
@@ -87,12 +87,12 @@ static json_t *pending_json(PGresult *res, int i)
     const char *missing = !paid && !stocked ? "both" : !paid ? "payment" : "inventory";
 
     return json_pack(
-        "{s:s, s:s, s:s, s:I, s:I, s:s, s:f, s:s, s:o}", "orderId", PQgetvalue(res, i, 0),
+        "{s:s, s:s, s:s, s:I, s:I, s:s, s:I, s:s, s:o}", "orderId", PQgetvalue(res, i, 0),
         "customerId", PQgetvalue(res, i, 1), "sku", PQgetvalue(res, i, 2), "quantity",
         (json_int_t)strtoll(PQgetvalue(res, i, 3), NULL, 10), "amountCents",
         (json_int_t)strtoll(PQgetvalue(res, i, 4), NULL, 10), "createdAt", PQgetvalue(res, i, 5),
-        "ageSeconds", strtod(PQgetvalue(res, i, 6), NULL), "missing", missing, "traceId",
-        PQgetisnull(res, i, 9) ? json_null() : json_string(PQgetvalue(res, i, 9)));
+        "ageSeconds", (json_int_t)strtoll(PQgetvalue(res, i, 6), NULL, 10), "missing", missing,
+        "traceId", PQgetisnull(res, i, 9) ? json_null() : json_string(PQgetvalue(res, i, 9)));
 }
 
 void os_list_pending(void *ctx, const cm_http_req *req, cm_http_resp *resp)

@@ -182,10 +182,9 @@ static void add_outbox(timeline *t, oc_svc svc, const json_t *rows)
     size_t i;
     json_t *row;
 
-    json_array_foreach(rows, i, row)
-        add(t, str(row, "createdAt"), oc_api_name(svc),
-            "not yet published: %s to %s (waiting %.1f s)", str(row, "eventType"),
-            str(row, "topic"), json_number_value(json_object_get(row, "ageSeconds")));
+    json_array_foreach(rows, i, row) add(
+        t, str(row, "createdAt"), oc_api_name(svc), "not yet published: %s to %s (waiting %lld s)",
+        str(row, "eventType"), str(row, "topic"), num(row, "ageSeconds"));
 }
 
 static void add_dlt(timeline *t, const json_t *recs)

@@ -53,10 +53,8 @@ static int on_opt(void *ctx, int opt, const char *arg, const char *name)
     return -1;
 }
 
-static void print_age(double s, char out[24])
+static void print_age(long long t, char out[24])
 {
-    long long t = (long long)s;
-
     if (t >= 86400)
         snprintf(out, 24, "%lldd%02lldh", t / 86400, t % 86400 / 3600);
     else if (t >= 3600)
@@ -64,7 +62,7 @@ static void print_age(double s, char out[24])
     else if (t >= 60)
         snprintf(out, 24, "%lldm%02llds", t / 60, t % 60);
     else
-        snprintf(out, 24, "%.1fs", s);
+        snprintf(out, 24, "%llds", t);
 }
 
 static void print_text(const stuck_args *a, const json_t *body)
@@ -87,7 +85,7 @@ static void print_text(const stuck_args *a, const json_t *body)
         const char *m = json_string_value(json_object_get(o, "missing"));
         char age[24];
 
-        print_age(json_number_value(json_object_get(o, "ageSeconds")), age);
+        print_age((long long)json_integer_value(json_object_get(o, "ageSeconds")), age);
         printf("  %-40s  %-9s  %-9s  %s\n", json_string_value(json_object_get(o, "orderId")), age,
                m ? m : "-", json_string_value(json_object_get(o, "createdAt")));
         for (int k = 0; k < 3; k++)
