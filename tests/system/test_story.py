@@ -8,9 +8,9 @@ reasons of GET /payments and GET /reservations).
 Covered: a confirmed order (its trace id is the one the client's traceparent
 started), a rejected order compensated each way (refund, release: a daemon is
 stopped to fix the order of events, which is also the "service down" case:
-exit 69 naming it), an order whose reply was dead-lettered, an unknown id
-(exit 1), refused tokens (exit 77), stuck orders with the missing reply and
-an empty result.
+exit 69 naming it), an order whose reply was dead-lettered, an outbox row not
+yet published, an unknown id (exit 1), refused tokens (exit 77), stuck orders
+with the missing reply and an empty result.
 """
 
 import json
@@ -19,6 +19,7 @@ import re
 import subprocess
 import uuid
 
+import psycopg
 import requests
 
 from conftest import PORT_OFFSET, SERVICES, build_dir
@@ -325,3 +326,49 @@ def test_pending_route_bad_parameters(stack):
         denied = requests.get(url, timeout=5,
                               headers=stack.bearer("only-" + other.replace(":", "-")))
         assert denied.status_code == 403
+
+
+def test_unpublished_outbox_row_is_in_the_story(stack):
+    """A reply committed to payment-service's outbox but not yet published:
+    the row is written with the NOTIFY trigger off (this session only), and a
+    row lock taken at once holds the relay's DELETE back (it may publish the
+    row, it cannot remove it) while orderctl looks. The row is a duplicate
+    reply of a settled order, which the consumers ignore once it goes out."""
+    cust, sku = stack.uid("c"), stack.uid("s")
+    stack.fund(cust, 1000)
+    stack.set_stock(sku, 5)
+    oid = place(stack, cust, sku, 1, 100)
+    stack.orders.wait_settled(oid, need=("payment", "inventory"))
+    hdrs = json.dumps({k: v.decode() for k, v in headers("PaymentCompleted")})
+    payload = json.dumps({"orderId": oid, "approved": True, "reason": "OK"})
+    dsn = stack.dsn("payments")
+    with psycopg.connect(dsn, autocommit=True) as writer, psycopg.connect(dsn) as locker:
+        for _ in range(5):
+            writer.execute("SET session_replication_role = replica")  # no NOTIFY trigger
+            row = writer.execute(
+                "INSERT INTO outbox(topic, msg_key, payload, headers) VALUES"
+                " ('payments.completed', %s, %s, %s::jsonb) RETURNING id",
+                (oid, payload, hdrs)).fetchone()[0]
+            if locker.execute("SELECT id FROM outbox WHERE id = %s FOR UPDATE",
+                              (row,)).fetchall():
+                break
+            locker.rollback()  # the relay was quicker: try again
+        else:
+            raise AssertionError("the relay removed every row before it could be locked")
+        try:
+            r = stack.payments.get(f"/outbox/{oid}")
+            assert r.status_code == 200, r.text
+            rows = r.json()["unpublished"]
+            assert [x["id"] for x in rows] == [row] and rows[0]["eventType"] == "PaymentCompleted"
+            assert rows[0]["topic"] == "payments.completed" and rows[0]["ageSeconds"] >= 0
+            st = story(stack, oid, "--no-dlt")
+            assert [x["id"] for x in st["outbox"]["payment-service"]] == [row]
+            assert st["outbox"]["order-service"] == [] == st["outbox"]["inventory-service"]
+            unpublished = [e for e in st["timeline"] if "not yet published" in e["event"]]
+            assert len(unpublished) == 1 and unpublished[0]["source"] == "payment-service"
+            assert "PaymentCompleted to payments.completed" in unpublished[0]["event"]
+        finally:
+            locker.rollback()
+    stack.wait_until(lambda: stack.payments.get(f"/outbox/{oid}").json()["count"] == 0, 30,
+                     "the relay to publish and remove the row")
+    assert stack.orders.order(oid)["status"] == "CONFIRMED"
