@@ -215,18 +215,12 @@ static int apply(loop *l, slot *slots, int n, char *reason, size_t reasonlen)
     return r;
 }
 
-/* A statement of the loop never waits longer than this (a row lock held by
- * someone else, a stuck server): it fails with 57014, an outage, and the loop
- * waits it out feeding the watchdog and honouring stop, not ready meanwhile.
- * Applies unless the operator set a statement_timeout of their own (in the
- * URL's options, for the role or the database). */
-#define STATEMENT_TIMEOUT "5s"
-
+/* A statement of the loop never waits longer than CM_DB_STATEMENT_TIMEOUT:
+ * it fails with 57014, an outage, and the loop waits it out feeding the
+ * watchdog and honouring stop, not ready meanwhile. */
 static int ensure_db(loop *l)
 {
-    static const char show[] = "SHOW statement_timeout";
     char err[256];
-    PGresult *res = NULL;
 
     if (l->conn && PQstatus(l->conn) == CONNECTION_OK)
         return 0;
@@ -236,13 +230,8 @@ static int ensure_db(loop *l)
         log_warning("database unavailable, consumer waits error=\"%s\"", err);
         return -ECONNRESET;
     }
-    if (cm_db_query(l->conn, &res, show, 0, NULL) == 0 &&
-        (strcmp(PQgetvalue(res, 0, 0), "0") != 0 ||
-         cm_db_exec(l->conn, "SET statement_timeout = '" STATEMENT_TIMEOUT "'") == 0)) {
-        PQclear(res);
+    if (cm_db_default_statement_timeout(l->conn, CM_DB_STATEMENT_TIMEOUT) == 0)
         return 0;
-    }
-    PQclear(res);
     log_warning("database unavailable, consumer waits error=\"%s\"", cm_db_error(l->conn));
     PQfinish(l->conn);
     l->conn = NULL;

@@ -11,6 +11,7 @@
 #include "ev_event.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
@@ -22,6 +23,18 @@
 
 static volatile sig_atomic_t stop_requested;
 static volatile sig_atomic_t reload_requested;
+/* Wakes the reload thread (a byte per signal): it sleeps in read(), so an
+ * idle daemon has no timer of its own here. */
+static int wake_pipe[2] = {-1, -1};
+
+static void wake_reloader(void)
+{
+    int saved = errno;
+    if (wake_pipe[1] >= 0 && write(wake_pipe[1], "x", 1) < 0) {
+        /* full: a wake-up is pending already */
+    }
+    errno = saved;
+}
 
 static void on_signal(int sig)
 {
@@ -29,6 +42,7 @@ static void on_signal(int sig)
         reload_requested = 1;
     else
         stop_requested = 1;
+    wake_reloader();
 }
 
 #define BASE(f) offsetof(cm_base_config, f)
@@ -228,8 +242,9 @@ static void *reload_thread(void *arg)
     size_t n = 0;
 
     while (!stop_requested) {
-        struct timespec ts = {0, 100 * 1000000L};
-        nanosleep(&ts, NULL);
+        char buf[16];
+        if (read(wake_pipe[0], buf, sizeof(buf)) < 0 && errno != EINTR && errno != EAGAIN)
+            break;
         if (!reload_requested)
             continue;
         reload_requested = 0;
@@ -327,8 +342,10 @@ static int wait_database(cm_daemon *d)
             log_debug("waiting for database error=\"%s\"", last);
         }
         PQfinish(conn);
-        for (long t = 0; t < backoff && !stop_requested; t += 100)
+        for (long t = 0; t < backoff && !stop_requested; t += 100) {
+            cm_notify_waiting(&d->notify, "database");
             nap(100);
+        }
         quiet_ms += backoff;
         backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
     }
@@ -608,7 +625,6 @@ static int run(cm_daemon *d)
             .tick = tick,
             .tick_arg = &d->notify,
         };
-        cm_notify_init(&d->notify, &d->health);
         atomic_store(&d->health.started, true);
         log_info("started http=%s://%s:%lld auth=%s group=%s", d->tls_cert ? "https" : "http",
                  d->base.http_addr, d->base.http_port, d->base.http_auth, d->base.consumer_group);
@@ -674,15 +690,28 @@ int cm_daemon_main(const cm_daemon_def *def, int argc, char **argv)
 
     pthread_mutex_init(&d.scrape_mu, NULL);
     pthread_t reloader;
-    bool reloading = pthread_create(&reloader, NULL, reload_thread, &d) == 0;
+    bool reloading = pipe2(wake_pipe, O_CLOEXEC) == 0 &&
+                     fcntl(wake_pipe[1], F_SETFL, O_NONBLOCK) == 0 &&
+                     pthread_create(&reloader, NULL, reload_thread, &d) == 0;
+    if (!reloading)
+        log_warning("SIGHUP will not reload the token file: no reload thread error=\"%s\"",
+                    strerror(errno));
     r = init_metrics(&d);
+    cm_notify_init(&d.notify, &d.health);
     if (r == 0)
         r = wait_database(&d);
     if (r == 0)
         r = run(&d);
     stop_requested = 1;
+    wake_reloader();
     if (reloading)
         pthread_join(reloader, NULL);
+    for (int i = 0; i < 2; i++) {
+        int fd = wake_pipe[i];
+        wake_pipe[i] = -1;
+        if (fd >= 0)
+            close(fd);
+    }
     cm_metrics_free(d.health.metrics);
     pthread_mutex_destroy(&d.scrape_mu);
     cm_auth_free(d.auth);

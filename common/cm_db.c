@@ -172,6 +172,22 @@ int cm_db_connect(const char *url, PGconn **ret, char *err, size_t errlen)
     return 0;
 }
 
+int cm_db_default_statement_timeout(PGconn *conn, const char *timeout)
+{
+    PGresult *res = NULL;
+    char sql[64];
+    int r;
+
+    if ((r = cm_db_query(conn, &res, "SHOW statement_timeout", 0, NULL)) < 0)
+        return r;
+    bool own = strcmp(PQgetvalue(res, 0, 0), "0") != 0;
+    PQclear(res);
+    if (own)
+        return 0;
+    snprintf(sql, sizeof(sql), "SET statement_timeout = '%s'", timeout);
+    return cm_db_exec(conn, sql);
+}
+
 int cm_db_classify_sqlstate(const char *state)
 {
     /* The server, not the statement: the work succeeds once the server (or
@@ -433,10 +449,19 @@ int cm_dbpool_acquire(cm_dbpool *pool, PGconn **ret)
             conn = NULL;
         }
     }
-    if (!conn && cm_db_connect(pool->url, &conn, err, sizeof(err)) < 0) {
-        log_warning("database unavailable error=\"%s\"", err);
-        cm_dbpool_release(pool, NULL);
-        return -ECONNRESET;
+    if (!conn) {
+        if (cm_db_connect(pool->url, &conn, err, sizeof(err)) < 0) {
+            log_warning("database unavailable error=\"%s\"", err);
+            cm_dbpool_release(pool, NULL);
+            return -ECONNRESET;
+        }
+        /* A request never waits on the database longer than this. */
+        if (cm_db_default_statement_timeout(conn, CM_DB_STATEMENT_TIMEOUT) < 0) {
+            log_warning("database unavailable error=\"%s\"", cm_db_error(conn));
+            PQfinish(conn);
+            cm_dbpool_release(pool, NULL);
+            return -ECONNRESET;
+        }
     }
     *ret = conn;
     return 0;

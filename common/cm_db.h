@@ -27,6 +27,16 @@
  * err holds libpq's message (one line). */
 int cm_db_connect(const char *url, PGconn **ret, char *err, size_t errlen);
 
+/* The longest a statement of a daemon waits (a lock held elsewhere, a stuck
+ * server) before it fails with 57014, an outage: the consumer loop waits it
+ * out, an HTTP request answers 503. */
+#define CM_DB_STATEMENT_TIMEOUT "5s"
+
+/* Sets statement_timeout to `timeout` for the session, unless the operator
+ * set one of their own (in the URL's options, for the role or the
+ * database). Returns 0 or a negative errno (message: cm_db_error). */
+int cm_db_default_statement_timeout(PGconn *conn, const char *timeout);
+
 /* Maps a finished result (or NULL) on conn to 0 or one of the codes above. */
 int cm_db_classify(PGconn *conn, const PGresult *res);
 

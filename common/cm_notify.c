@@ -38,20 +38,44 @@ void cm_notify_init(cm_notify *n, cm_health *health)
 #endif
 }
 
+static void watchdog(cm_notify *n, long long now)
+{
+    if (n->watchdog_interval_ms > 0 && now - n->last_watchdog_ms >= n->watchdog_interval_ms) {
+        notify("WATCHDOG=1");
+        n->last_watchdog_ms = now;
+    }
+}
+
+void cm_notify_waiting(cm_notify *n, const char *what)
+{
+    long long now = now_ms();
+
+    watchdog(n, now);
+    if (n->ready_sent || (n->last_extend_ms && now - n->last_extend_ms < CM_NOTIFY_EXTEND_EVERY_MS))
+        return;
+    char msg[160];
+    snprintf(msg, sizeof(msg), "EXTEND_TIMEOUT_USEC=%lld\nSTATUS=starting: waiting for %s",
+             (long long)CM_NOTIFY_EXTEND_MS * 1000, what);
+    notify(msg);
+    n->last_extend_ms = now;
+    n->last_status_ms = now;
+}
+
 void cm_notify_tick(cm_notify *n)
 {
     long long now = now_ms();
     cm_health *h = n->health;
 
+    if (!n->ready_sent && !cm_health_ready(h)) {
+        cm_notify_waiting(n, "brokers and the consumer group");
+        return;
+    }
     if (!n->ready_sent && cm_health_ready(h)) {
         notify("READY=1\nSTATUS=ready");
         n->ready_sent = true;
         log_info("ready");
     }
-    if (n->watchdog_interval_ms > 0 && now - n->last_watchdog_ms >= n->watchdog_interval_ms) {
-        notify("WATCHDOG=1");
-        n->last_watchdog_ms = now;
-    }
+    watchdog(n, now);
     if (now - n->last_status_ms >= 2000) {
         char status[256];
         snprintf(status, sizeof(status),

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TOKENS_ENV, parse_assignments
+from conftest import TOKENS_ENV, make_pki, parse_assignments
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT = 120
@@ -188,6 +188,46 @@ def test_closed_keepalive_connection_is_resent_once(stack, tmp_path):
     # Every order after the first on a connection met a closed connection.
     assert conns["resends"] >= 30, conns
     assert conns["sockets_opened"] == conns["resends"] + 2, conns
+
+
+def test_https_front_door(stack, tmp_path):
+    """order-service serving HTTPS: the tool speaks TLS on its keep-alive
+    connections (one handshake per socket), verifies the server against
+    --cacert, and refuses a server its CA store does not vouch for."""
+    pki = make_pki(tmp_path)
+    d = stack.daemons["order-service"]
+    normal = d.env
+    d.stop()
+    d.env = dict(normal, HTTP_TLS_CERT=str(pki / "server.pem"),
+                 HTTP_TLS_KEY=str(pki / "server.key"))
+    try:
+        d.ca = str(pki / "ca.pem")
+        d.start()
+        d.wait_ready()
+        url = f"https://127.0.0.1:{d.port}"
+        report = bench_ok(stack, tmp_path, "--orders", "200", "--rate", "200", "--connections",
+                          "4", "--cacert", str(pki / "ca.pem"), url=url)
+        settled(report, 200)
+        conns = report["connections"]
+        assert conns["tls"] is True, conns
+        assert 1 <= conns["tls_handshakes"] <= conns["sockets_opened"], conns
+        assert conns["sockets_opened"] <= 4 + conns["resends"], conns
+
+        # Without --cacert the throw-away CA is unknown: the set-up stops
+        # (exit 3) before any order goes out, and says why.
+        cp = run_bench([*stack_args(stack, url), "--orders", "5", "--rate", "50",
+                        "--connections", "1", "--request-timeout", "5"], timeout=60)
+        assert cp.returncode == 3, f"exit {cp.returncode}\n{cp.stdout}\n{cp.stderr}"
+        assert "certificate verify failed" in cp.stderr, cp.stderr
+        cp = run_bench(["--url", "https://127.0.0.1:1", "--cacert", str(tmp_path / "none.pem"),
+                        "--orders", "1"], timeout=30)
+        assert cp.returncode == 2 and "CA certificates" in cp.stderr, cp.stderr
+    finally:
+        if d.running():
+            d.stop()
+        d.env, d.ca = normal, None
+        d.start()
+        d.wait_ready()
 
 
 def test_without_tokens_setup_fails_with_401(stack):

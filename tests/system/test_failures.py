@@ -473,6 +473,26 @@ def test_row_lock_held_elsewhere_is_an_outage_not_a_hang(stack):
     assert end_offsets(stack.bootstrap, "orders.created.DLT") == before
 
 
+def test_request_behind_a_lock_answers_503_within_the_statement_timeout(stack):
+    """An HTTP request whose statement waits on a lock held elsewhere (an
+    operator's open transaction on the account row) does not hold its client
+    and a pool connection without end: after the 5 s statement timeout it
+    answers 503, and once the lock is gone the same request succeeds."""
+    cust = stack.uid("c")
+    stack.fund(cust, 100)
+    with psycopg.connect(stack.dsn("payments")) as locker:
+        locker.execute("SELECT 1 FROM accounts WHERE customer_id = %s FOR UPDATE", (cust,))
+        t0 = time.monotonic()
+        r = stack.payments.put(f"/accounts/{cust}", json={"balanceCents": 250}, timeout=30)
+        took = time.monotonic() - t0
+        assert r.status_code == 503, f"{r.status_code} {r.text}"
+        assert 4.5 <= took <= 12, f"answered after {took:.1f} s, not after the 5 s timeout"
+        locker.rollback()
+    r = stack.payments.put(f"/accounts/{cust}", json={"balanceCents": 250})
+    assert r.status_code == 200, f"{r.status_code} {r.text}"
+    assert stack.payments.balance(cust) == 250
+
+
 # -------------------------------------------------------------- Idempotency-Key
 
 

@@ -113,6 +113,12 @@ def test_notify_ready_only_after_dependencies_watchdog_and_stopping(stack, tmp_p
         early = notifications(sock, 3)
         assert not any("READY=1" in n for n in early), early
         assert proc.poll() is None, "daemon gave up instead of waiting for PostgreSQL"
+        # ... and tells systemd so: the start timeout is extended (a unit's
+        # TimeoutStartSec would otherwise kill a daemon that waits), with a
+        # STATUS that names the wait, and the watchdog is fed meanwhile.
+        extend = [n for n in early if "EXTEND_TIMEOUT_USEC=30000000" in n]
+        assert extend and "STATUS=starting: waiting for database" in extend[0], early
+        assert sum("WATCHDOG=1" in n for n in early) >= 3, early
         fwd.start()
         got, deadline = [], time.monotonic() + 30
         while not any("READY=1" in n for n in got) and time.monotonic() < deadline:

@@ -48,6 +48,9 @@ static const char usage_text[] =
     "                           set -a; . .run/tokens.env; set +a; orders-bench ...\n"
     "                         An 'Authorization:' --header replaces both\n"
     "  --request-timeout S    longest wait for one response, seconds (default 30)\n"
+    "  --cacert FILE          CA certificates (PEM) that https:// URLs are verified\n"
+    "                         against (default: the system's store)\n"
+    "  --insecure             https:// without verifying the server (test set-ups)\n"
     "\n"
     "Orders (the run's customers and skus are named bench-<run id>-c<i> and -s<i>):\n"
     "  --customers N          distinct customers (default 20)\n"
@@ -234,6 +237,8 @@ enum {
     OPT_SVG,
     OPT_QUIET,
     OPT_VERSION,
+    OPT_CACERT,
+    OPT_INSECURE,
 };
 
 static const struct option longopts[] = {
@@ -252,6 +257,8 @@ static const struct option longopts[] = {
     {"timeout", required_argument, NULL, OPT_TIMEOUT},
     {"request-timeout", required_argument, NULL, OPT_REQ_TIMEOUT},
     {"header", required_argument, NULL, OPT_HEADER},
+    {"cacert", required_argument, NULL, OPT_CACERT},
+    {"insecure", no_argument, NULL, OPT_INSECURE},
     {"token", required_argument, NULL, OPT_TOKEN},
     {"admin-token", required_argument, NULL, OPT_ADMIN_TOKEN},
     {"pids", required_argument, NULL, OPT_PIDS},
@@ -370,6 +377,11 @@ static int apply(ob_opts *o, int opt, const char *arg)
         return nonempty(&o->inventory_url, arg, "--inventory-url");
     case OPT_ORDERS_DB:
         return nonempty(&o->orders_db, arg, "--orders-db");
+    case OPT_CACERT:
+        return nonempty(&o->cacert, arg, "--cacert");
+    case OPT_INSECURE:
+        o->insecure = true;
+        return -1;
     case OPT_HEADER:
         if (o->nheaders == OB_MAX_HEADERS)
             return usage("--header can be given at most %d times", OB_MAX_HEADERS);

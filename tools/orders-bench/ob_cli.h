@@ -33,6 +33,8 @@ typedef struct {
     const char *payment_url;             /* payment-service: PUT /accounts */
     const char *inventory_url;           /* inventory-service: PUT /stock */
     const char *orders_db;               /* libpq conninfo of order-service's database */
+    const char *cacert;                  /* PEM CA bundle for https URLs (--cacert) */
+    bool insecure;                       /* https without verifying the peer */
     int64_t orders;                      /* orders to post */
     double rate;                         /* orders per second; 0 = closed loop */
     int connections;                     /* keep-alive connections */

@@ -9,6 +9,9 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,7 +64,7 @@ static int split_authority(const char *a, size_t n, ob_url *u, char *err, size_t
         goto bad;
     memcpy(u->host, host, hlen);
     u->host[hlen] = '\0';
-    u->port = 80;
+    u->port = u->tls ? 443 : 80;
     if (colon) {
         size_t plen = (size_t)(a + n - colon - 1);
         char *end;
@@ -84,7 +87,6 @@ bad:
 
 int ob_url_parse(const char *s, ob_url *ret, char *err, size_t errlen)
 {
-    static const char scheme[] = "http://";
     struct addrinfo hints, *ai = NULL;
     const char *auth, *path;
     char port[8];
@@ -92,11 +94,15 @@ int ob_url_parse(const char *s, ob_url *ret, char *err, size_t errlen)
     int r;
 
     memset(ret, 0, sizeof(*ret));
-    if (strncasecmp(s, scheme, sizeof(scheme) - 1) != 0) {
-        snprintf(err, errlen, "not an http:// URL");
+    if (strncasecmp(s, "http://", 7) == 0) {
+        auth = s + 7;
+    } else if (strncasecmp(s, "https://", 8) == 0) {
+        auth = s + 8;
+        ret->tls = true;
+    } else {
+        snprintf(err, errlen, "not an http:// or https:// URL");
         return -EINVAL;
     }
-    auth = s + sizeof(scheme) - 1;
     path = auth + strcspn(auth, "/?#");
     if (*path == '?' || *path == '#' || strchr(path, '?') || strchr(path, '#')) {
         snprintf(err, errlen, "URL must not have a query or fragment");
@@ -128,6 +134,43 @@ int ob_url_parse(const char *s, ob_url *ret, char *err, size_t errlen)
     return 0;
 }
 
+static bool is_ip_literal(const char *host)
+{
+    unsigned char a[16];
+    return inet_pton(AF_INET, host, a) == 1 || inet_pton(AF_INET6, host, a) == 1;
+}
+
+int ob_url_tls(ob_url *u, const char *ca_file, bool insecure, char *err, size_t errlen)
+{
+    SSL_CTX *ctx;
+
+    if (!u->tls)
+        return 0;
+    if (!(ctx = SSL_CTX_new(TLS_client_method()))) {
+        snprintf(err, errlen, "could not create a TLS context");
+        return -EINVAL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    if (!insecure) {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+        if (ca_file ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1
+                    : SSL_CTX_set_default_verify_paths(ctx) != 1) {
+            snprintf(err, errlen, "could not load the CA certificates %s", ca_file ? ca_file : "");
+            SSL_CTX_free(ctx);
+            return -EINVAL;
+        }
+    }
+    u->ssl_ctx = ctx;
+    return 0;
+}
+
+void ob_url_free(ob_url *u)
+{
+    if (u->ssl_ctx)
+        SSL_CTX_free(u->ssl_ctx);
+    u->ssl_ctx = NULL;
+}
+
 /* ---- connections ---- */
 
 void ob_conn_init(ob_conn *c, const ob_url *url, int epfd)
@@ -141,6 +184,9 @@ void ob_conn_init(ob_conn *c, const ob_url *url, int epfd)
 
 void ob_conn_close(ob_conn *c)
 {
+    if (c->ssl)
+        SSL_free(c->ssl);
+    c->ssl = NULL;
     if (c->fd >= 0)
         close(c->fd); /* also leaves the epoll set: the fd is never duplicated */
     c->fd = -1;
@@ -163,6 +209,124 @@ static int fail(ob_conn *c, int r, const char *what)
     return r;
 }
 
+static int write_some(ob_conn *c);
+static int read_some(ob_conn *c);
+
+/* Why the last TLS call failed, for c->err. */
+static int tls_fail(ob_conn *c, const char *what)
+{
+    unsigned long e = ERR_get_error();
+    long vr = c->ssl ? SSL_get_verify_result(c->ssl) : X509_V_OK;
+    char buf[120] = "connection closed";
+
+    if (vr != X509_V_OK)
+        snprintf(buf, sizeof(buf), "certificate verify failed: %s",
+                 X509_verify_cert_error_string(vr));
+    else if (e)
+        ERR_error_string_n(e, buf, sizeof(buf));
+    snprintf(c->err, sizeof(c->err), "TLS %s: %s", what, buf);
+    ob_conn_close(c);
+    return -EPROTO;
+}
+
+/* Runs the handshake as far as the socket allows; once done, sends the
+ * request waiting, if any. */
+static int tls_handshake(ob_conn *c)
+{
+    int n;
+
+    ERR_clear_error();
+    n = SSL_connect(c->ssl);
+    if (n != 1) {
+        int e = SSL_get_error(c->ssl, n);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+            return 1;
+        return tls_fail(c, "handshake");
+    }
+    c->handshakes++;
+    if (c->reqlen > c->reqoff) {
+        c->state = OB_CONN_SENDING;
+        return write_some(c);
+    }
+    c->state = OB_CONN_IDLE;
+    return 1;
+}
+
+/* The TCP connection is up: starts TLS on it. */
+static int tls_start(ob_conn *c)
+{
+    SSL *ssl = SSL_new(c->url->ssl_ctx);
+
+    if (!ssl)
+        return tls_fail(c, "setup");
+    c->ssl = ssl;
+    if (SSL_set_fd(ssl, c->fd) != 1)
+        return tls_fail(c, "setup");
+    if (!is_ip_literal(c->url->host))
+        SSL_set_tlsext_host_name(ssl, c->url->host);
+    if (SSL_get_verify_mode(ssl) != SSL_VERIFY_NONE) {
+        X509_VERIFY_PARAM *vp = SSL_get0_param(ssl);
+        if ((is_ip_literal(c->url->host) ? X509_VERIFY_PARAM_set1_ip_asc(vp, c->url->host)
+                                         : X509_VERIFY_PARAM_set1_host(vp, c->url->host, 0)) != 1)
+            return tls_fail(c, "setup");
+    }
+    c->state = OB_CONN_HANDSHAKE;
+    return tls_handshake(c);
+}
+
+/* send()/recv() or their TLS forms: bytes moved, 0 at the end of the stream
+ * (recv), -EAGAIN when the socket would block, else a negative errno (the
+ * message in c->err for TLS failures, which also close the connection). */
+static ssize_t io_send(ob_conn *c, const char *b, size_t n)
+{
+    if (c->ssl) {
+        int k, e;
+        ERR_clear_error();
+        k = SSL_write(c->ssl, b, n > INT32_MAX ? INT32_MAX : (int)n);
+        if (k > 0)
+            return k;
+        e = SSL_get_error(c->ssl, k);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+            return -EAGAIN;
+        if (e == SSL_ERROR_SYSCALL && errno)
+            return -errno;
+        return tls_fail(c, "write");
+    }
+    for (;;) {
+        ssize_t k = send(c->fd, b, n, MSG_NOSIGNAL);
+        if (k >= 0)
+            return k;
+        if (errno == EINTR)
+            continue;
+        return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    }
+}
+
+static ssize_t io_recv(ob_conn *c, char *b, size_t n)
+{
+    if (c->ssl) {
+        int k, e;
+        ERR_clear_error();
+        k = SSL_read(c->ssl, b, n > INT32_MAX ? INT32_MAX : (int)n);
+        if (k > 0)
+            return k;
+        e = SSL_get_error(c->ssl, k);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+            return -EAGAIN;
+        if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0))
+            return errno && e == SSL_ERROR_SYSCALL && errno != EAGAIN ? -errno : 0;
+        return tls_fail(c, "read");
+    }
+    for (;;) {
+        ssize_t k = recv(c->fd, b, n, 0);
+        if (k >= 0)
+            return k;
+        if (errno == EINTR)
+            continue;
+        return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    }
+}
+
 int ob_conn_connect(ob_conn *c)
 {
     struct epoll_event ev;
@@ -182,15 +346,17 @@ int ob_conn_connect(ob_conn *c)
             return fail(c, -errno, "could not add a socket to epoll");
     }
     c->state = OB_CONN_CONNECTING;
-    if (connect(c->fd, (const struct sockaddr *)&c->url->addr, c->url->addrlen) == 0)
-        c->state = OB_CONN_IDLE;
-    else if (errno != EINPROGRESS)
+    if (connect(c->fd, (const struct sockaddr *)&c->url->addr, c->url->addrlen) == 0) {
+        int r = c->url->tls ? tls_start(c) : 0;
+        if (r < 0)
+            return r;
+        if (!c->url->tls)
+            c->state = OB_CONN_IDLE;
+    } else if (errno != EINPROGRESS) {
         return fail(c, -errno, "could not connect");
+    }
     return 0;
 }
-
-static int write_some(ob_conn *c);
-static int read_some(ob_conn *c);
 
 /* A failure that a resend may cure: the server closed a reused connection
  * before answering. Reconnects and starts over, once per request. */
@@ -216,15 +382,15 @@ static int closed_by_server(ob_conn *c, int r, const char *what)
 static int write_some(ob_conn *c)
 {
     while (c->reqoff < c->reqlen) {
-        ssize_t n = send(c->fd, c->req + c->reqoff, c->reqlen - c->reqoff, MSG_NOSIGNAL);
+        ssize_t n = io_send(c, c->req + c->reqoff, c->reqlen - c->reqoff);
         if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
+            if (n == -EAGAIN)
                 return 1;
-            if (errno == EPIPE || errno == ECONNRESET)
-                return closed_by_server(c, -errno, "could not send the request");
-            return fail(c, -errno, "could not send the request");
+            if (n == -EPROTO && c->state == OB_CONN_CLOSED)
+                return (int)n; /* a TLS failure, already closed */
+            if (n == -EPIPE || n == -ECONNRESET)
+                return closed_by_server(c, (int)n, "could not send the request");
+            return fail(c, (int)n, "could not send the request");
         }
         c->reqoff += (size_t)n;
     }
@@ -342,13 +508,13 @@ static int read_some(ob_conn *c)
             c->buf = nb;
             c->bufcap = cap;
         }
-        n = recv(c->fd, c->buf + c->buflen, c->bufcap - c->buflen, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        n = io_recv(c, c->buf + c->buflen, c->bufcap - c->buflen);
+        if (n == -EAGAIN)
             return 1;
-        if (n < 0 && errno != ECONNRESET)
-            return fail(c, -errno, "could not read the response");
+        if (n == -EPROTO && c->state == OB_CONN_CLOSED)
+            return (int)n; /* a TLS failure, already closed */
+        if (n < 0 && n != -ECONNRESET)
+            return fail(c, (int)n, "could not read the response");
         if (n <= 0)
             return closed_by_server(c, -ECONNRESET, "connection closed before the response");
         c->buflen += (size_t)n;
@@ -368,9 +534,9 @@ static int read_some(ob_conn *c)
 static int idle_event(ob_conn *c)
 {
     char b[256];
-    ssize_t n = recv(c->fd, b, sizeof(b), 0);
+    ssize_t n = io_recv(c, b, sizeof(b)); /* TLS: session tickets end here */
 
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+    if (n == -EAGAIN)
         return 1;
     ob_conn_close(c);
     return 1;
@@ -387,6 +553,8 @@ static int connected(ob_conn *c)
         return 1;
     if (soerr != 0)
         return fail(c, -soerr, "could not connect");
+    if (c->url->tls)
+        return tls_start(c);
     if (c->reqlen > c->reqoff) {
         c->state = OB_CONN_SENDING;
         return write_some(c);
@@ -404,6 +572,10 @@ int ob_conn_on_event(ob_conn *c, uint32_t events)
         if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
             return 1;
         if ((r = connected(c)) <= 0 || c->state != OB_CONN_RECEIVING)
+            return r;
+        return read_some(c);
+    case OB_CONN_HANDSHAKE:
+        if ((r = tls_handshake(c)) <= 0 || c->state != OB_CONN_RECEIVING)
             return r;
         return read_some(c);
     case OB_CONN_SENDING:
@@ -470,8 +642,8 @@ int ob_conn_request(ob_conn *c, const char *method, const char *path, const char
     if (c->state == OB_CONN_CLOSED) {
         if ((r = ob_conn_connect(c)) < 0)
             return r;
-        if (c->state == OB_CONN_CONNECTING)
-            return 1;
+        if (c->state != OB_CONN_IDLE)
+            return 1; /* connecting or in the handshake: sent once up */
     }
     c->state = OB_CONN_SENDING;
     if ((r = write_some(c)) <= 0 || c->state != OB_CONN_RECEIVING)
@@ -517,7 +689,8 @@ int ob_http_simple(const ob_url *url, const char *method, const char *path, cons
         int64_t left = deadline - mono_ms();
         uint32_t ev = 0;
 
-        if (c.state == OB_CONN_CONNECTING || c.state == OB_CONN_SENDING)
+        if (c.state == OB_CONN_CONNECTING || c.state == OB_CONN_SENDING ||
+            (c.state == OB_CONN_HANDSHAKE && SSL_want_write((SSL *)c.ssl)))
             pfd.events = POLLOUT;
         if (left <= 0) {
             snprintf(c.err, sizeof(c.err), "no response within %d ms", timeout_ms);

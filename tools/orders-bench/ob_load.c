@@ -254,6 +254,7 @@ int ob_load_run(ob_load *l)
     for (i = 0; i < l->nconns; i++) {
         run->sockets += l->conns[i].opened;
         run->resends += l->conns[i].resends;
+        run->handshakes += l->conns[i].handshakes;
     }
     return 0;
 }

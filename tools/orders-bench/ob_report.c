@@ -193,8 +193,10 @@ void ob_report_text(const ob_report *r, FILE *out)
             run->answered_twice);
     fprintf(out,
             "connections %d, sockets opened %" PRIu64 ", requests resent after a closed "
-            "keep-alive connection %" PRIu64 ", most orders waiting for a connection %" PRId64 "\n",
-            run->o->connections, run->sockets, run->resends, run->max_waiting);
+            "keep-alive connection %" PRIu64 ", most orders waiting for a connection %" PRId64
+            "%s\n",
+            run->o->connections, run->sockets, run->resends, run->max_waiting,
+            run->url.tls ? " (https)" : "");
     processes_text(r, out);
     for (i = 0; i < run->nerrors; i++)
         fprintf(out, "error       %s\n", run->errors[i]);
@@ -305,7 +307,7 @@ static json_t *report_json(const ob_report *r)
 
     return json_pack(
         "{s:s, s:s, s:s, s:s, s:o, s:{s:f, s:f, s:f, s:f}, s:{s:o, s:o, s:o, s:o}, s:o, "
-        "s:{s:i, s:I, s:I, s:I}, s:{s:f, s:f, s:o, s:f, s:f}, s:o, s:o, s:o, s:o, s:i}",
+        "s:{s:i, s:I, s:I, s:b, s:I, s:I}, s:{s:f, s:f, s:o, s:f, s:f}, s:o, s:o, s:o, s:o, s:i}",
         "tool", "orders-bench", "version", ORDERS_VERSION, "run_id", run->run_id, "started_at",
         r->started_at, "params", params_json(r), "throughput", "post_per_s", res->post_per_s,
         "settled_per_s", res->settled_per_s, "post_span_s", res->post_span_s, "settle_span_s",
@@ -313,7 +315,8 @@ static json_t *report_json(const ob_report *r)
         series_json(&res->settle), "created_to_settled", series_json(&res->saga), "post_service",
         series_json(&res->service), "outcomes", outcomes_json(run), "connections", "count",
         run->o->connections, "sockets_opened", (json_int_t)run->sockets, "resends",
-        (json_int_t)run->resends, "max_waiting", (json_int_t)run->max_waiting, "cpu", "window_s",
+        (json_int_t)run->resends, "tls", run->url.tls, "tls_handshakes",
+        (json_int_t)run->handshakes, "max_waiting", (json_int_t)run->max_waiting, "cpu", "window_s",
         r->cpu_window_s, "total_s", (double)total / 1e6, "us_per_order",
         per_order(total, res->settled), "postgres_unattributed_s",
         (double)r->procs->unattributed_us / 1e6, "settle_wait_s", (double)run->settle_wait_ns / 1e9,

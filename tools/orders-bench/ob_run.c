@@ -17,11 +17,12 @@
 #define STOCK_MAX 2147483647LL         /* inventory-service: largest PUT /stock value */
 #define BALANCE_MAX 1000000000000000LL /* payment-service's upper bound */
 
-static int parse_url(const char *what, const char *s, ob_url *u)
+static int parse_url(const ob_opts *o, const char *what, const char *s, ob_url *u)
 {
     char err[160];
 
-    if (ob_url_parse(s, u, err, sizeof(err)) < 0) {
+    if (ob_url_parse(s, u, err, sizeof(err)) < 0 ||
+        ob_url_tls(u, o->cacert, o->insecure, err, sizeof(err)) < 0) {
         ob_err("%s \"%s\": %s (see --help)", what, s, err);
         return OB_EXIT_USAGE;
     }
@@ -62,9 +63,9 @@ int ob_run_init(ob_run *run, const ob_opts *o)
     memset(run, 0, sizeof(*run));
     run->o = o;
     run->n = o->orders;
-    if ((r = parse_url("--url", o->url, &run->url)) != 0 ||
-        (r = parse_url("--payment-url", o->payment_url, &run->payment_url)) != 0 ||
-        (r = parse_url("--inventory-url", o->inventory_url, &run->inventory_url)) != 0)
+    if ((r = parse_url(o, "--url", o->url, &run->url)) != 0 ||
+        (r = parse_url(o, "--payment-url", o->payment_url, &run->payment_url)) != 0 ||
+        (r = parse_url(o, "--inventory-url", o->inventory_url, &run->inventory_url)) != 0)
         return r;
     if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
         ob_err("could not read random bytes for the run id: %s", strerror(errno));
@@ -87,6 +88,9 @@ int ob_run_init(ob_run *run, const ob_opts *o)
 
 void ob_run_free(ob_run *run)
 {
+    ob_url_free(&run->url);
+    ob_url_free(&run->payment_url);
+    ob_url_free(&run->inventory_url);
     free(run->orders);
     free(run->headers);
     free(run->admin_headers);

@@ -55,6 +55,7 @@ typedef struct {
     int64_t sent, accepted, failed;   /* orders sent, answered 202, failed */
     int64_t end_ns;                   /* last response, ns after t0 */
     uint64_t sockets, resends;        /* sockets opened, requests sent twice */
+    uint64_t handshakes;              /* TLS handshakes (https) */
     int64_t max_waiting;              /* most orders due but without a free connection */
     char errors[OB_ERRORS_KEPT][200]; /* the first failures */
     int nerrors;
