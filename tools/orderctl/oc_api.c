@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static const char *const names[OC_SVC_COUNT] = {"order-service", "payment-service",
                                                 "inventory-service"};
@@ -46,12 +47,15 @@ int oc_api_option(oc_api *a, int opt, const char *arg)
 static int read_token(oc_api *a, const char *path)
 {
     FILE *f = fopen(path, "re");
+    struct stat st;
     char *s, *e;
 
     if (!f) {
         oc_err("cannot read --token-file %s: %s", path, strerror(errno));
         return OC_EXIT_USAGE;
     }
+    if (fstat(fileno(f), &st) == 0 && (st.st_mode & 0077))
+        oc_err("warning: --token-file %s is readable by others (chmod 600)", path);
     s = fgets(a->token, sizeof(a->token), f);
     fclose(f);
     if (!s) {
