@@ -9,8 +9,8 @@ Covered: a confirmed order (its trace id is the one the client's traceparent
 started), a rejected order compensated each way (refund, release: a daemon is
 stopped to fix the order of events, which is also the "service down" case:
 exit 69 naming it), an order whose reply was dead-lettered, an outbox row not
-yet published, an unknown id (exit 1), refused tokens (exit 77), stuck orders
-with the missing reply and an empty result.
+yet published, an unknown id (exit 1), refused tokens (exit 77), HTTPS with
+--cacert, stuck orders with the missing reply and an empty result.
 """
 
 import json
@@ -22,7 +22,7 @@ import uuid
 import psycopg
 import requests
 
-from conftest import PORT_OFFSET, SERVICES, build_dir
+from conftest import PORT_OFFSET, SERVICES, build_dir, make_pki
 from helpers import SPRING_CAUSE_POISON, dlt_records, headers, produce_raw
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -372,3 +372,36 @@ def test_unpublished_outbox_row_is_in_the_story(stack):
     stack.wait_until(lambda: stack.payments.get(f"/outbox/{oid}").json()["count"] == 0, 30,
                      "the relay to publish and remove the row")
     assert stack.orders.order(oid)["status"] == "CONFIRMED"
+
+
+def test_https_with_cacert(stack, tmp_path):
+    """order-service on HTTPS (a throw-away CA): orderctl verifies it against
+    --cacert, and refuses it against the system's store (exit 69, naming the
+    daemon and the certificate failure)."""
+    pki = make_pki(tmp_path)
+    d = stack.daemons["order-service"]
+    normal = d.env
+    d.stop()
+    d.env = dict(normal, HTTP_TLS_CERT=str(pki / "server.pem"),
+                 HTTP_TLS_KEY=str(pki / "server.key"))
+    d.start()
+    try:
+        base = f"https://127.0.0.1:{d.port}"
+        stack.wait_until(lambda: requests.get(base + "/readyz", verify=str(pki / "ca.pem"),
+                                              timeout=2).status_code == 200, 30,
+                         "order-service ready over HTTPS")
+        cp = orderctl(stack, "orders", "stuck", "--older-than", "1d", "--orders-url", base,
+                      "--cacert", str(pki / "ca.pem"))
+        assert cp.returncode == 0 and "no order PENDING" in cp.stdout, cp.stderr
+        cp = orderctl(stack, "order", stack.uid("nobody"), "--no-dlt", "--orders-url", base,
+                      "--cacert", str(pki / "ca.pem"))
+        assert cp.returncode == 1, cp.stderr
+        cp = orderctl(stack, "orders", "stuck", "--orders-url", base)
+        assert cp.returncode == 69, cp.stderr
+        assert "order-service" in cp.stderr and "certificate" in cp.stderr, cp.stderr
+    finally:
+        if d.running():
+            d.stop()
+        d.env = normal
+        d.start()
+        d.wait_ready()
