@@ -19,6 +19,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+/* SQL text of timestamptz column col as RFC 3339 UTC with microseconds
+ * ("2026-12-03T09:15:00.123456Z"), the form every HTTP answer uses. */
+#define CM_DB_ISO_TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+
 /* Connects and checks the connection; returns 0 or -ECONNRESET. On failure
  * err holds libpq's message (one line). */
 int cm_db_connect(const char *url, PGconn **ret, char *err, size_t errlen);

@@ -85,6 +85,38 @@ const char *cm_http_header(const cm_http_req *req, const char *name)
     return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
 }
 
+const char *cm_http_query(const cm_http_req *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+typedef struct {
+    const char *const *known;
+    const char *unknown;
+} query_check;
+
+static enum MHD_Result check_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                 const char *value)
+{
+    query_check *q = cls;
+    (void)kind;
+    (void)value;
+
+    for (size_t i = 0; q->known[i]; i++)
+        if (strcmp(q->known[i], key) == 0)
+            return MHD_YES;
+    q->unknown = key;
+    return MHD_NO;
+}
+
+const char *cm_http_query_unknown(const cm_http_req *req, const char *const *known)
+{
+    query_check q = {known, NULL};
+
+    MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, check_arg, &q);
+    return q.unknown;
+}
+
 /* Length of the well-formed UTF-8 sequence at s (RFC 3629: no overlong
  * forms, no surrogates, nothing above U+10FFFF), 0 if there is none. */
 static size_t utf8_len(const unsigned char *s)

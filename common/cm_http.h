@@ -136,6 +136,15 @@ void cm_http_complete(cm_http_pending *pending, cm_http_resp *resp);
 /* A request header's value, or NULL. */
 const char *cm_http_header(const cm_http_req *req, const char *name);
 
+/* A query-string parameter's value (URL-decoded; "" for "?name" without a
+ * value), or NULL when absent. The first one counts when it is repeated. */
+const char *cm_http_query(const cm_http_req *req, const char *name);
+
+/* The name of the first query-string parameter of req not in known (a
+ * NULL-terminated list), or NULL when every one is known: lets a route answer
+ * 400 for a misspelt parameter instead of ignoring it. */
+const char *cm_http_query_unknown(const cm_http_req *req, const char *const *known);
+
 /* Fills resp with an application/problem+json body. */
 void cm_http_problem(cm_http_resp *resp, int status, const char *title, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

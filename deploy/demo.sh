@@ -249,6 +249,21 @@ available() { field available "$(get "http://127.0.0.1:$INVENTORY_PORT/stock/$1"
 printf '  balances: alice %s, bob %s; stock: BOOK-1 %s, LAMP-2 %s\n' \
     "$(balance alice)" "$(balance bob)" "$(available BOOK-1)" "$(available LAMP-2)"
 
+# One order's story and the stuck orders, as an operator asks for them
+# (orderctl reads the daemons' HTTP APIs and the dead-letter topics).
+URLS=(--orders-url "http://127.0.0.1:$ORDERS_PORT" --payments-url "http://127.0.0.1:$PAYMENTS_PORT"
+      --inventory-url "http://127.0.0.1:$INVENTORY_PORT")
+say "one order's story: orderctl order ${ORDERS[2]%%|*} (${ORDERS[2]#*|})"
+ORDERCTL_TOKEN="$ADMIN_TOKEN" "$BIN/tools/orderctl" order "${ORDERS[2]%%|*}" \
+    --bootstrap "$BOOTSTRAP" "${URLS[@]}" | sed 's/^/  /'
+say "stuck orders: orderctl orders stuck --older-than 1m"
+set +e
+stuck=$(ORDERCTL_TOKEN="$ORDERS_TOKEN" "$BIN/tools/orderctl" orders stuck --older-than 1m "${URLS[@]}")
+rc=$?
+set -e
+printf '%s\n' "$stuck" | sed 's/^/  /'
+((rc <= 1)) || { echo "demo: orderctl orders stuck exited $rc" >&2; exit 1; }
+
 say "using the API: every request but /healthz, /readyz and /metrics needs a bearer token"
 cat <<HOWTO
   set -a; . $STATE/tokens.env; set +a
@@ -257,6 +272,11 @@ cat <<HOWTO
       --payment-url http://127.0.0.1:$PAYMENTS_PORT --inventory-url http://127.0.0.1:$INVENTORY_PORT \\
       --orders-db "host=$PGHOST port=$PGPORT dbname=${DB_PREFIX}orders"
   (no token: 401; a token without the scope, e.g. ORDERS_TOKEN on PUT /accounts: 403)
+  ORDERCTL_TOKEN=\$ADMIN_TOKEN $BIN/tools/orderctl order <orderId> --bootstrap $BOOTSTRAP \\
+      --orders-url http://127.0.0.1:$ORDERS_PORT --payments-url http://127.0.0.1:$PAYMENTS_PORT \\
+      --inventory-url http://127.0.0.1:$INVENTORY_PORT
+  ORDERCTL_TOKEN=\$ORDERS_TOKEN $BIN/tools/orderctl orders stuck --older-than 5m \\
+      --orders-url http://127.0.0.1:$ORDERS_PORT
 HOWTO
 
 if [[ $WAIT == 1 ]]; then

@@ -5,6 +5,7 @@
 
 #include "cm_log.h"
 #include "cm_outbox.h"
+#include "cm_outbox_http.h"
 #include "cm_saga.h"
 #include "ev_event.h"
 
@@ -231,18 +232,31 @@ static void get_stock(void *ctx, const cm_http_req *req, cm_http_resp *resp)
     cm_daemon_get_one(ctx, req, resp, sql, "sku", stock_json);
 }
 
-static json_t *reservation_json(PGresult *res)
+static json_t *text_or_null(PGresult *res, int col)
 {
-    return json_pack("{s:s, s:s, s:I, s:s, s:s}", "orderId", PQgetvalue(res, 0, 0), "sku",
-                     PQgetvalue(res, 0, 1), "quantity",
-                     (json_int_t)strtoll(PQgetvalue(res, 0, 2), NULL, 10), "status",
-                     PQgetvalue(res, 0, 3), "reason", PQgetvalue(res, 0, 4));
+    return PQgetisnull(res, 0, col) ? json_null() : json_string(PQgetvalue(res, 0, col));
 }
 
+static json_t *reservation_json(PGresult *res)
+{
+    return json_pack("{s:s, s:s, s:I, s:s, s:s, s:s, s:o, s:o}", "orderId", PQgetvalue(res, 0, 0),
+                     "sku", PQgetvalue(res, 0, 1), "quantity",
+                     (json_int_t)strtoll(PQgetvalue(res, 0, 2), NULL, 10), "status",
+                     PQgetvalue(res, 0, 3), "reason", PQgetvalue(res, 0, 4), "createdAt",
+                     PQgetvalue(res, 0, 5), "releaseReason", text_or_null(res, 6), "releasedAt",
+                     text_or_null(res, 7));
+}
+
+/* created_at is when the reservation (or the rejection) was decided, or when
+ * a tombstone remembered an early decline of the payment (CANCELLED). */
 static void get_reservation(void *ctx, const cm_http_req *req, cm_http_resp *resp)
 {
-    static const char sql[] = "SELECT order_id, sku, quantity, status, reason"
-                              " FROM reservations WHERE order_id = $1";
+    /* clang-format off */
+    static const char sql[] =
+        "SELECT order_id, sku, quantity, status, reason,"
+        " " CM_DB_ISO_TS("created_at") ", release_reason, " CM_DB_ISO_TS("released_at")
+        " FROM reservations WHERE order_id = $1";
+    /* clang-format on */
     cm_daemon_get_one(ctx, req, resp, sql, "reservation for order", reservation_json);
 }
 
@@ -250,6 +264,7 @@ const cm_http_route is_routes[] = {
     {"PUT", "/stock/{}", put_stock, NULL, "inventory:admin", false},
     {"GET", "/stock/{}", get_stock, NULL, "inventory:read", false},
     {"GET", "/reservations/{}", get_reservation, NULL, "inventory:read", false},
+    {"GET", "/outbox/{}", cm_outbox_http_get, NULL, "inventory:read", false},
 };
 const size_t is_nroutes = sizeof(is_routes) / sizeof(is_routes[0]);
 

@@ -1,5 +1,6 @@
 /*
- * os_http.c - order-service HTTP API: POST /orders and GET /orders/{id}.
+ * os_http.c - order-service HTTP API: POST /orders and GET /orders/{id}
+ * (GET /orders, the PENDING orders, is in os_pending.c).
  * See the OpenAPI document in schemas/ for the contract.
  */
 #include "os_key.h"
@@ -8,6 +9,7 @@
 #include "cm_db.h"
 #include "cm_log.h"
 #include "cm_outbox.h"
+#include "cm_outbox_http.h"
 #include "cm_trace.h"
 #include "ev_event.h"
 
@@ -17,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ISO_TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+#define ISO_TS(col) CM_DB_ISO_TS(col)
 
 static int json_id(json_t *body, const char *key, size_t max, char *out, size_t outlen,
                    cm_http_resp *resp)
@@ -61,13 +63,13 @@ static int parse_order(const cm_http_req *req, ev_order_created *o, cm_http_resp
  * round trip and one implicit transaction: both exist or neither does. */
 static const char insert_sql[] =
     "WITH o AS ("
-    "  INSERT INTO orders(order_id, customer_id, sku, quantity, amount_cents, status)"
-    "  VALUES ($1, $2, $3, $4::int, $5::bigint, 'PENDING') RETURNING order_id)"
+    "  INSERT INTO orders(order_id, customer_id, sku, quantity, amount_cents, status, trace_id)"
+    "  VALUES ($1, $2, $3, $4::int, $5::bigint, 'PENDING', $9) RETURNING order_id)"
     " INSERT INTO outbox(topic, msg_key, payload, headers)"
     " SELECT $6, order_id, $7, $8::jsonb FROM o";
 
-/* The same with an Idempotency-Key: the key is claimed in the same statement,
- * in the scope of the token that sent it ($11), so that one client cannot
+/* The same with an Idempotency-Key ($10): the key is claimed in the same
+ * statement, in the scope of the token that sent it ($12), so that one client cannot
  * reach another's order by reusing its key. A concurrent request with the
  * same key waits on the key's primary key and then inserts nothing; it reads
  * the first request's order below. A key stored before keys had scopes
@@ -75,12 +77,12 @@ static const char insert_sql[] =
 static const char insert_keyed_sql[] =
     "WITH k AS ("
     "  INSERT INTO idempotency_keys(scope, idem_key, fingerprint, order_id)"
-    "  SELECT $11, $9, $10, $1 WHERE NOT EXISTS (SELECT 1 FROM idempotency_keys"
-    "   WHERE scope = '' AND idem_key = $9)"
+    "  SELECT $12, $10, $11, $1 WHERE NOT EXISTS (SELECT 1 FROM idempotency_keys"
+    "   WHERE scope = '' AND idem_key = $10)"
     "  ON CONFLICT (scope, idem_key) DO NOTHING RETURNING order_id),"
     " o AS ("
-    "  INSERT INTO orders(order_id, customer_id, sku, quantity, amount_cents, status)"
-    "  SELECT $1, $2, $3, $4::int, $5::bigint, 'PENDING' FROM k RETURNING order_id)"
+    "  INSERT INTO orders(order_id, customer_id, sku, quantity, amount_cents, status, trace_id)"
+    "  SELECT $1, $2, $3, $4::int, $5::bigint, 'PENDING', $9 FROM k RETURNING order_id)"
     " INSERT INTO outbox(topic, msg_key, payload, headers)"
     " SELECT $6, order_id, $7, $8::jsonb FROM o";
 
@@ -132,7 +134,8 @@ static void replay_keyed(PGconn *conn, const char *scope, const char *key, const
  * returns 1 if stored, 0 if the key was used before (resp is then filled),
  * or a cm_db code. */
 static int store_order(PGconn *conn, const ev_order_created *o, const char *json,
-                       const char *headers, const char *scope, const char *key, cm_http_resp *resp)
+                       const char *headers, const char *trace_id, const char *scope,
+                       const char *key, cm_http_resp *resp)
 {
     char qty[16], amount[24], fp[OS_FINGERPRINT_MAX];
     PGresult *res;
@@ -143,9 +146,10 @@ static int store_order(PGconn *conn, const ev_order_created *o, const char *json
     r = os_fingerprint(o->customer_id, o->sku, o->quantity, o->amount_cents, fp);
     if (r < 0)
         return r;
-    const char *p[11] = {o->order_id, o->customer_id, o->sku, qty, amount, EV_TOPIC_ORDERS_CREATED,
-                         json,        headers,        key,    fp,  scope};
-    r = cm_db_query(conn, &res, key ? insert_keyed_sql : insert_sql, key ? 11 : 8, p);
+    const char *p[12] = {
+        o->order_id, o->customer_id, o->sku,   qty, amount, EV_TOPIC_ORDERS_CREATED,
+        json,        headers,        trace_id, key, fp,     scope};
+    r = cm_db_query(conn, &res, key ? insert_keyed_sql : insert_sql, key ? 12 : 9, p);
     if (r < 0)
         return r;
     r = strcmp(PQcmdTuples(res), "1") == 0;
@@ -160,11 +164,11 @@ static int store_order(PGconn *conn, const ev_order_created *o, const char *json
  * request order; the outbox rows keep that order. */
 static const char insert_batch_sql[] =
     "WITH r AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[],"
-    "  $5::bigint[], $7::text[], $8::text[]) WITH ORDINALITY"
-    "  AS r(order_id, customer_id, sku, quantity, amount_cents, payload, headers, ord)),"
+    "  $5::bigint[], $7::text[], $8::text[], $9::text[]) WITH ORDINALITY"
+    "  AS r(order_id, customer_id, sku, quantity, amount_cents, payload, headers, trace_id, ord)),"
     " o AS ("
-    "  INSERT INTO orders(order_id, customer_id, sku, quantity, amount_cents, status)"
-    "  SELECT order_id, customer_id, sku, quantity, amount_cents, 'PENDING' FROM r)"
+    "  INSERT INTO orders(order_id, customer_id, sku, quantity, amount_cents, status, trace_id)"
+    "  SELECT order_id, customer_id, sku, quantity, amount_cents, 'PENDING', trace_id FROM r)"
     " INSERT INTO outbox(topic, msg_key, payload, headers)"
     " SELECT $6, order_id, payload, headers::jsonb FROM r ORDER BY ord";
 
@@ -216,7 +220,7 @@ static void accepted(cm_daemon *d, const os_write *w, cm_http_resp *resp)
 static void store_one(cm_daemon *d, PGconn *conn, const os_write *w, const char *scope,
                       const char *key, cm_http_resp *resp)
 {
-    int r = store_order(conn, &w->o, w->json, w->headers, scope, key, resp);
+    int r = store_order(conn, &w->o, w->json, w->headers, w->trace_id, scope, key, resp);
 
     if (r < 0)
         cm_daemon_db_problem(resp, r);
@@ -226,12 +230,12 @@ static void store_one(cm_daemon *d, PGconn *conn, const os_write *w, const char 
 
 static int store_batch(PGconn *conn, os_write **ws, int n)
 {
-    const char **cols[7] = {0};
+    const char **cols[8] = {0};
     char(*nums)[2][24] = calloc((size_t)n, sizeof(*nums));
-    char *arr[7] = {0};
+    char *arr[8] = {0};
     int r = nums ? 0 : -ENOMEM;
 
-    for (int c = 0; c < 7 && r == 0; c++)
+    for (int c = 0; c < 8 && r == 0; c++)
         if (!(cols[c] = calloc((size_t)n, sizeof(char *))))
             r = -ENOMEM;
     for (int i = 0; i < n && r == 0; i++) {
@@ -245,15 +249,16 @@ static int store_batch(PGconn *conn, os_write **ws, int n)
         cols[4][i] = nums[i][1];
         cols[5][i] = ws[i]->json;
         cols[6][i] = ws[i]->headers;
+        cols[7][i] = ws[i]->trace_id;
     }
-    for (int c = 0; c < 7 && r == 0; c++)
+    for (int c = 0; c < 8 && r == 0; c++)
         r = cm_db_array(cols[c], (size_t)n, &arr[c]);
     if (r == 0) {
-        const char *p[8] = {arr[0], arr[1], arr[2], arr[3], arr[4], EV_TOPIC_ORDERS_CREATED,
-                            arr[5], arr[6]};
-        r = cm_db_query(conn, NULL, insert_batch_sql, 8, p);
+        const char *p[9] = {arr[0], arr[1], arr[2], arr[3], arr[4], EV_TOPIC_ORDERS_CREATED,
+                            arr[5], arr[6], arr[7]};
+        r = cm_db_query(conn, NULL, insert_batch_sql, 9, p);
     }
-    for (int c = 0; c < 7; c++) {
+    for (int c = 0; c < 8; c++) {
         free(arr[c]);
         free((void *)cols[c]);
     }
@@ -363,35 +368,34 @@ static json_t *outcome_json(PGresult *res, int col, const char *yes_key)
 static json_t *order_json(PGresult *res)
 {
     json_t *settled = PQgetisnull(res, 0, 13) ? json_null() : json_string(PQgetvalue(res, 0, 13));
+    json_t *trace = PQgetisnull(res, 0, 15) ? json_null() : json_string(PQgetvalue(res, 0, 15));
     return json_pack(
-        "{s:s, s:s, s:s, s:I, s:I, s:s, s:o, s:o, s:s, s:s, s:o}", "orderId", PQgetvalue(res, 0, 0),
-        "customerId", PQgetvalue(res, 0, 1), "sku", PQgetvalue(res, 0, 2), "quantity",
-        (json_int_t)strtoll(PQgetvalue(res, 0, 3), NULL, 10), "amountCents",
+        "{s:s, s:s, s:s, s:I, s:I, s:s, s:o, s:o, s:s, s:s, s:o, s:o}", "orderId",
+        PQgetvalue(res, 0, 0), "customerId", PQgetvalue(res, 0, 1), "sku", PQgetvalue(res, 0, 2),
+        "quantity", (json_int_t)strtoll(PQgetvalue(res, 0, 3), NULL, 10), "amountCents",
         (json_int_t)strtoll(PQgetvalue(res, 0, 4), NULL, 10), "status", PQgetvalue(res, 0, 5),
         "payment", outcome_json(res, 6, "approved"), "inventory", outcome_json(res, 9, "reserved"),
         "createdAt", PQgetvalue(res, 0, 12), "updatedAt", PQgetvalue(res, 0, 14), "settledAt",
-        settled);
+        settled, "traceId", trace);
 }
 
 static void get_order(void *ctx, const cm_http_req *req, cm_http_resp *resp)
 {
+    /* clang-format off */
     static const char sql[] =
         "SELECT order_id, customer_id, sku, quantity, amount_cents, status,"
-        " payment_approved, payment_reason, " ISO_TS(
-            "payment_at") ","
-                          " inventory_reserved, inventory_reason, " ISO_TS(
-                              "inventory_at") ","
-                                              " " ISO_TS("created_at") ", " ISO_TS(
-                                                  "settled_at") ", " ISO_TS("updated_at") " FROM "
-                                                                                          "orders "
-                                                                                          "WHERE "
-                                                                                          "order_"
-                                                                                          "id = $1";
+        " payment_approved, payment_reason, " ISO_TS("payment_at") ","
+        " inventory_reserved, inventory_reason, " ISO_TS("inventory_at") ","
+        " " ISO_TS("created_at") ", " ISO_TS("settled_at") ", " ISO_TS("updated_at") ","
+        " trace_id FROM orders WHERE order_id = $1";
+    /* clang-format on */
     cm_daemon_get_one(ctx, req, resp, sql, "order", order_json);
 }
 
 const cm_http_route os_routes[] = {
     {"POST", "/orders", NULL, post_order, "orders:write", false},
     {"GET", "/orders/{}", get_order, NULL, "orders:read", false},
+    {"GET", "/orders", os_list_pending, NULL, "orders:read", false},
+    {"GET", "/outbox/{}", cm_outbox_http_get, NULL, "orders:read", false},
 };
 const size_t os_nroutes = sizeof(os_routes) / sizeof(os_routes[0]);

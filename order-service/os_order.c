@@ -45,7 +45,12 @@ static const char migration_3[] =
     "ALTER TABLE idempotency_keys DROP CONSTRAINT idempotency_keys_pkey,"
     " ADD PRIMARY KEY (scope, idem_key);";
 
-const char *const os_migrations[] = {migration_1, cm_outbox_migration, migration_3};
+/* The trace id of the order's traceparent (the W3C trace the client's
+ * traceparent started, or the one POST /orders started), so that "what
+ * happened to order X" leads to its trace. NULL for orders stored before. */
+static const char migration_4[] = "ALTER TABLE orders ADD COLUMN trace_id text;";
+
+const char *const os_migrations[] = {migration_1, cm_outbox_migration, migration_3, migration_4};
 const size_t os_nmigrations = sizeof(os_migrations) / sizeof(os_migrations[0]);
 
 /* ---- replies ---- */

@@ -20,6 +20,8 @@ extern const cm_http_route os_routes[];
 extern const size_t os_nroutes;
 /* The group commit of POST /orders (cm_daemon_def.batch_flush). */
 void os_flush_orders(void *ctx, void **items, int n);
+/* GET /orders?status=PENDING&olderThan=SECONDS&limit=N (os_pending.c). */
+void os_list_pending(void *ctx, const cm_http_req *req, cm_http_resp *resp);
 extern const cm_metric_def os_metrics[];
 /* cm_daemon_def.on_scrape: orders_pending, orders_pending_oldest_age_seconds. */
 void os_scrape(cm_daemon *d);

@@ -5,6 +5,7 @@
 
 #include "cm_log.h"
 #include "cm_outbox.h"
+#include "cm_outbox_http.h"
 #include "cm_saga.h"
 #include "ev_event.h"
 
@@ -232,18 +233,31 @@ static void get_account(void *ctx, const cm_http_req *req, cm_http_resp *resp)
     cm_daemon_get_one(ctx, req, resp, sql, "account", account_json);
 }
 
-static json_t *payment_json(PGresult *res)
+static json_t *text_or_null(PGresult *res, int col)
 {
-    return json_pack("{s:s, s:s, s:I, s:s, s:s}", "orderId", PQgetvalue(res, 0, 0), "customerId",
-                     PQgetvalue(res, 0, 1), "amountCents",
-                     (json_int_t)strtoll(PQgetvalue(res, 0, 2), NULL, 10), "status",
-                     PQgetvalue(res, 0, 3), "reason", PQgetvalue(res, 0, 4));
+    return PQgetisnull(res, 0, col) ? json_null() : json_string(PQgetvalue(res, 0, col));
 }
 
+static json_t *payment_json(PGresult *res)
+{
+    return json_pack("{s:s, s:s, s:I, s:s, s:s, s:s, s:o, s:o}", "orderId", PQgetvalue(res, 0, 0),
+                     "customerId", PQgetvalue(res, 0, 1), "amountCents",
+                     (json_int_t)strtoll(PQgetvalue(res, 0, 2), NULL, 10), "status",
+                     PQgetvalue(res, 0, 3), "reason", PQgetvalue(res, 0, 4), "createdAt",
+                     PQgetvalue(res, 0, 5), "refundReason", text_or_null(res, 6), "refundedAt",
+                     text_or_null(res, 7));
+}
+
+/* created_at is when the charge (or the decline) was decided, or when a
+ * tombstone remembered an early rejection of the stock (CANCELLED). */
 static void get_payment(void *ctx, const cm_http_req *req, cm_http_resp *resp)
 {
-    static const char sql[] = "SELECT order_id, customer_id, amount_cents, status, reason"
-                              " FROM payments WHERE order_id = $1";
+    /* clang-format off */
+    static const char sql[] =
+        "SELECT order_id, customer_id, amount_cents, status, reason,"
+        " " CM_DB_ISO_TS("created_at") ", refund_reason, " CM_DB_ISO_TS("refunded_at")
+        " FROM payments WHERE order_id = $1";
+    /* clang-format on */
     cm_daemon_get_one(ctx, req, resp, sql, "payment for order", payment_json);
 }
 
@@ -251,6 +265,7 @@ const cm_http_route ps_routes[] = {
     {"PUT", "/accounts/{}", put_account, NULL, "payments:admin", false},
     {"GET", "/accounts/{}", get_account, NULL, "payments:read", false},
     {"GET", "/payments/{}", get_payment, NULL, "payments:read", false},
+    {"GET", "/outbox/{}", cm_outbox_http_get, NULL, "payments:read", false},
 };
 const size_t ps_nroutes = sizeof(ps_routes) / sizeof(ps_routes[0]);
 

@@ -119,6 +119,10 @@ def routes(stack, oid, cust, sku):
         ("inventory", "PUT", f"/stock/{sku}", "inventory:admin", {"available": 5}, 200),
         ("inventory", "GET", f"/stock/{sku}", "inventory:read", None, 200),
         ("inventory", "GET", f"/reservations/{oid}", "inventory:read", None, 200),
+        ("orders", "GET", "/orders?status=PENDING&olderThan=0&limit=5", "orders:read", None, 200),
+        ("orders", "GET", f"/outbox/{oid}", "orders:read", None, 200),
+        ("payments", "GET", f"/outbox/{oid}", "payments:read", None, 200),
+        ("inventory", "GET", f"/outbox/{oid}", "inventory:read", None, 200),
     ]
 
 
@@ -260,9 +264,9 @@ def test_each_scope_allows_exactly_its_routes(stack, settled_order, scope):
             allowed.append((method, path))
         else:
             assert_403(r, need)
-    # Every scope but metrics:read opens one route or two; none opens more.
-    assert len(allowed) == {"orders:write": 1, "orders:read": 1, "payments:read": 2,
-                            "payments:admin": 1, "inventory:read": 2, "inventory:admin": 1,
+    # Every scope but metrics:read opens one route or a few; none opens more.
+    assert len(allowed) == {"orders:write": 1, "orders:read": 3, "payments:read": 3,
+                            "payments:admin": 1, "inventory:read": 3, "inventory:admin": 1,
                             "metrics:read": 0}[scope], allowed
     nothing_written(stack, cust, sku)
 

@@ -243,6 +243,15 @@ def check_run(cp, version):
         for path in (STATE_DIR / "logs").glob("*.log"):
             assert tok not in path.read_text(errors="replace"), f"{name} in {path}"
         assert tok not in cp.stdout and tok not in cp.stderr, f"{name} printed"
+    # One order's story (bob's, declined for funds) through orderctl, and no
+    # order stuck.
+    bob = next(o for label, o in orders.items() if "no funds" in label)
+    story = "\n".join(section(secs, "one order's story"))
+    assert f"order {bob['id']}" in story and "status:    REJECTED" in story, story
+    assert f"declined {bob['cents']} cents for {bob['customer']} (INSUFFICIENT_FUNDS)" in story
+    assert "settled: REJECTED" in story and "trace id:" in story, story
+    stuck = "\n".join(section(secs, "stuck orders"))
+    assert "no order PENDING for more than 60s" in stuck, stuck
     howto = "\n".join(section(secs, "using the API"))
     assert f"set -a; . {env_file}; set +a" in howto, howto
     assert 'Authorization: Bearer $ORDERS_TOKEN' in howto, howto

@@ -162,11 +162,16 @@ def test_order_confirms(stack):
     assert stack.payments.balance(cust) == 10_000 - 2_499
     assert stack.inventory.stock(sku) == 7 - 3
     p = stack.payments.payment(order_id)
+    p_created = stack.parse_ts(p.pop("createdAt"))
     assert p == {"orderId": order_id, "customerId": cust, "amountCents": 2_499,
-                 "status": "CHARGED", "reason": "OK"}, p
+                 "status": "CHARGED", "reason": "OK", "refundReason": None,
+                 "refundedAt": None}, p
     res = stack.inventory.reservation(order_id)
+    res_created = stack.parse_ts(res.pop("createdAt"))
     assert res == {"orderId": order_id, "sku": sku, "quantity": 3, "status": "RESERVED",
-                   "reason": "OK"}, res
+                   "reason": "OK", "releaseReason": None, "releasedAt": None}, res
+    # Charged and reserved after the order was placed, before it settled.
+    assert created <= p_created <= settled and created <= res_created <= settled
     # Location points at the order.
     assert stack.orders.get(r.headers["Location"].replace(stack.orders.base, "")).json() == o
 

@@ -307,11 +307,19 @@ def test_missing_content_type_is_rejected(stack, creates_nothing, who):
 # ---------------------------------------------------------------- methods and paths
 
 
-@pytest.mark.parametrize("method", ["GET", "DELETE", "PUT", "PATCH"])
+@pytest.mark.parametrize("method", ["DELETE", "PUT", "PATCH"])
 def test_wrong_method_on_orders_is_405(stack, creates_nothing, method):
     r = stack.orders.request(method, "/orders", data=order_body(),
                              headers={"Content-Type": "application/json"})
     assert_problem(r, 405)
+
+
+def test_get_orders_without_status_is_400(stack, creates_nothing):
+    """GET /orders lists PENDING orders (GET /orders?status=PENDING): without
+    the status, or with a body, it is a 400, never an order."""
+    r = stack.orders.request("GET", "/orders", data=order_body(),
+                             headers={"Content-Type": "application/json"})
+    assert_problem(r, 400)
 
 
 @pytest.mark.parametrize("method", ["POST", "DELETE", "PUT"])

@@ -61,8 +61,33 @@ def test_order_lifecycle_matches_document(stack):
             (stack.payments.base, f"/accounts/{cust}", "/accounts/{customerId}"),
             (stack.payments.base, f"/payments/{oid}", "/payments/{orderId}"),
             (stack.inventory.base, f"/stock/{sku}", "/stock/{sku}"),
-            (stack.inventory.base, f"/reservations/{oid}", "/reservations/{orderId}")):
+            (stack.inventory.base, f"/reservations/{oid}", "/reservations/{orderId}"),
+            (stack.orders.base, f"/outbox/{oid}", "/outbox/{orderId}"),
+            (stack.payments.base, f"/outbox/{oid}", "/outbox/{orderId}"),
+            (stack.inventory.base, f"/outbox/{oid}", "/outbox/{orderId}"),
+            (stack.orders.base, "/orders?status=PENDING&olderThan=0&limit=1000", "/orders")):
         validate(tmpl, "GET", requests.get(base + path, headers=ADMIN, timeout=5))
+
+
+def test_pending_orders_match_document(stack):
+    """A PENDING order (its replies held back: inventory-service is stopped
+    for a moment) in GET /orders?status=PENDING, with its missing reply."""
+    cust, sku = stack.uid("c"), stack.uid("s")
+    stack.fund(cust, 500)
+    stack.set_stock(sku, 1)
+    inv = stack.daemons["inventory-service"]
+    inv.stop()
+    try:
+        oid = stack.orders.create_ok(cust, sku, 1, 100)
+        stack.wait_until(lambda: stack.orders.order(oid)["payment"] is not None, 30,
+                         "the payment reply")
+        r = requests.get(stack.orders.base + "/orders?status=PENDING&limit=1000", headers=ORDERS,
+                         timeout=5)
+        validate("/orders", "GET", r)
+        assert oid in [o["orderId"] for o in r.json()["orders"]]
+    finally:
+        inv.restart()
+    stack.orders.wait_settled(oid, need=("payment", "inventory"))
 
 
 @pytest.mark.parametrize("name", ["order-service", "payment-service", "inventory-service"])
@@ -83,6 +108,12 @@ def test_errors_match_document(stack):
                                           headers={"Content-Type": "text/plain", **ORDERS})),
         ("/orders/{orderId}", "GET", requests.get(o + "/orders/nope", headers=ORDERS,
                                                   timeout=5)),
+        ("/orders", "GET", requests.get(o + "/orders?status=DONE", headers=ORDERS, timeout=5)),
+        ("/orders", "GET", requests.get(o + "/orders?status=PENDING&limit=0", headers=ORDERS,
+                                        timeout=5)),
+        ("/outbox/{orderId}", "GET", requests.get(o + "/outbox/x", timeout=5)),
+        ("/outbox/{orderId}", "GET", requests.get(stack.payments.base + "/outbox/x", timeout=5,
+                                                  headers=bearer("orders"))),
         ("/accounts/{customerId}", "GET",
          requests.get(stack.payments.base + "/accounts/nobody", headers=ADMIN, timeout=5)),
         ("/stock/{sku}", "PUT", requests.put(stack.inventory.base + "/stock/x",

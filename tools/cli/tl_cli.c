@@ -56,6 +56,32 @@ int tl_parse_i64(const char *s, int64_t min, int64_t max, int64_t *ret)
     return 0;
 }
 
+int tl_parse_duration(const char *s, int64_t max_s, int64_t *ret_s)
+{
+    static const struct {
+        char unit;
+        int64_t secs;
+    } units[] = {{'s', 1}, {'m', 60}, {'h', 3600}, {'d', 86400}};
+    char num[24];
+    size_t n = s ? strlen(s) : 0;
+    int64_t mult = 1, v;
+
+    if (n == 0 || n >= sizeof(num))
+        return -EINVAL;
+    memcpy(num, s, n + 1);
+    if (!isdigit((unsigned char)num[n - 1])) {
+        mult = 0;
+        for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+            if (num[n - 1] == units[i].unit)
+                mult = units[i].secs;
+        num[--n] = '\0';
+    }
+    if (mult == 0 || !isdigit((unsigned char)num[0]) || tl_parse_i64(num, 0, max_s / mult, &v) < 0)
+        return -EINVAL;
+    *ret_s = v * mult;
+    return 0;
+}
+
 int64_t tl_clock_ns(clockid_t id)
 {
     struct timespec ts;

@@ -22,5 +22,11 @@ void tl_vmsg(const char *prog, const char *suffix, const char *fmt, va_list ap);
  * leading space). Returns 0 or -EINVAL; *ret is set only on success. */
 int tl_parse_i64(const char *s, int64_t min, int64_t max, int64_t *ret);
 
+/* Parses a duration: a whole number followed by a unit, s (seconds), m
+ * (minutes), h (hours) or d (days), or a bare number of seconds: "30s",
+ * "5m", "1h", "90". Sets *ret_s to seconds, at most max_s. Returns 0 or
+ * -EINVAL; *ret_s is set only on success. */
+int tl_parse_duration(const char *s, int64_t max_s, int64_t *ret_s);
+
 /* The clock id's reading in nanoseconds. */
 int64_t tl_clock_ns(clockid_t id);

@@ -15,10 +15,12 @@
 
 /* Exit codes of every command (documented in each --help). */
 enum {
-    OC_EXIT_OK = 0,      /* done, nothing to report */
-    OC_EXIT_FINDING = 1, /* done, but found something: depth above threshold, drift, ... */
-    OC_EXIT_USAGE = 2,   /* bad command line */
-    OC_EXIT_INFRA = 3,   /* broker unreachable, topic missing, request failed */
+    OC_EXIT_OK = 0,           /* done, nothing to report */
+    OC_EXIT_FINDING = 1,      /* done, but found something: depth above threshold, drift, ... */
+    OC_EXIT_USAGE = 2,        /* bad command line */
+    OC_EXIT_INFRA = 3,        /* broker unreachable, topic missing, request failed */
+    OC_EXIT_UNAVAILABLE = 69, /* order, orders stuck: a daemon or the brokers unreachable */
+    OC_EXIT_NOPERM = 77,      /* order, orders stuck: a daemon refused the token */
     OC_EXIT_CONFIG = 78, /* a KAFKA_* variable is unknown or invalid (the daemons' EX_CONFIG) */
 };
 

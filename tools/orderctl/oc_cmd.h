@@ -17,3 +17,5 @@ int oc_cmd_token_init(oc_opts *o, int argc, char **argv);
 int oc_cmd_db_create(oc_opts *o, int argc, char **argv);
 int oc_cmd_acls_show(oc_opts *o, int argc, char **argv);
 int oc_cmd_acls_ensure(oc_opts *o, int argc, char **argv);
+int oc_cmd_order(oc_opts *o, int argc, char **argv);
+int oc_cmd_orders_stuck(oc_opts *o, int argc, char **argv);

@@ -347,18 +347,29 @@ static json_t *json_original(const rd_kafka_message_t *m, const rd_kafka_headers
     return o;
 }
 
-int oc_dlt_print_json(FILE *f, const rd_kafka_message_t *m)
+json_t *oc_dlt_json(const rd_kafka_message_t *m)
 {
     rd_kafka_headers_t *h = NULL;
     json_t *o;
-    int r = 0;
 
     if (rd_kafka_message_headers(m, &h) != RD_KAFKA_RESP_ERR_NO_ERROR)
         h = NULL;
     o = json_original(m, h);
     if (!o || set_bytes(o, "key", (oc_bytes){m->key, m->key ? m->key_len : 0}) < 0 ||
         set_bytes(o, "payload", (oc_bytes){m->payload, m->payload ? m->len : 0}) < 0 ||
-        json_object_set_new(o, "headers", json_headers(h)) < 0)
+        json_object_set_new(o, "headers", json_headers(h)) < 0) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+int oc_dlt_print_json(FILE *f, const rd_kafka_message_t *m)
+{
+    json_t *o = oc_dlt_json(m);
+    int r = 0;
+
+    if (!o)
         r = -ENOMEM;
     else if (json_dumpf(o, f, JSON_COMPACT | JSON_PRESERVE_ORDER) < 0 || fputc('\n', f) == EOF)
         r = -EIO;

@@ -8,6 +8,7 @@
  */
 #pragma once
 
+#include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -74,3 +75,5 @@ void oc_put_escaped(FILE *f, const void *p, size_t n);
  * escaped) or as one JSON object on one line. Returns 0 or -EIO/-ENOMEM. */
 int oc_dlt_print_text(FILE *f, const rd_kafka_message_t *m);
 int oc_dlt_print_json(FILE *f, const rd_kafka_message_t *m);
+/* The object oc_dlt_print_json() prints (caller decrefs), or NULL (no memory). */
+json_t *oc_dlt_json(const rd_kafka_message_t *m);

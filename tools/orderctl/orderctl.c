@@ -29,6 +29,10 @@ static const char usage_text[] =
     "                   connection; --pgpass: a password and its pgpass file)\n"
     "  acls show        print the least-privilege ACLs of the system's principals\n"
     "  acls ensure      create the missing ACLs, report (--prune: delete) extra ones\n"
+    "  order ID         everything known about one order, in time order (the three\n"
+    "                   daemons' HTTP APIs, their outboxes, the dead-letter topics)\n"
+    "  orders stuck     orders PENDING for longer than --older-than, with the reply\n"
+    "                   each one waits for (exit 1 when there are some)\n"
     "\n"
     "\"orderctl COMMAND --help\" (e.g. orderctl dlt replay --help) shows the options\n"
     "of a command. Common options go before or after the command.\n"
@@ -37,7 +41,8 @@ static const char usage_text[] =
     "Exit status: 0 ok, 1 finding (DLT depth above threshold, topic drift, a record\n"
     "that could not be replayed, ACL drift), 2 usage error, 3 broker or infrastructure\n"
     "error, 78 configuration error (an unknown or invalid KAFKA_* variable, checked\n"
-    "as the daemons check it, before any connection).\n";
+    "as the daemons check it, before any connection). order and orders stuck: 69 a\n"
+    "daemon or the brokers unreachable, 77 a token refused (see their --help).\n";
 
 typedef struct {
     const char *group, *name;
@@ -46,12 +51,21 @@ typedef struct {
 } command;
 
 static const command commands[] = {
-    {"dlt", "tail", oc_cmd_dlt_tail, true},      {"dlt", "depth", oc_cmd_dlt_depth, true},
-    {"dlt", "replay", oc_cmd_dlt_replay, true},  {"topics", "ensure", oc_cmd_topics_ensure, true},
-    {"token", "new", oc_cmd_token_new, false},   {"token", "hash", oc_cmd_token_hash, false},
-    {"acls", "show", oc_cmd_acls_show, false},   {"acls", "ensure", oc_cmd_acls_ensure, true},
-    {"token", "init", oc_cmd_token_init, false}, {"db", "create", oc_cmd_db_create, false},
+    {"dlt", "tail", oc_cmd_dlt_tail, true},
+    {"dlt", "depth", oc_cmd_dlt_depth, true},
+    {"dlt", "replay", oc_cmd_dlt_replay, true},
+    {"topics", "ensure", oc_cmd_topics_ensure, true},
+    {"token", "new", oc_cmd_token_new, false},
+    {"token", "hash", oc_cmd_token_hash, false},
+    {"acls", "show", oc_cmd_acls_show, false},
+    {"acls", "ensure", oc_cmd_acls_ensure, true},
+    {"token", "init", oc_cmd_token_init, false},
+    {"db", "create", oc_cmd_db_create, false},
+    {"orders", "stuck", oc_cmd_orders_stuck, false},
 };
+
+/* "order ID": the word after the group is the command's argument. */
+static const command order_command = {"order", NULL, oc_cmd_order, true};
 
 /* Parses the common options before the command; returns -1 to go on. */
 static int parse_global(oc_opts *o, int argc, char **argv)
@@ -92,6 +106,12 @@ int main(int argc, char **argv)
     first = optind;
     if (first >= argc)
         return oc_usage("missing command");
+    if (strcmp(argv[first], order_command.group) == 0) {
+        oc_signals_install();
+        o.kafka = order_command.kafka;
+        optind = 0;
+        return order_command.fn(&o, argc - first, argv + first);
+    }
     if (first + 1 >= argc || strcmp(argv[first + 1], "--help") == 0 ||
         strcmp(argv[first + 1], "-h") == 0) {
         bool known = false;
