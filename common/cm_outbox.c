@@ -165,7 +165,8 @@ struct cm_relay {
      * a fatal producer error once N rows were acknowledged. 0 = off. */
     long long fatal_after;
     long long acked;
-    int left; /* rows of the last pass not delivered (logged at stop) */
+    int left;             /* rows of the last pass not delivered (logged at stop) */
+    char pass_error[256]; /* the last failed pass's error, logged once */
 };
 
 static long long mono_ms(void)
@@ -244,6 +245,14 @@ static int relay_connect(cm_relay *r)
             return rc;
         }
         r->leader = false;
+        /* A relay statement behind a lock held elsewhere fails after the
+         * timeout (the pass is retried on a new session) instead of
+         * holding the relay, and its stop, without end. */
+        rc = cm_db_default_statement_timeout(r->conn, CM_DB_STATEMENT_TIMEOUT);
+        if (rc < 0) {
+            log_warning("outbox relay cannot reach database error=\"%s\"", cm_db_error(r->conn));
+            return rc;
+        }
     }
     if (!r->leader) {
         rc = cm_db_query(r->conn, &res, lock, 0, NULL);
@@ -536,8 +545,18 @@ static void *relay_main(void *arg)
             sleep_ms(r, 2000); /* standby: another instance publishes */
             continue;
         }
-        if (rc == 0)
+        if (rc == 0) {
             rc = relay_pass(r);
+            const char *why = rc < 0 && r->conn ? cm_db_error(r->conn) : "";
+            if (*why && strcmp(why, r->pass_error) != 0) {
+                log_warning("outbox relay pass failed, retrying on a new session error=\"%s\"",
+                            why);
+                snprintf(r->pass_error, sizeof(r->pass_error), "%s", why);
+            } else if (rc == 0 && r->pass_error[0]) {
+                log_info("outbox relay passes again");
+                r->pass_error[0] = '\0';
+            }
+        }
         if (rc < 0) {
             atomic_store(&r->health->relay_db_ok, false);
             PQfinish(r->conn);
