@@ -809,6 +809,13 @@ int cm_consumer_run(const cm_consumer_config *cfg, volatile const sig_atomic_t *
         if (l.n == 0)
             continue;
         log_debug("consumer batch start count=%d", l.n);
+        /* The batch's order, which decides every outcome (set runs give
+         * each record the outcome of this order applied one by one). */
+        for (int i = 0; cm_log_enabled(LOG_DEBUG) && i < l.n; i++)
+            log_debug("consumer batch record index=%d key=%.*s " CM_REC_FMT, i,
+                      (int)l.batch[i].msg->key_len,
+                      l.batch[i].msg->key ? (const char *)l.batch[i].msg->key : "",
+                      CM_REC_ARGS(&l.batch[i]));
         process(&l);
         log_debug("consumer batch done count=%d", l.n);
         atomic_fetch_add(&cfg->health->consumed, l.n);

@@ -81,9 +81,10 @@ def batches_since(daemon, pos):
     return batches
 
 
-# After the burst is acknowledged by the broker, how long the daemon's
-# fetcher (which runs while the consumer thread waits) gets to queue it.
-FETCH_GRACE = 2.0
+# After a phase of the burst is acknowledged by the broker, how long the
+# daemon's fetcher (which runs while the consumer thread waits) gets to queue
+# it before the next phase is produced.
+FETCH_GRACE = 1.5
 
 
 def restart_debug(stack, daemon, db):
@@ -102,12 +103,16 @@ def reset_timeout(stack, db):
     stack.sql(db, f'ALTER DATABASE "{dbname}" RESET statement_timeout')
 
 
-def burst_behind_blocker(stack, daemon, db, lock_sql, lock_params, blocker, records,
+def burst_behind_blocker(stack, daemon, db, lock_sql, lock_params, blocker, phases,
                          timeout=60):
     """Holds the daemon in the blocker's batch (see the module comment) while
-    the burst is produced, then lets it go. Returns the burst's coordinates
-    and the batches the daemon logged, once it has taken every record."""
+    the burst is produced, phase after phase, then lets it go. The fetcher
+    queues records in the order they arrive, so the batch takes the phases in
+    order (records of two topics in one phase come in either order). Returns
+    the burst's records and coordinates and the batches the daemon logged,
+    once it has taken every record."""
     pos = log_size(daemon)
+    records, coords = [], []
     with psycopg.connect(stack.dsn(db)) as lock:
         lock.execute(lock_sql, lock_params)
         produce_burst(stack, [blocker])
@@ -115,8 +120,10 @@ def burst_behind_blocker(stack, daemon, db, lock_sql, lock_params, blocker, reco
             db, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                 " AND wait_event_type = 'Lock'") > 0, None), 30,
             "the daemon's batch to wait on the test's lock")
-        coords = produce_burst(stack, records)
-        time.sleep(FETCH_GRACE)
+        for phase in phases:
+            records += phase
+            coords += produce_burst(stack, phase)
+            time.sleep(FETCH_GRACE)
         lock.commit()
     want = set(coords)
 
@@ -126,7 +133,7 @@ def burst_behind_blocker(stack, daemon, db, lock_sql, lock_params, blocker, reco
 
     stack.wait_until(taken, timeout, "the daemon to take every record of the burst")
     reset_timeout(stack, db)
-    return coords, batches_since(daemon, pos)
+    return records, coords, batches_since(daemon, pos)
 
 
 def order_of(batches, coords):
@@ -279,38 +286,41 @@ def test_payment_batch_matches_sequential(stack):
     def comp(n):
         return ("inventory.reserved", oid[n], dict(rejected, orderId=oid[n]))
 
-    records = [
-        comp("o7"),                      # before its order: a tombstone (if taken first)
-        oc("o1"), oc("o1"),              # a duplicate inside the batch
-        oc("o2"),                        # more than a's balance left: declined
-        oc("o3"),                        # smaller, after the declined one: charged
-        oc("o4"),                        # unknown customer
-        comp("p2"),                      # refund of an earlier batch's charge ...
-        oc("o5"),                        # ... and a charge of the same customer
-        oc("p1"),                        # a duplicate of an earlier batch
-        oc("o6"),                        # zero against a zero balance
-        oc("o7"), oc("o8"),
-        comp("o8"),                      # after its charge: a refund (if taken after)
-        comp("o9"),                      # an order that never comes: a tombstone
-        comp("o7"),                      # a duplicate compensation
-        oc("o2"),                        # a duplicate of a declined order
+    phases = [
+        [comp("o7")],                    # before its order: a tombstone
+        [oc("o1"), oc("o1"),             # a duplicate inside the batch
+         oc("o2"),                       # more than a's balance left: declined
+         oc("o3"),                       # smaller, after the declined one: charged
+         oc("o4"),                       # unknown customer
+         oc("p1"),                       # a duplicate of an earlier batch
+         oc("o6"),                       # zero against a zero balance
+         oc("o7"), oc("o8")],
+        [comp("p2"),                     # refund of an earlier batch's charge ...
+         comp("o8"),                     # ... and of this batch's charge
+         comp("o9"),                     # an order that never comes: a tombstone
+         comp("o7")],                    # a duplicate compensation
+        [oc("o5"),                       # b's charge, fits only after p2's refund
+         oc("o2")],                      # a duplicate of a declined order
     ]
-    coords, batches = burst_behind_blocker(
+    records, coords, batches = burst_behind_blocker(
         stack, payment, "payments", "SELECT 1 FROM accounts WHERE customer_id = %s FOR UPDATE",
-        (blocker_cust,), order_created(blocker, blocker_cust, sku, 1, 1), records)
+        (blocker_cust,), order_created(blocker, blocker_cust, sku, 1, 1), phases)
     order = check_burst(stack, "payments", "payments", "customer_id", "amount_cents", "accounts",
                         "customer_id", "balance_cents",
                         {"TAKEN": "CHARGED", "REFUSED": "DECLINED", "UNDONE": "REFUNDED",
                          "CANCELLED": "CANCELLED"},
                         "payments.completed", "approved", ledger, records, coords, batches,
                         list(limits))
-    # The cases the burst is for, whatever order the topics came in.
+    # The cases the burst is for.
     assert ledger.replies[oid["o2"]] == [(False, "INSUFFICIENT_FUNDS")]
     assert ledger.replies[oid["o3"]] == [(True, "OK")]
     assert ledger.replies[oid["o4"]] == [(False, "UNKNOWN_CUSTOMER")]
     assert len(ledger.replies[oid["o1"]]) == 1 and oid["p1"] in ledger.replies
     assert ledger.rows[oid["o9"]][0] == "CANCELLED"
-    print(f"burst order taken: {order}")
+    assert ledger.replies[oid["o7"]] == [(False, "ORDER_CANCELLED")]
+    assert ledger.rows[oid["o8"]][0] == "UNDONE" and ledger.rows[oid["p2"]][0] == "UNDONE"
+    assert ledger.replies[oid["o5"]] == [(True, "OK")]
+    assert order == sorted(order), f"phases not taken in order: {order}"
 
 
 def test_inventory_batch_matches_sequential(stack):
@@ -346,24 +356,24 @@ def test_inventory_batch_matches_sequential(stack):
         stack.wait_until(lambda o=o: (stack.inventory.reservation(o) is not None, None), 30,
                          f"reservation of {o}")
 
-    records = [
-        comp("o6"),
-        oc("o1"), oc("o1"),  # s1: 7 left -> 2
-        oc("o2"),            # 4 > 2: out of stock
-        oc("o3"),            # 2: reserved
-        oc("o4"),            # unknown sku
-        comp("p2"),          # release of an earlier batch's reservation ...
-        oc("o5"),            # ... and a reservation of the same sku
-        oc("p1"),            # duplicate of an earlier batch
-        oc("o6"), oc("o7"),
-        comp("o7"),
-        comp("o8"),          # never comes: a tombstone
-        comp("o6"),
+    phases = [
+        [comp("o6")],         # before its order: a tombstone
+        [oc("o1"), oc("o1"),  # s1: 7 left -> 2, and a duplicate
+         oc("o2"),            # 4 > 2: out of stock
+         oc("o3"),            # 2: reserved
+         oc("o4"),            # unknown sku
+         oc("p1"),            # duplicate of an earlier batch
+         oc("o6"), oc("o7")],
+        [comp("p2"),          # release of an earlier batch's reservation ...
+         comp("o7"),          # ... and of this batch's
+         comp("o8"),          # never comes: a tombstone
+         comp("o6")],         # a duplicate compensation
+        [oc("o5")],           # s2 fits only after p2's release
     ]
-    coords, batches = burst_behind_blocker(
+    records, coords, batches = burst_behind_blocker(
         stack, inventory, "inventory", "SELECT 1 FROM stock WHERE sku = %s FOR UPDATE",
-        (blocker_sku,), order_created(blocker, cust, blocker_sku, 1, 100), records)
-    check_burst(stack, "inventory", "reservations", "sku", "quantity", "stock", "sku",
+        (blocker_sku,), order_created(blocker, cust, blocker_sku, 1, 100), phases)
+    order = check_burst(stack, "inventory", "reservations", "sku", "quantity", "stock", "sku",
                 "available",
                 {"TAKEN": "RESERVED", "REFUSED": "REJECTED", "UNDONE": "RELEASED",
                  "CANCELLED": "CANCELLED"},
@@ -371,6 +381,10 @@ def test_inventory_batch_matches_sequential(stack):
     assert ledger.replies[oid["o2"]] == [(False, "OUT_OF_STOCK")]
     assert ledger.replies[oid["o3"]] == [(True, "OK")]
     assert ledger.replies[oid["o4"]] == [(False, "UNKNOWN_SKU")]
+    assert ledger.replies[oid["o6"]] == [(False, "ORDER_CANCELLED")]
+    assert ledger.rows[oid["o7"]][0] == "UNDONE" and ledger.rows[oid["o8"]][0] == "CANCELLED"
+    assert ledger.replies[oid["o5"]] == [(True, "OK")]
+    assert order == sorted(order), f"phases not taken in order: {order}"
 
 
 # ------------------------------------------------- order-service
@@ -424,7 +438,7 @@ def test_order_replies_batch_matches_sequential(stack):
     restart_debug(stack, order_svc, "orders")
     blocker = str(uuid.uuid4())
     insert_orders(stack, {blocker: (cust, sku, 1, 1)})
-    records = [
+    phases = [[
         pay("a", True, "OK"), inv("a", True, "OK"), pay("a", True, "OK"),   # confirmed, dup
         inv("b", False, "OUT_OF_STOCK"), pay("b", True, "OK"),              # rejected
         pay("c", False, "INSUFFICIENT_FUNDS"), pay("c", True, "OK"),        # first one counts
@@ -432,11 +446,11 @@ def test_order_replies_batch_matches_sequential(stack):
         inv("e", True, "OK"),                                               # confirms e
         inv("f", True, "OK"),                                               # f stays rejected
         inv("g", True, "OK"), pay("g", False, "UNKNOWN_CUSTOMER"), inv("g", False, "X"),
-    ]
-    coords, batches = burst_behind_blocker(
+    ]]
+    records, coords, batches = burst_behind_blocker(
         stack, order_svc, "orders", "SELECT 1 FROM orders WHERE order_id = %s FOR UPDATE",
         (blocker,), ("payments.completed", blocker,
-                     {"orderId": blocker, "approved": True, "reason": "OK"}), records)
+                     {"orderId": blocker, "approved": True, "reason": "OK"}), phases)
     order, batch_of = order_of(batches, coords)
     assert len(set(batch_of.values())) == 1, f"the burst was split: {batches}"
     settled = {"CONFIRMED": 0, "REJECTED": 0}
