@@ -23,15 +23,24 @@ burst's records one by one, in the order the log shows, in Python, and
 compares balances or stock, the payment/reservation/order rows and the
 replies published on the reply topic (one per order that was not a
 duplicate, with the sequential verdict).
+
+The last three tests take the statements alone (set_sql_dump prints the very
+text the daemons prepare) and run them on the real PostgreSQL over a few
+hundred random mixed batches, a batch at once and one record at a time, each
+in a transaction that is rolled back: results and rows must agree.
 """
 
 import json
+import os
+import random
 import re
+import subprocess
 import time
 import uuid
 
 import psycopg
 from confluent_kafka import Producer
+from conftest import build_dir
 from helpers import metric, read_all
 
 RECORD_RE = re.compile(r"consumer batch record index=(\d+) key=(\S*) topic=(\S+) "
@@ -475,3 +484,189 @@ def test_order_replies_batch_matches_sequential(stack):
         assert metric(order_svc.url, "orders_settled_total", status=s) == n, s
     assert metric(order_svc.url, "orders_settle_duration_seconds_count",
                   outcome="confirmed") == settled["CONFIRMED"]
+
+
+# ------------------------------------------------- the statements alone
+#
+# The exact statements the daemons run (set_sql_dump prints them from the
+# subscription tables), on the real PostgreSQL, over many random mixed
+# batches: each batch applied as the consumer applies it (runs of one set)
+# and one record at a time, each in a transaction that is rolled back; the
+# results and every row they touched must agree.
+
+
+def set_sql():
+    tool = os.environ.get("SET_SQL_DUMP") or str(build_dir() / "tests" / "set_sql_dump")
+    return json.loads(subprocess.run([tool], check=True, capture_output=True, text=True,
+                                     timeout=30).stdout)
+
+
+def pg_array(vals):
+    """A text[] literal, quoted as cm_db_array quotes it."""
+    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                          for v in vals) + "}"
+
+
+def apply_runs(cur, subs, recs, shape=tuple):
+    """recs: [(topic, row)]. Runs each run of consecutive records of one set
+    as the loop does; returns {record index: [shape(row) per statement, or
+    None]} (row without its ordinal)."""
+    out, i = {}, 0
+    while i < len(recs):
+        stmts = subs[recs[i][0]]["statements"]
+        j = i
+        while j < len(recs) and subs[recs[j][0]]["statements"] == stmts:
+            j += 1
+        cols = list(zip(*(row for _, row in recs[i:j])))
+        for k, st in enumerate(stmts):
+            sql = re.sub(r"\$(\d+)", r"%(p\1)s", st["sql"].replace("%", "%%"))
+            cur.execute(sql, {f"p{c + 1}": pg_array(cols[c]) for c in range(st["nparams"])})
+            for row in (cur.fetchall() if cur.description else []):
+                out.setdefault(i + int(row[0]) - 1, [None] * len(stmts))[k] = shape(row[1:])
+        i = j
+    return out
+
+
+def differential(stack, db, subs, trial, snapshot, trials, shape=tuple):
+    """For each seed: trial(rng) gives (setup(cur), records); the batch and
+    the one-record runs must give the same results and snapshot(cur)."""
+    with psycopg.connect(stack.dsn(db)) as conn:
+        for seed in range(trials):
+            setup, recs = trial(random.Random(seed))
+            got = []
+            for alone in (False, True):
+                with conn.transaction(force_rollback=True):
+                    cur = conn.cursor()
+                    setup(cur)
+                    if alone:
+                        res = {}
+                        for n, r in enumerate(recs):
+                            res.update({n: v for v in apply_runs(cur, subs, [r], shape).values()})
+                    else:
+                        res = apply_runs(cur, subs, recs, shape)
+                    got.append((res, snapshot(cur)))
+            assert got[0] == got[1], f"seed {seed}: batch {got[0]} != one by one {got[1]}"
+
+
+def ledger_trial(key_kind, unknown_key, amount_of, comp_topic, reply):
+    """Random batches for payment-service or inventory-service."""
+    def trial(rng):
+        tag = uuid.uuid4().hex[:12]
+        keys = [f"{key_kind}-{tag}-{i}" for i in range(rng.randint(1, 4))]
+        limits = {k: rng.randint(0, 300) for k in keys}
+        oids = [f"o-{tag}-{i}" for i in range(rng.randint(1, 12))]
+        orders = {o: (rng.choice(keys + [f"{unknown_key}-{tag}"]), amount_of(rng)) for o in oids}
+
+        def oc(o):
+            k, n = orders[o]
+            return ("orders.created", (o, k, str(n), reply, f"ok-{o}", f"short-{o}",
+                                       f"unknown-{o}", f"cancelled-{o}", json.dumps({"o": o})))
+        prior = [oc(o) for o in oids if rng.random() < 0.3]
+        recs = [oc(o) if rng.random() < 0.6 else (comp_topic, (o, "NO"))
+                for o in (rng.choice(oids) for _ in range(rng.randint(1, 30)))]
+        return (keys, oids, limits, prior), recs
+    return trial
+
+
+def test_set_statements_match_one_by_one_payment(stack):
+    subs = set_sql()["subscriptions"]["payment-service"]
+    gen = ledger_trial("cust", "nobody", lambda rng: rng.randint(0, 150), "inventory.reserved",
+                       "payments.completed")
+    state = {}
+
+    def trial(rng):
+        (keys, oids, limits, prior), recs = gen(rng)
+
+        def setup(cur):
+            for k, v in limits.items():
+                cur.execute("INSERT INTO accounts(customer_id, balance_cents) VALUES (%s, %s)",
+                            (k, v))
+            apply_runs(cur, subs, prior)
+        state.update(keys=keys, oids=oids)
+        return setup, recs
+
+    def snapshot(cur):
+        cur.execute("SELECT customer_id, balance_cents FROM accounts WHERE customer_id = ANY(%s)"
+                    " ORDER BY 1", (state["keys"],))
+        a = cur.fetchall()
+        cur.execute("SELECT order_id, customer_id, amount_cents, status, reason, refund_reason"
+                    " FROM payments WHERE order_id = ANY(%s) ORDER BY 1", (state["oids"],))
+        p = cur.fetchall()
+        cur.execute("SELECT topic, msg_key, payload, headers FROM outbox WHERE msg_key = ANY(%s)"
+                    " ORDER BY id", (state["oids"],))
+        return a, p, cur.fetchall()
+
+    differential(stack, "payments", subs, trial, snapshot, 150)
+
+
+def test_set_statements_match_one_by_one_inventory(stack):
+    subs = set_sql()["subscriptions"]["inventory-service"]
+    gen = ledger_trial("sku", "nosku", lambda rng: rng.randint(1, 150), "payments.completed",
+                       "inventory.reserved")
+    state = {}
+
+    def trial(rng):
+        (keys, oids, limits, prior), recs = gen(rng)
+
+        def setup(cur):
+            for k, v in limits.items():
+                cur.execute("INSERT INTO stock(sku, available) VALUES (%s, %s)", (k, v))
+            apply_runs(cur, subs, prior)
+        state.update(keys=keys, oids=oids)
+        return setup, recs
+
+    def snapshot(cur):
+        cur.execute("SELECT sku, available FROM stock WHERE sku = ANY(%s) ORDER BY 1",
+                    (state["keys"],))
+        a = cur.fetchall()
+        cur.execute("SELECT order_id, sku, quantity, status, reason, release_reason"
+                    " FROM reservations WHERE order_id = ANY(%s) ORDER BY 1", (state["oids"],))
+        p = cur.fetchall()
+        cur.execute("SELECT topic, msg_key, payload, headers FROM outbox WHERE msg_key = ANY(%s)"
+                    " ORDER BY id", (state["oids"],))
+        return a, p, cur.fetchall()
+
+    differential(stack, "inventory", subs, trial, snapshot, 150)
+
+
+def test_set_statements_match_one_by_one_order_replies(stack):
+    dump = set_sql()
+    subs, tables = dump["subscriptions"]["order-service"], dump["tables"]
+    state = {}
+    status = {(0, 0): "PENDING", (1, 0): "PENDING", (0, 1): "PENDING", (1, 1): "CONFIRMED"}
+
+    def trial(rng):
+        tag = uuid.uuid4().hex[:12]
+        oids = [f"o-{tag}-{i}" for i in range(rng.randint(1, 6))]
+        prior = {o: (rng.choice([0, 0, 0, 1, 2]), rng.choice([0, 0, 0, 1, 2])) for o in oids}
+        recs = []
+        for _ in range(rng.randint(1, 20)):
+            side = rng.choice(["payment", "inventory"])
+            yes = rng.random() < 0.7
+            topic = "payments.completed" if side == "payment" else "inventory.reserved"
+            recs.append((topic, (rng.choice(oids), side, "true" if yes else "false",
+                                 rng.choice(["OK", "X"]), tables[side]["true" if yes else "false"])))
+
+        def setup(cur):
+            for o, (p, i) in prior.items():
+                st = "REJECTED" if 2 in (p, i) else status[(p, i)]
+                cur.execute(
+                    "INSERT INTO orders(order_id, customer_id, sku, quantity, amount_cents, status,"
+                    " payment_approved, payment_reason, inventory_reserved, inventory_reason,"
+                    " settled_at) VALUES (%s, 'c', 's', 1, 1, %s, %s, %s, %s, %s,"
+                    " CASE WHEN %s <> 'PENDING' THEN now() END)",
+                    (o, st, None if p == 0 else p == 1, "old" if p else None,
+                     None if i == 0 else i == 1, "old" if i else None, st))
+        state.update(oids=oids)
+        return setup, recs
+
+    def snapshot(cur):
+        cur.execute("SELECT order_id, status, payment_approved, payment_reason,"
+                    " inventory_reserved, inventory_reason, payment_at IS NULL,"
+                    " inventory_at IS NULL, settled_at IS NULL FROM orders"
+                    " WHERE order_id = ANY(%s) ORDER BY 1", (state["oids"],))
+        return cur.fetchall()
+
+    # The settle seconds depend on the clock: compared as present or not.
+    differential(stack, "orders", subs, trial, snapshot, 200,
+                 shape=lambda r: (r[0], r[1], r[2] is not None))
