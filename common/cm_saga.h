@@ -39,8 +39,9 @@ typedef struct {
  * needs nothing (an empty plan); a negative one joins the run of the set
  * (remember, then undo, in the batch's pipeline). If the tombstone went in,
  * the undo finds nothing; if not, the order's row exists and is committed
- * (the insert waited for any concurrent writer) and the undo sees it. cm_saga_done() counts and
- * logs what happened. Both return 0 or a negative code for the error handler. */
+ * (the insert waited for any concurrent writer) and the undo sees it.
+ * cm_saga_done() counts and logs what happened. Both return 0 or a negative
+ * code for the error handler. */
 int cm_saga_plan(const cm_saga_def *def, const cm_record *rec, cm_plan *plan, char *reason,
                  size_t reasonlen);
 int cm_saga_done(const cm_saga_def *def, cm_metrics *metrics, const cm_record *rec,

@@ -644,8 +644,9 @@ def test_set_statements_match_one_by_one_order_replies(stack):
             side = rng.choice(["payment", "inventory"])
             yes = rng.random() < 0.7
             topic = "payments.completed" if side == "payment" else "inventory.reserved"
-            recs.append((topic, (rng.choice(oids), side, "true" if yes else "false",
-                                 rng.choice(["OK", "X"]), tables[side]["true" if yes else "false"])))
+            flag = "true" if yes else "false"
+            recs.append((topic, (rng.choice(oids), side, flag, rng.choice(["OK", "X"]),
+                                 tables[side][flag])))
 
         def setup(cur):
             for o, (p, i) in prior.items():
