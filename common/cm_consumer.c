@@ -3,6 +3,7 @@
  */
 #include "cm_consumer.h"
 
+#include "cm_apply.h"
 #include "cm_db.h"
 #include "cm_dlt.h"
 #include "cm_kafka.h"
@@ -17,9 +18,6 @@
 #include <time.h>
 
 #define TRACEPARENT_MAX 64
-/* Records per pipeline: bounds what each side buffers before the other
- * reads (a pipeline of unbounded size could fill both sockets). */
-#define PIPELINE_RECORDS 64
 
 typedef struct {
     rd_kafka_message_t *msg;
@@ -185,42 +183,6 @@ static int plan_slot(loop *l, slot *s, char *reason, size_t reasonlen)
     return r;
 }
 
-/* Sends the planned statements of slots[0..n-1] (after BEGIN if begin) in
- * one pipeline and hands each slot its results. */
-static int run_pipeline(loop *l, slot *slots, int n, bool begin)
-{
-    int total = begin, k = 0, r;
-    cm_db_stmt *stmts;
-    PGresult **res;
-
-    for (int i = 0; i < n; i++)
-        total += slots[i].plan.n;
-    stmts = calloc((size_t)total + 1, sizeof(*stmts));
-    res = calloc((size_t)total + 1, sizeof(*res));
-    if (!stmts || !res) {
-        free(stmts);
-        free(res);
-        return -ENOMEM;
-    }
-    if (begin)
-        stmts[k++] = (cm_db_stmt){"BEGIN", 0, NULL};
-    for (int i = 0; i < n; i++)
-        for (int j = 0; j < slots[i].plan.n; j++)
-            stmts[k++] = slots[i].plan.stmts[j];
-    r = cm_db_pipeline(l->conn, stmts, total, res);
-    if (r == 0) {
-        k = 0;
-        if (begin)
-            PQclear(res[k++]);
-        for (int i = 0; i < n; i++)
-            for (int j = 0; j < slots[i].plan.n; j++)
-                slots[i].res[j] = res[k++];
-    }
-    free(stmts);
-    free(res);
-    return r;
-}
-
 static int done_slot(loop *l, slot *s, char *reason, size_t reasonlen)
 {
     cm_record rec = record_of(s);
@@ -236,21 +198,29 @@ static int done_slot(loop *l, slot *s, char *reason, size_t reasonlen)
 
 /* Applies slots[0..n-1] in a new transaction (BEGIN goes with the first
  * pipeline), leaving it open: every record is planned, the statements run
- * in pipelines of PIPELINE_RECORDS records, then every record reads its
- * results. Returns 0 or the code of the first failure. */
+ * (cm_apply_run), then every record reads its results. Returns 0 or the
+ * code of the first failure. */
 static int apply(loop *l, slot *slots, int n, char *reason, size_t reasonlen)
 {
-    int r = 0;
+    cm_apply_rec *recs = calloc((size_t)n + 1, sizeof(*recs));
+    cm_apply *run = NULL;
+    int r = recs ? 0 : -ENOMEM;
 
-    for (int i = 0; i < n && r == 0; i++)
+    if (r < 0)
+        snprintf(reason, reasonlen, "%s", strerror(-r));
+    for (int i = 0; i < n && r == 0; i++) {
         r = plan_slot(l, &slots[i], reason, reasonlen);
-    for (int i = 0; i < n && r == 0; i += PIPELINE_RECORDS) {
-        r = run_pipeline(l, slots + i, n - i < PIPELINE_RECORDS ? n - i : PIPELINE_RECORDS, i == 0);
-        if (r < 0)
-            snprintf(reason, reasonlen, "%s", cm_db_error(l->conn));
+        if (r == 0)
+            recs[i] = (cm_apply_rec){&slots[i].plan,
+                                     slots[i].plan.in_set ? find_sub(l, slots[i].msg)->set : NULL,
+                                     slots[i].res};
     }
+    if (r == 0)
+        r = cm_apply_run(l->conn, recs, n, &run, reason, reasonlen);
     for (int i = 0; i < n && r == 0; i++)
         r = done_slot(l, &slots[i], reason, reasonlen);
+    cm_apply_free(run);
+    free(recs);
     for (int i = 0; i < n; i++)
         slot_release(&slots[i]);
     return r;
@@ -691,6 +661,13 @@ int cm_consumer_run(const cm_consumer_config *cfg, volatile const sig_atomic_t *
         if (l.n == 0)
             continue;
         log_debug("consumer batch start count=%d", l.n);
+        /* The batch's order, which decides every outcome (set runs give
+         * each record the outcome of this order applied one by one). */
+        for (int i = 0; cm_log_enabled(LOG_DEBUG) && i < l.n; i++)
+            log_debug("consumer batch record index=%d key=%.*s " CM_REC_FMT, i,
+                      (int)l.batch[i].msg->key_len,
+                      l.batch[i].msg->key ? (const char *)l.batch[i].msg->key : "",
+                      CM_REC_ARGS(&l.batch[i]));
         process(&l);
         log_debug("consumer batch done count=%d", l.n);
         atomic_fetch_add(&cfg->health->consumed, l.n);

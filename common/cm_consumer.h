@@ -4,11 +4,13 @@
  * It polls a batch of records, applies them in one database transaction,
  * commits, and only then stores the offsets, so a crash between apply and
  * commit redelivers rather than loses. A handler works in two steps: plan()
- * decodes a record and names the statements that apply it; the loop sends
- * the statements of the whole batch in one pipeline (one round trip for
- * many records, in record order, inside the transaction); done() then reads
- * that record's results, before the commit. Handlers dedupe by (orderId, event type) in
- * the same transaction, which makes redelivery harmless.
+ * decodes a record and names the statements that apply it, or (set-based,
+ * see cm_set) gives its row to statements that apply a whole run of records
+ * at once; the loop sends the statements of the whole batch in one pipeline
+ * (one round trip for many records, in record order, inside the
+ * transaction); done() then reads that record's results, before the commit.
+ * Handlers dedupe by (orderId, event type) in the same transaction, which
+ * makes redelivery harmless.
  *
  * The error handler classifies each failure by the handler's return code:
  *   0             applied (or a duplicate that changed nothing)
@@ -32,6 +34,7 @@
 #include <libpq-fe.h>
 #include <librdkafka/rdkafka.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -66,16 +69,54 @@ static inline void cm_record_outcome(const cm_record *rec, const char *word)
         (long long)(rec)->msg->offset, (rec)->trace_id
 
 #define CM_PLAN_MAX 2
+#define CM_SET_COLS 10
+
+/* A set-based handler: statements that apply a whole run of records at once
+ * instead of each record's own statements. A run is a sequence of records of
+ * the batch, consecutive but for records with nothing to do, whose
+ * subscriptions share this cm_set. Each record gives a row of ncols text
+ * values (cm_plan.row); the loop passes column c of the run as parameter
+ * $c+1, a PostgreSQL text[] in batch order (a statement may take only the
+ * first few columns), so that
+ * "unnest($1::text[], ...) WITH ORDINALITY" numbers the records 1..n as the
+ * loop does. The statements run in order, once per run, in the batch's
+ * transaction and pipeline; each returns at most one row per record, whose
+ * first column is that ordinal (rows for no record are an error). A statement
+ * must give every record the outcome that applying the records one by one, in
+ * batch order, would give (duplicates, limits reached part way, ...): the
+ * loop also runs a record alone (a run of one) when it isolates a failure. */
+typedef struct {
+    const char *sql; /* static storage (cm_db_query) */
+    int nparams;     /* it takes columns $1..$nparams */
+} cm_set_stmt;
+
+typedef struct {
+    cm_set_stmt stmt[CM_PLAN_MAX];
+    int nsql;
+    int ncols;
+} cm_set;
 
 /* The statements that apply one record (n may be 0: nothing to do), and the
  * handler's state between plan() and done(): the statements' parameters
- * point into it. The loop calls release(state) when the record is done. */
+ * point into it. The loop calls release(state) when the record is done.
+ * A record of a subscription with a cm_set sets in_set and fills row
+ * instead (n stays 0); before done() the loop fills set_res/set_row (read
+ * them with cm_plan_value()). */
 typedef struct {
     cm_db_stmt stmts[CM_PLAN_MAX];
     int n;
     void *state;
     void (*release)(void *state);
+    bool in_set;
+    const char *row[CM_SET_COLS];
+    PGresult *set_res[CM_PLAN_MAX]; /* owned by the loop */
+    int set_row[CM_PLAN_MAX];       /* -1: the statement returned no row for it */
 } cm_plan;
+
+/* In done() of a record planned in_set: the value of column col of the row
+ * that the run's statement j returned for this record, or NULL if it
+ * returned none (or the value is SQL NULL). */
+const char *cm_plan_value(const cm_plan *plan, int j, int col);
 
 /* Decodes rec and fills plan. On failure writes a short reason (used in logs
  * and the DLT exception message) and returns a code (see above). */
@@ -90,6 +131,7 @@ typedef struct {
     const char *topic;
     cm_plan_fn plan;
     cm_done_fn done;
+    const cm_set *set; /* NULL: each record runs its own statements */
 } cm_subscription;
 
 typedef struct {

@@ -110,8 +110,8 @@ static int encode_outcome(ev_type type, const char *order_id, bool yes, const ch
 }
 
 int cm_outbox_reply_plan(cm_outbox_reply *reply, cm_plan *plan, ev_type reply_type,
-                         const char *claim_sql, const char *apply_sql, const char *const params[3],
-                         const char *const verdicts[4], const char *parent_traceparent)
+                         const char *const params[3], const char *const verdicts[4],
+                         const char *parent_traceparent)
 {
     int r = cm_outbox_headers(reply_type, parent_traceparent, &reply->headers, NULL);
 
@@ -122,22 +122,22 @@ int cm_outbox_reply_plan(cm_outbox_reply *reply, cm_plan *plan, ev_type reply_ty
     if (r < 0)
         return r;
     for (int i = 0; i < 3; i++)
-        reply->claim_params[i] = reply->apply_params[i] = params[i];
-    reply->apply_params[3] = ev_type_topic(reply_type);
+        plan->row[i] = params[i];
+    plan->row[3] = ev_type_topic(reply_type);
     for (int i = 0; i < 4; i++)
-        reply->apply_params[4 + i] = reply->payloads[i];
-    reply->apply_params[8] = reply->headers;
-    plan->stmts[0] = (cm_db_stmt){claim_sql, 3, reply->claim_params};
-    plan->stmts[1] = (cm_db_stmt){apply_sql, 9, reply->apply_params};
-    plan->n = 2;
+        plan->row[4 + i] = reply->payloads[i];
+    plan->row[8] = reply->headers;
+    plan->in_set = true;
     return 0;
 }
 
-int cm_outbox_reply_done(PGresult *const *res, char *ret_verdict, size_t verdict_len)
+int cm_outbox_reply_done(const cm_plan *plan, char *ret_verdict, size_t verdict_len)
 {
-    if (PQntuples(res[1]) == 0)
+    const char *v = cm_plan_value(plan, 1, 1);
+
+    if (!v)
         return 0;
-    snprintf(ret_verdict, verdict_len, "%s", PQgetvalue(res[1], 0, 0));
+    snprintf(ret_verdict, verdict_len, "%s", v);
     return 1;
 }
 

@@ -6,7 +6,7 @@
  * outbox (topic, msg_key, payload, headers from cm_outbox_headers()) on the
  * caller's connection, inside the caller's transaction; the statement that
  * changes the state does it, so no extra round trip is spent (see
- * cm_outbox_apply_and_reply() and order-service's POST /orders). A trigger
+ * cm_outbox_reply_plan() and order-service's POST /orders). A trigger
  * NOTIFYs channel "outbox" on commit, which wakes the relay.
  *
  * The relay is one thread with its own connection and an idempotent producer
@@ -42,26 +42,29 @@ int cm_outbox_headers(ev_type type, const char *parent_traceparent, char **ret_j
                       char *ret_trace_id);
 
 /* The handler shape of payment-service and inventory-service, as a
- * consumer plan (see cm_consumer.h): claim_sql (params $1..$3) claims the
- * order; apply_sql (the same $1..$3, then $4 the reply topic, $5..$8 the
- * reply payloads for verdicts[0..3], $9 the reply headers) applies it, writes
- * the reply chosen by its verdict into the outbox and returns the verdict,
- * or returns no row for a duplicate. verdicts[0] is the positive one.
- * reply holds the encoded replies and the parameter arrays; it and params
- * must live until the plan is done. Returns 0 or -ENOMEM. */
+ * set-based consumer plan (see cm_set in cm_consumer.h): the record's row is
+ * $1..$3 params (orderId, the key of what is taken, the amount taken), $4
+ * the reply topic, $5..$8 the reply payloads for verdicts[0..3], $9 the
+ * reply headers. The service's set has two statements: the claim (taking
+ * $1..$3) and the apply, which applies the run's claims, writes the reply
+ * chosen by each verdict into the outbox and returns (ordinal, verdict) for
+ * each record that was not a duplicate. verdicts[0] is the positive one.
+ * reply holds the encoded replies; it and params must live until the plan is
+ * done. Returns 0 or -ENOMEM. */
 typedef struct {
-    const char *claim_params[3];
-    const char *apply_params[9];
     char *payloads[4];
     char *headers;
 } cm_outbox_reply;
 
+/* The number of columns of the row above (the cm_set's ncols). */
+#define CM_OUTBOX_REPLY_COLS 9
+
 int cm_outbox_reply_plan(cm_outbox_reply *reply, cm_plan *plan, ev_type reply_type,
-                         const char *claim_sql, const char *apply_sql, const char *const params[3],
-                         const char *const verdicts[4], const char *parent_traceparent);
+                         const char *const params[3], const char *const verdicts[4],
+                         const char *parent_traceparent);
 /* After the plan ran: returns 1 with the verdict copied into ret_verdict, or
  * 0 for a duplicate. */
-int cm_outbox_reply_done(PGresult *const *res, char *ret_verdict, size_t verdict_len);
+int cm_outbox_reply_done(const cm_plan *plan, char *ret_verdict, size_t verdict_len);
 /* Frees what cm_outbox_reply_plan() allocated (not reply itself). */
 void cm_outbox_reply_free(cm_outbox_reply *reply);
 

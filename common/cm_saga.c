@@ -14,7 +14,6 @@
 typedef struct {
     char order_id[EV_ID_MAX + 1];
     char why[EV_REASON_MAX + 1];
-    const char *params[2];
 } saga_state;
 
 int cm_saga_plan(const cm_saga_def *def, const cm_record *rec, cm_plan *plan, char *reason,
@@ -30,32 +29,30 @@ int cm_saga_plan(const cm_saga_def *def, const cm_record *rec, cm_plan *plan, ch
     if (!(st = malloc(sizeof(*st))))
         return -ENOMEM;
     *st = d;
-    st->params[0] = st->order_id;
-    st->params[1] = st->why;
     plan->state = st;
     plan->release = free;
-    plan->stmts[0] = (cm_db_stmt){def->remember_sql, 2, st->params};
-    plan->stmts[1] = (cm_db_stmt){def->undo_sql, 2, st->params};
-    plan->n = 2;
+    plan->row[0] = st->order_id;
+    plan->row[1] = st->why;
+    plan->in_set = true;
     return 0;
 }
 
 int cm_saga_done(const cm_saga_def *def, cm_metrics *metrics, const cm_record *rec,
-                 const cm_plan *plan, PGresult *const *res)
+                 const cm_plan *plan)
 {
     const saga_state *st = plan->state;
 
-    if (plan->n == 0) {
+    if (!plan->in_set) {
         cm_record_outcome(rec, "nothing-to-undo");
         return 0;
     }
-    if (strcmp(PQcmdTuples(res[0]), "1") == 0) {
+    if (cm_plan_value(plan, 0, 0)) {
         /* The order had not arrived: the tombstone was written. */
         cm_record_outcome(rec, def->remembered_outcome);
         cm_metrics_add(metrics, def->metric, def->remembered_labels, 1);
         log_info("%s order_id=%s reason=%s " CM_REC_FMT, def->remembered_log, st->order_id, st->why,
                  CM_REC_ARGS(rec));
-    } else if (PQntuples(res[1]) > 0) {
+    } else if (cm_plan_value(plan, 1, 0)) {
         cm_record_outcome(rec, def->undone_outcome);
         cm_metrics_add(metrics, def->metric, def->undone_labels, 1);
         log_info("%s order_id=%s reason=%s " CM_REC_FMT, def->undone_log, st->order_id, st->why,

@@ -39,41 +39,82 @@ static const char migration_3[] = "ALTER TABLE stock ALTER COLUMN available TYPE
 const char *const is_migrations[] = {migration_1, cm_outbox_migration, migration_3};
 const size_t is_nmigrations = sizeof(is_migrations) / sizeof(is_migrations[0]);
 
-/* Claims the order: the dedupe. A concurrent duplicate waits on the primary
- * key until the first transaction ends, then finds the claim taken and
- * changes nothing. A tombstone left by an earlier declined payment
- * (CANCELLED) becomes a claim marked ORDER_CANCELLED: rejected, no stock. */
+/* OrderCreated records apply as a set (cm_set): a run of records costs two
+ * statements, whatever its length. Row of a record (cm_outbox_reply_plan):
+ * $1 orderId, $2 sku, $3 quantity, $4 the reply topic, $5..$8 the reply
+ * payloads for OK, OUT_OF_STOCK, UNKNOWN_SKU, ORDER_CANCELLED, $9 the reply
+ * headers; each a text[] over the run. */
+#define RESERVE_ROWS                                                                               \
+    "unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[],"    \
+    " $8::text[], $9::text[]) WITH ORDINALITY AS r(order_id, sku, qty, topic, p_ok, p_out,"        \
+    " p_unknown, p_cancelled, headers, ord)"
+
+/* Claims the run's orders: the dedupe. Only the first record of an order in
+ * the run claims it (a later one is its duplicate). A concurrent duplicate
+ * waits on the primary key until the first transaction ends, then finds the
+ * claim taken and changes nothing. A tombstone left by an earlier declined
+ * payment (CANCELLED) becomes a claim marked ORDER_CANCELLED: rejected, no
+ * stock. */
 static const char claim_sql[] =
     "INSERT INTO reservations(order_id, sku, quantity, status, reason)"
-    " VALUES ($1, $2, $3::int, 'PENDING', '') ON CONFLICT (order_id) DO UPDATE"
-    " SET sku = EXCLUDED.sku, quantity = EXCLUDED.quantity,"
+    " SELECT DISTINCT ON (order_id) order_id, sku, qty, 'PENDING', ''"
+    " FROM unnest($1::text[], $2::text[], $3::int[]) WITH ORDINALITY AS r(order_id, sku, qty, ord)"
+    " ORDER BY order_id, ord"
+    " ON CONFLICT (order_id) DO UPDATE SET sku = EXCLUDED.sku, quantity = EXCLUDED.quantity,"
     "  status = 'PENDING', reason = 'ORDER_CANCELLED'"
     " WHERE reservations.status = 'CANCELLED'";
 
-/* Applies this transaction's claim (a PENDING row; none for a duplicate):
- * takes the stock, records the outcome and writes the reply chosen by the
- * verdict into the outbox, in one statement. "available >= quantity" is
- * re-checked under the row lock, so concurrent orders for one SKU never take
- * it below zero. */
+/* Applies the run's claims (PENDING rows; none for duplicates): takes the
+ * stock, records the outcomes and writes the replies chosen by the verdicts
+ * into the outbox, in record order, in one statement. Stock goes in record
+ * order per SKU, as one reservation after another would take it: while a
+ * SKU's running sum (cum) stays within what is available every reservation
+ * passes; from the first that does not, "run" walks the rest one by one, so
+ * a later smaller one may still pass. The stock rows are locked first
+ * (FOR UPDATE: the latest count, and concurrent reservations wait), so none
+ * goes below zero. Returns (ordinal, verdict) per claim. */
 static const char reserve_sql[] =
-    "WITH claim AS ("
-    "  SELECT reason AS mark FROM reservations WHERE order_id = $1 AND status = 'PENDING'),"
+    "WITH RECURSIVE r AS (SELECT * FROM " RESERVE_ROWS "),"
+    " claim AS ("
+    "  SELECT DISTINCT ON (r.order_id) r.*, v.reason AS mark"
+    "  FROM r JOIN reservations v USING (order_id)"
+    "  WHERE v.status = 'PENDING' ORDER BY r.order_id, r.ord),"
+    " c AS ("
+    "  SELECT claim.*, a.bal, claim.mark = '' AND a.bal IS NOT NULL AS live,"
+    "   count(*) FILTER (WHERE claim.mark = '' AND a.bal IS NOT NULL) OVER w AS rn,"
+    "   sum(claim.qty) FILTER (WHERE claim.mark = '' AND a.bal IS NOT NULL) OVER w AS cum"
+    "  FROM (SELECT * FROM claim ORDER BY sku, ord) claim LEFT JOIN LATERAL ("
+    "   SELECT available AS bal FROM stock WHERE stock.sku = claim.sku AND claim.mark = ''"
+    "   FOR UPDATE) a ON true"
+    "  WINDOW w AS (PARTITION BY claim.sku ORDER BY claim.ord)),"
+    " run(sku, rn, ord, ok, rest) AS ("
+    "  SELECT sku, rn, ord, false, bal - (cum - qty) FROM c"
+    "  WHERE live AND cum > bal AND cum - qty <= bal"
+    "  UNION ALL"
+    "  SELECT c.sku, c.rn, c.ord, run.rest >= c.qty,"
+    "   run.rest - CASE WHEN run.rest >= c.qty THEN c.qty ELSE 0 END"
+    "  FROM run JOIN c ON c.sku = run.sku AND c.rn = run.rn + 1 AND c.live),"
+    " verdict AS ("
+    "  SELECT c.*, CASE WHEN c.mark = 'ORDER_CANCELLED' THEN 'ORDER_CANCELLED'"
+    "   WHEN c.bal IS NULL THEN 'UNKNOWN_SKU'"
+    "   WHEN c.cum <= c.bal OR run.ok THEN 'OK' ELSE 'OUT_OF_STOCK' END AS reason"
+    "  FROM c LEFT JOIN run ON run.ord = c.ord),"
     " take AS ("
-    "  UPDATE stock SET available = available - $3::int, updated_at = now()"
-    "  WHERE sku = $2 AND available >= $3::int"
-    "  AND EXISTS (SELECT 1 FROM claim WHERE mark = '') RETURNING sku),"
-    " verdict AS (SELECT CASE WHEN mark = 'ORDER_CANCELLED' THEN 'ORDER_CANCELLED'"
-    "   WHEN EXISTS (SELECT 1 FROM take) THEN 'OK'"
-    "   WHEN EXISTS (SELECT 1 FROM stock WHERE sku = $2) THEN 'OUT_OF_STOCK'"
-    "   ELSE 'UNKNOWN_SKU' END AS reason FROM claim),"
+    "  UPDATE stock SET available = stock.available - t.total, updated_at = now()"
+    "  FROM (SELECT sku, sum(qty) AS total FROM verdict WHERE reason = 'OK' GROUP BY sku) t"
+    "  WHERE stock.sku = t.sku),"
     " settle AS ("
     "  UPDATE reservations SET reason = verdict.reason,"
     "  status = CASE WHEN verdict.reason = 'OK' THEN 'RESERVED' ELSE 'REJECTED' END"
-    "  FROM verdict WHERE reservations.order_id = $1 RETURNING reservations.reason)"
-    " INSERT INTO outbox(topic, msg_key, payload, headers)"
-    " SELECT $4, $1, CASE reason WHEN 'OK' THEN $5 WHEN 'OUT_OF_STOCK' THEN $6"
-    "  WHEN 'UNKNOWN_SKU' THEN $7 ELSE $8 END, $9::jsonb FROM settle"
-    " RETURNING (SELECT reason FROM settle)";
+    "  FROM verdict WHERE reservations.order_id = verdict.order_id),"
+    " reply AS ("
+    "  INSERT INTO outbox(topic, msg_key, payload, headers)"
+    "  SELECT topic, order_id, CASE reason WHEN 'OK' THEN p_ok WHEN 'OUT_OF_STOCK' THEN p_out"
+    "   WHEN 'UNKNOWN_SKU' THEN p_unknown ELSE p_cancelled END, headers::jsonb"
+    "  FROM verdict ORDER BY ord)"
+    " SELECT ord, reason FROM verdict";
+
+static const cm_set reserve_set = {{{claim_sql, 3}, {reserve_sql, 9}}, 2, CM_OUTBOX_REPLY_COLS};
 
 /* An OrderCreated between plan and done. */
 typedef struct {
@@ -109,8 +150,8 @@ static int plan_order_created(void *ctx, const cm_record *rec, cm_plan *plan, ch
     v->params[0] = v->o.order_id;
     v->params[1] = v->o.sku;
     v->params[2] = v->qty;
-    return cm_outbox_reply_plan(&v->reply, plan, EV_INVENTORY_RESERVED, claim_sql, reserve_sql,
-                                v->params, verdicts, rec->traceparent);
+    return cm_outbox_reply_plan(&v->reply, plan, EV_INVENTORY_RESERVED, v->params, verdicts,
+                                rec->traceparent);
 }
 
 static int done_order_created(void *ctx, const cm_record *rec, const cm_plan *plan,
@@ -122,7 +163,8 @@ static int done_order_created(void *ctx, const cm_record *rec, const cm_plan *pl
     (void)reason;
     (void)reasonlen;
 
-    if (cm_outbox_reply_done(res, verdict, sizeof(verdict)) == 0) {
+    (void)res;
+    if (cm_outbox_reply_done(plan, verdict, sizeof(verdict)) == 0) {
         /* A duplicate: its reply went to the outbox with the first one. */
         cm_record_outcome(rec, "duplicate");
         log_info("duplicate order ignored order_id=%s " CM_REC_FMT, o->order_id, CM_REC_ARGS(rec));
@@ -139,21 +181,35 @@ static int done_order_created(void *ctx, const cm_record *rec, const cm_plan *pl
 }
 
 /* Compensation: the payment was declined, so the stock is released; if the
- * order has not arrived yet, a CANCELLED tombstone keeps it from reserving. */
+ * order has not arrived yet, a CANCELLED tombstone keeps it from reserving.
+ * A set (cm_saga.h): the rows are $1 orderId, $2 the reason; only the first
+ * record of an order in a run acts (a later one is its duplicate). */
+#define SAGA_ROWS                                                                                  \
+    "SELECT DISTINCT ON (order_id) * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY"          \
+    " AS r(order_id, why, ord) ORDER BY order_id, ord"
 static const char remember_sql[] =
-    "INSERT INTO reservations(order_id, sku, quantity, status, reason, release_reason)"
-    " VALUES ($1, '', 0, 'CANCELLED', '', $2) ON CONFLICT (order_id) DO NOTHING";
+    "WITH f AS (" SAGA_ROWS "),"
+    " tomb AS ("
+    "  INSERT INTO reservations(order_id, sku, quantity, status, reason, release_reason)"
+    "  SELECT order_id, '', 0, 'CANCELLED', '', why FROM f ORDER BY order_id"
+    "  ON CONFLICT (order_id) DO NOTHING RETURNING order_id)"
+    " SELECT f.ord FROM tomb JOIN f USING (order_id)";
+/* A SKU released twice in a run gets the sum in one update. */
 static const char release_sql[] =
-    "WITH r AS ("
-    "  UPDATE reservations SET status = 'RELEASED', release_reason = $2, released_at = now()"
-    "  WHERE order_id = $1 AND status = 'RESERVED' RETURNING sku, quantity)"
-    " UPDATE stock SET available = stock.available + r.quantity, updated_at = now()"
-    " FROM r WHERE stock.sku = r.sku RETURNING r.quantity";
+    "WITH f AS (" SAGA_ROWS "),"
+    " v AS ("
+    "  UPDATE reservations SET status = 'RELEASED', release_reason = f.why, released_at = now()"
+    "  FROM f WHERE reservations.order_id = f.order_id AND reservations.status = 'RESERVED'"
+    "  RETURNING reservations.order_id, reservations.sku, reservations.quantity),"
+    " back AS ("
+    "  UPDATE stock SET available = stock.available + t.total, updated_at = now()"
+    "  FROM (SELECT sku, sum(quantity) AS total FROM v GROUP BY sku) t WHERE stock.sku = t.sku)"
+    " SELECT f.ord, v.quantity FROM v JOIN f USING (order_id)";
+
+static const cm_set release_set = {{{remember_sql, 2}, {release_sql, 2}}, 2, CM_SAGA_COLS};
 
 static const cm_saga_def release = {
     .type = EV_PAYMENT_COMPLETED,
-    .remember_sql = remember_sql,
-    .undo_sql = release_sql,
     .metric = "orders_reservations_total",
     .undone_labels = "outcome=\"released\"",
     .remembered_labels = "outcome=\"cancelled\"",
@@ -173,14 +229,15 @@ static int plan_payment_completed(void *ctx, const cm_record *rec, cm_plan *plan
 static int done_payment_completed(void *ctx, const cm_record *rec, const cm_plan *plan,
                                   PGresult *const *res, char *reason, size_t reasonlen)
 {
+    (void)res;
     (void)reason;
     (void)reasonlen;
-    return cm_saga_done(&release, cm_daemon_metrics(ctx), rec, plan, res);
+    return cm_saga_done(&release, cm_daemon_metrics(ctx), rec, plan);
 }
 
 const cm_subscription is_subscriptions[] = {
-    {EV_TOPIC_ORDERS_CREATED, plan_order_created, done_order_created},
-    {EV_TOPIC_PAYMENTS_COMPLETED, plan_payment_completed, done_payment_completed},
+    {EV_TOPIC_ORDERS_CREATED, plan_order_created, done_order_created, &reserve_set},
+    {EV_TOPIC_PAYMENTS_COMPLETED, plan_payment_completed, done_payment_completed, &release_set},
 };
 const size_t is_nsubscriptions = sizeof(is_subscriptions) / sizeof(is_subscriptions[0]);
 

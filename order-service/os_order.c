@@ -55,34 +55,79 @@ const size_t os_nmigrations = sizeof(os_migrations) / sizeof(os_migrations[0]);
 
 /* ---- replies ---- */
 
-/* A reply costs one round trip: os_settle_table() gives, for this reply, the
- * transition from each of the nine possible prior states, and one statement
- * locks the order row, looks its current state up in that table and applies
- * the transition. The state machine stays the one authority on transitions. */
-#define PRIOR_STATE_INDEX                                                                          \
-    "1 + 3 * (CASE WHEN payment_approved IS NULL THEN 0 WHEN payment_approved THEN 1 ELSE 2 END)"  \
-    " + (CASE WHEN inventory_reserved IS NULL THEN 0 WHEN inventory_reserved THEN 1 ELSE 2 END)"
-#define APPLY_REPLY_SQL(side, outcome)                                                             \
-    "WITH o AS ("                                                                                  \
-    "  SELECT order_id, status, substr($2, " PRIOR_STATE_INDEX ", 1) AS next"                      \
-    "  FROM orders WHERE order_id = $1 FOR UPDATE),"                                               \
-    " t AS (SELECT clock_timestamp() AS now),"                                                     \
-    " u AS ("                                                                                      \
-    "  UPDATE orders SET"                                                                          \
-    "   status = CASE o.next WHEN 'C' THEN 'CONFIRMED' WHEN 'R' THEN 'REJECTED'"                   \
-    "    ELSE 'PENDING' END,"                                                                      \
-    "   " outcome " = $3::boolean, " side "_reason = $4, " side "_at = t.now,"                     \
-    "   updated_at = t.now,"                                                                       \
-    "   settled_at = coalesce(orders.settled_at, CASE WHEN o.next <> 'P' THEN t.now END)"          \
-    "  FROM o, t WHERE orders.order_id = o.order_id AND o.next <> '-'"                             \
-    "  RETURNING orders.status,"                                                                   \
-    "   extract(epoch FROM orders.settled_at - orders.created_at) AS secs)"                        \
-    " SELECT o.status, (SELECT status FROM u), (SELECT secs FROM u) FROM o"
+/* Replies apply as a set (cm_set): a run of replies, of both sides, is one
+ * statement. Row of a record: $1 orderId, $2 the side ("payment",
+ * "inventory"), $3 the outcome ("true", "false"), $4 the reason, $5 the
+ * reply's transitions (os_settle_table(): for each of the nine prior states,
+ * the new status letter, or '-' where the reply changes nothing). The state
+ * machine stays the one authority on transitions.
+ *
+ * One statement locks the run's orders and gives each reply the state that
+ * applying the replies one by one in record order would give it: a side's
+ * outcome is the stored one, or else that of the first reply for that side
+ * earlier in the run (a later one is a duplicate: its table says '-'). The
+ * status a reply found is that of the last reply before it that changed the
+ * order, or the stored one. Each order is updated once, to its state after
+ * the run, with one clock reading; a settled order keeps its settled_at.
+ * Returns per reply to a known order: its ordinal, the status it found, the
+ * status it made (NULL: a duplicate) and, for a reply that changed the
+ * order, the seconds from creation to settlement (NULL: not settled yet). */
+static const char reply_sql[] =
+    "WITH r AS (SELECT * FROM unnest($1::text[], $2::text[], $3::boolean[], $4::text[],"
+    "  $5::text[]) WITH ORDINALITY AS r(order_id, side, yes, why, tbl, ord)),"
+    " o AS ("
+    "  SELECT order_id, status, payment_approved AS pay, inventory_reserved AS inv FROM orders"
+    "  WHERE order_id IN (SELECT order_id FROM r) ORDER BY order_id FOR UPDATE),"
+    " fp AS (SELECT DISTINCT ON (order_id) order_id, ord, yes, why FROM r"
+    "  WHERE side = 'payment' ORDER BY order_id, ord),"
+    " fi AS (SELECT DISTINCT ON (order_id) order_id, ord, yes, why FROM r"
+    "  WHERE side = 'inventory' ORDER BY order_id, ord),"
+    " x AS ("
+    "  SELECT r.ord, r.order_id, o.status AS was, fp.ord AS p_ord, fp.yes AS p_yes,"
+    "   fp.why AS p_why, fi.ord AS i_ord, fi.yes AS i_yes, fi.why AS i_why, substr(r.tbl, 1"
+    "   + 3 * (CASE WHEN s.p IS NULL THEN 0 WHEN s.p THEN 1 ELSE 2 END)"
+    "   + (CASE WHEN s.i IS NULL THEN 0 WHEN s.i THEN 1 ELSE 2 END), 1) AS next"
+    "  FROM r JOIN o ON o.order_id = r.order_id"
+    "   LEFT JOIN fp ON fp.order_id = r.order_id LEFT JOIN fi ON fi.order_id = r.order_id,"
+    "   LATERAL (SELECT coalesce(o.pay, CASE WHEN fp.ord < r.ord THEN fp.yes END) AS p,"
+    "    coalesce(o.inv, CASE WHEN fi.ord < r.ord THEN fi.yes END) AS i) s),"
+    " y AS ("
+    "  SELECT x.*, array_remove(array_agg(nullif(next, '-')) OVER (PARTITION BY order_id"
+    "   ORDER BY ord ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), NULL) AS before"
+    "  FROM x),"
+    " fin AS ("
+    "  SELECT DISTINCT ON (order_id) * FROM x WHERE next <> '-'"
+    "  ORDER BY order_id, ord DESC),"
+    " t AS (SELECT clock_timestamp() AS now),"
+    " u AS ("
+    "  UPDATE orders SET"
+    "   status = CASE fin.next WHEN 'C' THEN 'CONFIRMED' WHEN 'R' THEN 'REJECTED'"
+    "    ELSE 'PENDING' END,"
+    "   payment_approved = coalesce(orders.payment_approved, fin.p_yes),"
+    "   payment_reason = CASE WHEN orders.payment_approved IS NULL AND fin.p_ord IS NOT NULL"
+    "    THEN fin.p_why ELSE orders.payment_reason END,"
+    "   payment_at = CASE WHEN orders.payment_approved IS NULL AND fin.p_ord IS NOT NULL"
+    "    THEN t.now ELSE orders.payment_at END,"
+    "   inventory_reserved = coalesce(orders.inventory_reserved, fin.i_yes),"
+    "   inventory_reason = CASE WHEN orders.inventory_reserved IS NULL AND fin.i_ord IS NOT NULL"
+    "    THEN fin.i_why ELSE orders.inventory_reason END,"
+    "   inventory_at = CASE WHEN orders.inventory_reserved IS NULL AND fin.i_ord IS NOT NULL"
+    "    THEN t.now ELSE orders.inventory_at END,"
+    "   updated_at = t.now,"
+    "   settled_at = coalesce(orders.settled_at, CASE WHEN fin.next <> 'P' THEN t.now END)"
+    "  FROM fin CROSS JOIN t"
+    "  WHERE orders.order_id = fin.order_id"
+    "  RETURNING orders.order_id,"
+    "   extract(epoch FROM orders.settled_at - orders.created_at) AS secs),"
+    " z AS (SELECT y.*, y.before[array_upper(y.before, 1)] AS last FROM y)"
+    " SELECT z.ord,"
+    "  CASE z.last WHEN 'C' THEN 'CONFIRMED' WHEN 'R' THEN 'REJECTED' WHEN 'P' THEN 'PENDING'"
+    "   ELSE z.was END,"
+    "  CASE z.next WHEN 'C' THEN 'CONFIRMED' WHEN 'R' THEN 'REJECTED' WHEN 'P' THEN 'PENDING' END,"
+    "  CASE WHEN z.next IN ('C', 'R') THEN u.secs END"
+    " FROM z LEFT JOIN u ON u.order_id = z.order_id";
 
-/* One clock reading per update, so that the order's times agree; a settled
- * order keeps its settled_at. */
-static const char payment_sql[] = APPLY_REPLY_SQL("payment", "payment_approved");
-static const char inventory_sql[] = APPLY_REPLY_SQL("inventory", "inventory_reserved");
+static const cm_set reply_set = {{{reply_sql, 5}}, 1, 5};
 
 /* A reply between plan and done. */
 typedef struct {
@@ -90,11 +135,9 @@ typedef struct {
     char order_id[EV_ID_MAX + 1];
     char why[EV_REASON_MAX + 1];
     char table[10];
-    const char *params[4];
 } reply;
 
-/* Decodes one side's reply and plans its one statement, which applies it to
- * the order under the order's row lock. */
+/* Decodes one side's reply and gives its row to the run's statement. */
 static int plan_reply(const cm_record *rec, os_side side, cm_plan *plan, char *reason,
                       size_t reasonlen)
 {
@@ -113,13 +156,12 @@ static int plan_reply(const cm_record *rec, os_side side, cm_plan *plan, char *r
     if (r < 0)
         return r;
     os_settle_table(side, yes, y->table);
-    y->params[0] = y->order_id;
-    y->params[1] = y->table;
-    y->params[2] = yes ? "true" : "false";
-    y->params[3] = y->why;
-    plan->stmts[0] =
-        (cm_db_stmt){side == OS_SIDE_PAYMENT ? payment_sql : inventory_sql, 4, y->params};
-    plan->n = 1;
+    plan->row[0] = y->order_id;
+    plan->row[1] = side == OS_SIDE_PAYMENT ? "payment" : "inventory";
+    plan->row[2] = yes ? "true" : "false";
+    plan->row[3] = y->why;
+    plan->row[4] = y->table;
+    plan->in_set = true;
     return 0;
 }
 
@@ -127,29 +169,30 @@ static int done_reply(void *ctx, const cm_record *rec, const cm_plan *plan, PGre
                       char *reason, size_t reasonlen)
 {
     const reply *y = plan->state;
-    PGresult *r = res[0];
+    const char *was = cm_plan_value(plan, 0, 1), *now = cm_plan_value(plan, 0, 2);
+    const char *secs = cm_plan_value(plan, 0, 3);
 
-    if (PQntuples(r) == 0) {
+    (void)res;
+    if (!cm_plan_value(plan, 0, 0)) {
         snprintf(reason, reasonlen, "unknown order %s", y->order_id);
         return -ENOENT; /* tied to the record: retried, then dead-lettered */
     }
-    if (PQgetisnull(r, 0, 1)) {
+    if (!now) {
         cm_record_outcome(rec, "duplicate");
         log_info("duplicate reply ignored order_id=%s side=%s " CM_REC_FMT, y->order_id,
                  y->side == OS_SIDE_PAYMENT ? "payment" : "inventory", CM_REC_ARGS(rec));
-    } else if (strcmp(PQgetvalue(r, 0, 0), "PENDING") == 0 &&
-               strcmp(PQgetvalue(r, 0, 1), "PENDING") != 0) {
-        bool confirmed = strcmp(PQgetvalue(r, 0, 1), "CONFIRMED") == 0;
+    } else if (was && strcmp(was, "PENDING") == 0 && strcmp(now, "PENDING") != 0) {
+        bool confirmed = strcmp(now, "CONFIRMED") == 0;
         cm_record_outcome(rec, confirmed ? "confirmed" : "rejected");
         cm_metrics_add(cm_daemon_metrics(ctx), "orders_settled_total",
                        confirmed ? "status=\"CONFIRMED\"" : "status=\"REJECTED\"", 1);
         /* created (the POST's commit) -> settled, both on the database's clock */
-        if (!PQgetisnull(r, 0, 2))
+        if (secs)
             cm_metrics_observe(cm_daemon_metrics(ctx), "orders_settle_duration_seconds",
                                confirmed ? "outcome=\"confirmed\"" : "outcome=\"rejected\"",
-                               strtod(PQgetvalue(r, 0, 2), NULL));
-        log_info("order settled order_id=%s status=%s " CM_REC_FMT, y->order_id,
-                 PQgetvalue(r, 0, 1), CM_REC_ARGS(rec));
+                               strtod(secs, NULL));
+        log_info("order settled order_id=%s status=%s " CM_REC_FMT, y->order_id, now,
+                 CM_REC_ARGS(rec));
     }
     return 0;
 }
@@ -169,8 +212,8 @@ static int plan_inventory(void *ctx, const cm_record *rec, cm_plan *plan, char *
 }
 
 const cm_subscription os_subscriptions[] = {
-    {EV_TOPIC_PAYMENTS_COMPLETED, plan_payment, done_reply},
-    {EV_TOPIC_INVENTORY_RESERVED, plan_inventory, done_reply},
+    {EV_TOPIC_PAYMENTS_COMPLETED, plan_payment, done_reply, &reply_set},
+    {EV_TOPIC_INVENTORY_RESERVED, plan_inventory, done_reply, &reply_set},
 };
 const size_t os_nsubscriptions = sizeof(os_subscriptions) / sizeof(os_subscriptions[0]);
 

@@ -34,41 +34,85 @@ static const char migration_1[] =
 const char *const ps_migrations[] = {migration_1, cm_outbox_migration};
 const size_t ps_nmigrations = sizeof(ps_migrations) / sizeof(ps_migrations[0]);
 
-/* Claims the order: the dedupe. A concurrent duplicate waits on the primary
- * key until the first transaction ends, then finds the claim taken and
- * changes nothing. A tombstone left by an earlier rejection of the stock
- * (CANCELLED) becomes a claim marked ORDER_CANCELLED: declined, not charged. */
+/* OrderCreated records apply as a set (cm_set): a run of records costs two
+ * statements, whatever its length. Row of a record (cm_outbox_reply_plan):
+ * $1 orderId, $2 customerId, $3 amountCents, $4 the reply topic, $5..$8 the
+ * reply payloads for OK, INSUFFICIENT_FUNDS, UNKNOWN_CUSTOMER,
+ * ORDER_CANCELLED, $9 the reply headers; each a text[] over the run. */
+#define CHARGE_ROWS                                                                                \
+    "unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[]," \
+    " $8::text[], $9::text[]) WITH ORDINALITY AS r(order_id, customer_id, amount, topic, p_ok,"    \
+    " p_funds, p_unknown, p_cancelled, headers, ord)"
+
+/* Claims the run's orders: the dedupe. Only the first record of an order in
+ * the run claims it (a later one is its duplicate). A concurrent duplicate
+ * waits on the primary key until the first transaction ends, then finds the
+ * claim taken and changes nothing. A tombstone left by an earlier rejection
+ * of the stock (CANCELLED) becomes a claim marked ORDER_CANCELLED: declined,
+ * not charged. */
 static const char claim_sql[] =
     "INSERT INTO payments(order_id, customer_id, amount_cents, status, reason)"
-    " VALUES ($1, $2, $3::bigint, 'PENDING', '') ON CONFLICT (order_id) DO UPDATE"
+    " SELECT DISTINCT ON (order_id) order_id, customer_id, amount, 'PENDING', ''"
+    " FROM unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY"
+    "  AS r(order_id, customer_id, amount, ord)"
+    " ORDER BY order_id, ord"
+    " ON CONFLICT (order_id) DO UPDATE"
     " SET customer_id = EXCLUDED.customer_id, amount_cents = EXCLUDED.amount_cents,"
     "  status = 'PENDING', reason = 'ORDER_CANCELLED'"
     " WHERE payments.status = 'CANCELLED'";
 
-/* Applies this transaction's claim (a PENDING row; none for a duplicate):
- * debits the account, records the outcome and writes the reply chosen by the
- * verdict into the outbox, in one statement. "balance >= amount" is
- * re-checked under the row lock, so concurrent charges never take a balance
- * below zero. */
+/* Applies the run's claims (PENDING rows; none for duplicates): debits the
+ * accounts, records the outcomes and writes the replies chosen by the
+ * verdicts into the outbox, in record order, in one statement. Funds go in
+ * record order per customer, as one charge after another would take them:
+ * while a customer's running sum (cum) stays within the balance every charge
+ * passes; from the first that does not, "run" walks the rest one by one,
+ * so a later smaller charge may still pass. The accounts are locked first
+ * (FOR UPDATE: the latest balance, and concurrent charges wait), so no
+ * balance goes below zero. Returns (ordinal, verdict) per claim. */
 static const char charge_sql[] =
-    "WITH claim AS ("
-    "  SELECT reason AS mark FROM payments WHERE order_id = $1 AND status = 'PENDING'),"
+    "WITH RECURSIVE r AS (SELECT * FROM " CHARGE_ROWS "),"
+    " claim AS ("
+    "  SELECT DISTINCT ON (r.order_id) r.*, p.reason AS mark"
+    "  FROM r JOIN payments p USING (order_id)"
+    "  WHERE p.status = 'PENDING' ORDER BY r.order_id, r.ord),"
+    " c AS ("
+    "  SELECT claim.*, a.bal, claim.mark = '' AND a.bal IS NOT NULL AS live,"
+    "   count(*) FILTER (WHERE claim.mark = '' AND a.bal IS NOT NULL) OVER w AS rn,"
+    "   sum(claim.amount) FILTER (WHERE claim.mark = '' AND a.bal IS NOT NULL) OVER w AS cum"
+    "  FROM (SELECT * FROM claim ORDER BY customer_id, ord) claim LEFT JOIN LATERAL ("
+    "   SELECT balance_cents AS bal FROM accounts"
+    "   WHERE accounts.customer_id = claim.customer_id AND claim.mark = '' FOR UPDATE) a ON true"
+    "  WINDOW w AS (PARTITION BY claim.customer_id ORDER BY claim.ord)),"
+    " run(customer_id, rn, ord, ok, rest) AS ("
+    "  SELECT customer_id, rn, ord, false, bal - (cum - amount) FROM c"
+    "  WHERE live AND cum > bal AND cum - amount <= bal"
+    "  UNION ALL"
+    "  SELECT c.customer_id, c.rn, c.ord, run.rest >= c.amount,"
+    "   run.rest - CASE WHEN run.rest >= c.amount THEN c.amount ELSE 0 END"
+    "  FROM run JOIN c ON c.customer_id = run.customer_id AND c.rn = run.rn + 1 AND c.live),"
+    " verdict AS ("
+    "  SELECT c.*, CASE WHEN c.mark = 'ORDER_CANCELLED' THEN 'ORDER_CANCELLED'"
+    "   WHEN c.bal IS NULL THEN 'UNKNOWN_CUSTOMER'"
+    "   WHEN c.cum <= c.bal OR run.ok THEN 'OK' ELSE 'INSUFFICIENT_FUNDS' END AS reason"
+    "  FROM c LEFT JOIN run ON run.ord = c.ord),"
     " debit AS ("
-    "  UPDATE accounts SET balance_cents = balance_cents - $3::bigint, updated_at = now()"
-    "  WHERE customer_id = $2 AND balance_cents >= $3::bigint"
-    "  AND EXISTS (SELECT 1 FROM claim WHERE mark = '') RETURNING customer_id),"
-    " verdict AS (SELECT CASE WHEN mark = 'ORDER_CANCELLED' THEN 'ORDER_CANCELLED'"
-    "   WHEN EXISTS (SELECT 1 FROM debit) THEN 'OK'"
-    "   WHEN EXISTS (SELECT 1 FROM accounts WHERE customer_id = $2) THEN 'INSUFFICIENT_FUNDS'"
-    "   ELSE 'UNKNOWN_CUSTOMER' END AS reason FROM claim),"
+    "  UPDATE accounts SET balance_cents = accounts.balance_cents - t.total, updated_at = now()"
+    "  FROM (SELECT customer_id, sum(amount) AS total FROM verdict WHERE reason = 'OK'"
+    "   GROUP BY customer_id) t WHERE accounts.customer_id = t.customer_id),"
     " settle AS ("
     "  UPDATE payments SET reason = verdict.reason,"
     "  status = CASE WHEN verdict.reason = 'OK' THEN 'CHARGED' ELSE 'DECLINED' END"
-    "  FROM verdict WHERE payments.order_id = $1 RETURNING payments.reason)"
-    " INSERT INTO outbox(topic, msg_key, payload, headers)"
-    " SELECT $4, $1, CASE reason WHEN 'OK' THEN $5 WHEN 'INSUFFICIENT_FUNDS' THEN $6"
-    "  WHEN 'UNKNOWN_CUSTOMER' THEN $7 ELSE $8 END, $9::jsonb FROM settle"
-    " RETURNING (SELECT reason FROM settle)";
+    "  FROM verdict WHERE payments.order_id = verdict.order_id),"
+    " reply AS ("
+    "  INSERT INTO outbox(topic, msg_key, payload, headers)"
+    "  SELECT topic, order_id, CASE reason WHEN 'OK' THEN p_ok WHEN 'INSUFFICIENT_FUNDS' THEN "
+    "p_funds"
+    "   WHEN 'UNKNOWN_CUSTOMER' THEN p_unknown ELSE p_cancelled END, headers::jsonb"
+    "  FROM verdict ORDER BY ord)"
+    " SELECT ord, reason FROM verdict";
+
+static const cm_set charge_set = {{{claim_sql, 3}, {charge_sql, 9}}, 2, CM_OUTBOX_REPLY_COLS};
 
 /* An OrderCreated between plan and done. */
 typedef struct {
@@ -105,8 +149,8 @@ static int plan_order_created(void *ctx, const cm_record *rec, cm_plan *plan, ch
     c->params[0] = c->o.order_id;
     c->params[1] = c->o.customer_id;
     c->params[2] = c->amount;
-    return cm_outbox_reply_plan(&c->reply, plan, EV_PAYMENT_COMPLETED, claim_sql, charge_sql,
-                                c->params, verdicts, rec->traceparent);
+    return cm_outbox_reply_plan(&c->reply, plan, EV_PAYMENT_COMPLETED, c->params, verdicts,
+                                rec->traceparent);
 }
 
 static int done_order_created(void *ctx, const cm_record *rec, const cm_plan *plan,
@@ -118,7 +162,8 @@ static int done_order_created(void *ctx, const cm_record *rec, const cm_plan *pl
     (void)reason;
     (void)reasonlen;
 
-    if (cm_outbox_reply_done(res, verdict, sizeof(verdict)) == 0) {
+    (void)res;
+    if (cm_outbox_reply_done(plan, verdict, sizeof(verdict)) == 0) {
         /* A duplicate: its reply went to the outbox with the first one. */
         cm_record_outcome(rec, "duplicate");
         log_info("duplicate order ignored order_id=%s " CM_REC_FMT, o->order_id, CM_REC_ARGS(rec));
@@ -135,22 +180,36 @@ static int done_order_created(void *ctx, const cm_record *rec, const cm_plan *pl
 }
 
 /* Compensation: stock was rejected, so the charge is refunded; if the order
- * has not arrived yet, a CANCELLED tombstone keeps it from being charged. */
+ * has not arrived yet, a CANCELLED tombstone keeps it from being charged. A
+ * set (cm_saga.h): the rows are $1 orderId, $2 the reason; only the first
+ * record of an order in a run acts (a later one is its duplicate). */
+#define SAGA_ROWS                                                                                  \
+    "SELECT DISTINCT ON (order_id) * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY"          \
+    " AS r(order_id, why, ord) ORDER BY order_id, ord"
 static const char remember_sql[] =
-    "INSERT INTO payments(order_id, customer_id, amount_cents, status, reason, refund_reason)"
-    " VALUES ($1, '', 0, 'CANCELLED', '', $2) ON CONFLICT (order_id) DO NOTHING";
+    "WITH f AS (" SAGA_ROWS "),"
+    " tomb AS ("
+    "  INSERT INTO payments(order_id, customer_id, amount_cents, status, reason, refund_reason)"
+    "  SELECT order_id, '', 0, 'CANCELLED', '', why FROM f ORDER BY order_id"
+    "  ON CONFLICT (order_id) DO NOTHING RETURNING order_id)"
+    " SELECT f.ord FROM tomb JOIN f USING (order_id)";
+/* A customer refunded twice in a run gets the sum in one update. */
 static const char refund_sql[] =
-    "WITH p AS ("
-    "  UPDATE payments SET status = 'REFUNDED', refund_reason = $2, refunded_at = now()"
-    "  WHERE order_id = $1 AND status = 'CHARGED' RETURNING customer_id, amount_cents)"
-    " UPDATE accounts SET balance_cents = accounts.balance_cents + p.amount_cents,"
-    "  updated_at = now()"
-    " FROM p WHERE accounts.customer_id = p.customer_id RETURNING p.amount_cents";
+    "WITH f AS (" SAGA_ROWS "),"
+    " p AS ("
+    "  UPDATE payments SET status = 'REFUNDED', refund_reason = f.why, refunded_at = now()"
+    "  FROM f WHERE payments.order_id = f.order_id AND payments.status = 'CHARGED'"
+    "  RETURNING payments.order_id, payments.customer_id, payments.amount_cents),"
+    " credit AS ("
+    "  UPDATE accounts SET balance_cents = accounts.balance_cents + t.total, updated_at = now()"
+    "  FROM (SELECT customer_id, sum(amount_cents) AS total FROM p GROUP BY customer_id) t"
+    "  WHERE accounts.customer_id = t.customer_id)"
+    " SELECT f.ord, p.amount_cents FROM p JOIN f USING (order_id)";
+
+static const cm_set refund_set = {{{remember_sql, 2}, {refund_sql, 2}}, 2, CM_SAGA_COLS};
 
 static const cm_saga_def refund = {
     .type = EV_INVENTORY_RESERVED,
-    .remember_sql = remember_sql,
-    .undo_sql = refund_sql,
     .metric = "orders_payments_total",
     .undone_labels = "outcome=\"refunded\"",
     .remembered_labels = "outcome=\"cancelled\"",
@@ -170,14 +229,15 @@ static int plan_inventory_reserved(void *ctx, const cm_record *rec, cm_plan *pla
 static int done_inventory_reserved(void *ctx, const cm_record *rec, const cm_plan *plan,
                                    PGresult *const *res, char *reason, size_t reasonlen)
 {
+    (void)res;
     (void)reason;
     (void)reasonlen;
-    return cm_saga_done(&refund, cm_daemon_metrics(ctx), rec, plan, res);
+    return cm_saga_done(&refund, cm_daemon_metrics(ctx), rec, plan);
 }
 
 const cm_subscription ps_subscriptions[] = {
-    {EV_TOPIC_ORDERS_CREATED, plan_order_created, done_order_created},
-    {EV_TOPIC_INVENTORY_RESERVED, plan_inventory_reserved, done_inventory_reserved},
+    {EV_TOPIC_ORDERS_CREATED, plan_order_created, done_order_created, &charge_set},
+    {EV_TOPIC_INVENTORY_RESERVED, plan_inventory_reserved, done_inventory_reserved, &refund_set},
 };
 const size_t ps_nsubscriptions = sizeof(ps_subscriptions) / sizeof(ps_subscriptions[0]);
 
