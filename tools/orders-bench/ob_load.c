@@ -259,7 +259,7 @@ int ob_load_run(ob_load *l)
     return 0;
 }
 
-/* Waits until every connection is connected (or CONNECT_WAIT_NS passed). */
+/* Waits until every connection is connected, TLS included (or CONNECT_WAIT_NS passed). */
 static int connect_all(ob_load *l)
 {
     int64_t deadline = ob_mono_ns() + CONNECT_WAIT_NS;
@@ -281,7 +281,9 @@ static int connect_all(ob_load *l)
                        l->conns[i].err[0] ? l->conns[i].err : "connection closed");
                 return OB_EXIT_INFRA;
             }
-            pending += l->conns[i].state == OB_CONN_CONNECTING;
+            /* an https connection is up once its handshake is done */
+            pending +=
+                l->conns[i].state == OB_CONN_CONNECTING || l->conns[i].state == OB_CONN_HANDSHAKE;
         }
         if (pending == 0)
             return 0;
