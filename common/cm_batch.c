@@ -92,6 +92,8 @@ int cm_batch_start(int max, cm_batch_flush_fn flush, void *ctx, cm_batch **ret)
     pthread_mutex_init(&b->lock, NULL);
     pthread_cond_init(&b->more, NULL);
     r = pthread_create(&b->thread, NULL, batch_main, b);
+    if (r == 0)
+        pthread_setname_np(b->thread, "group-commit");
     if (r != 0) {
         pthread_mutex_destroy(&b->lock);
         pthread_cond_destroy(&b->more);

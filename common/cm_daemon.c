@@ -731,7 +731,9 @@ int cm_daemon_main(const cm_daemon_def *def, int argc, char **argv)
     bool reloading = pipe2(wake_pipe, O_CLOEXEC) == 0 &&
                      fcntl(wake_pipe[1], F_SETFL, O_NONBLOCK) == 0 &&
                      pthread_create(&reloader, NULL, reload_thread, &d) == 0;
-    if (!reloading)
+    if (reloading)
+        pthread_setname_np(reloader, "reload");
+    else
         log_warning("SIGHUP will not reload the token file: no reload thread error=\"%s\"",
                     strerror(errno));
     r = init_metrics(&d);

@@ -603,6 +603,8 @@ int cm_relay_start(const char *db_url, const char *client_id, int batch, cm_heal
     const char *fault = getenv("CM_FAULT_PRODUCER_FATAL_AFTER");
     r->fatal_after = fault ? strtoll(fault, NULL, 10) : 0;
     rc = pthread_create(&r->thread, NULL, relay_main, r);
+    if (rc == 0)
+        pthread_setname_np(r->thread, "outbox-relay");
     if (rc != 0) {
         free(r);
         return -rc;

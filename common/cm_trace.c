@@ -407,6 +407,7 @@ int cm_tracer_new(const cm_trace_config *cfg, cm_metrics *metrics, cm_tracer **r
         snprintf(err, errlen, "could not start the span sender: %s", strerror(r));
         return -r;
     }
+    pthread_setname_np(t->thread, "trace-sender");
     log_info("tracing on url=%s%s sample_ratio=%g queue=%zu", cfg->url, SPANS_PATH, t->ratio,
              t->cap);
     *ret = t;
