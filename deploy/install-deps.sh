@@ -14,7 +14,7 @@ PACKAGES=(
     python3-confluent-kafka python3-psycopg python3-pytest python3-requests python3-jsonschema
     curl procps
     systemd prometheus clang-format
-    chromium
+    chromium fonts-liberation
 )
 # --packaging: what deploy/package.sh needs on top (debian/control's
 # Build-Depends are the C libraries above); --container: what the package
