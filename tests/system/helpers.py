@@ -7,6 +7,7 @@ stack uses, and reconciling money and stock once the system is quiet. Kept
 out of conftest.py so that file stays about the stack itself.
 """
 
+import contextlib
 import json
 import re
 import shutil
@@ -416,3 +417,32 @@ def quiet(stack, orders):
     reserved = stack.sql_one("inventory", "SELECT count(*) FROM reservations WHERE"
                              " order_id = ANY(%s) AND status = 'RESERVED'", (rejected,))
     return pending == 0 and charged == 0 and reserved == 0, (pending, charged, reserved)
+
+
+@contextlib.contextmanager
+def locked_outbox_row(stack, oid):
+    """A duplicate PaymentCompleted of the settled order `oid`, committed to
+    payment-service's outbox with the NOTIFY trigger off (this session only)
+    and row-locked at once, so that the relay may publish it but cannot
+    delete it while the block runs; yields the row id. The consumers ignore
+    the duplicate once it goes out."""
+    hdrs = json.dumps({k: v.decode() for k, v in headers("PaymentCompleted")})
+    payload = json.dumps({"orderId": oid, "approved": True, "reason": "OK"})
+    dsn = stack.dsn("payments")
+    with psycopg.connect(dsn, autocommit=True) as writer, psycopg.connect(dsn) as locker:
+        for _ in range(5):
+            writer.execute("SET session_replication_role = replica")  # no NOTIFY trigger
+            row = writer.execute(
+                "INSERT INTO outbox(topic, msg_key, payload, headers) VALUES"
+                " ('payments.completed', %s, %s, %s::jsonb) RETURNING id",
+                (oid, payload, hdrs)).fetchone()[0]
+            if locker.execute("SELECT id FROM outbox WHERE id = %s FOR UPDATE",
+                              (row,)).fetchall():
+                break
+            locker.rollback()  # the relay was quicker: try again
+        else:
+            raise AssertionError("the relay removed every row before it could be locked")
+        try:
+            yield row
+        finally:
+            locker.rollback()

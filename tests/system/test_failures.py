@@ -6,7 +6,6 @@ the Idempotency-Key of POST /orders.
 """
 
 import concurrent.futures as cf
-import json
 import os
 import signal
 import socket
@@ -23,7 +22,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from conftest import DB_PREFIX, KAFKA_DIR, KAFKA_NODES, PARTITIONS, bearer
 from helpers import (CONSUMERS, SPRING_CAUSE_POISON, SPRING_CAUSE_PROCESSING,
                          SPRING_LISTENER, Postgres, decode_dlt, end_offsets, header_map,
-                         headers, metric, produce_raw, quiet, read_all, reconcile, dlt_records,
+                         headers, locked_outbox_row, metric, produce_raw, quiet, read_all, reconcile, dlt_records,
                      dlt_offsets, value)
 from history import OrderClients, check_history
 
@@ -507,40 +506,21 @@ def test_relay_behind_a_row_lock_times_out_and_retries(stack):
     stack.set_stock(sku, 5)
     oid = stack.orders.create_ok(cust, sku, 1, 100)
     stack.orders.wait_settled(oid, need=("payment", "inventory"))
-    hdrs = json.dumps({k: v.decode() for k, v in headers("PaymentCompleted")})
-    payload = json.dumps({"orderId": oid, "approved": True, "reason": "OK"})
-    dsn = stack.dsn("payments")
     mark = svc.log_path.stat().st_size
-    with psycopg.connect(dsn, autocommit=True) as writer, psycopg.connect(dsn) as locker:
-        for _ in range(5):
-            writer.execute("SET session_replication_role = replica")  # no NOTIFY trigger
-            row = writer.execute(
-                "INSERT INTO outbox(topic, msg_key, payload, headers) VALUES"
-                " ('payments.completed', %s, %s, %s::jsonb) RETURNING id",
-                (oid, payload, hdrs)).fetchone()[0]
-            if locker.execute("SELECT id FROM outbox WHERE id = %s FOR UPDATE",
-                              (row,)).fetchall():
-                break
-            locker.rollback()  # the relay was quicker: try again
-        else:
-            raise AssertionError("the relay removed every row before it could be locked")
-
+    with locked_outbox_row(stack, oid) as row:
         def logged(text):
             def check():
                 new = svc.log_path.read_bytes()[mark:].decode(errors="replace")
                 return text in new, new[-2000:]
             return check
-        try:
-            stack.wait_until(logged("outbox relay pass failed, retrying on a new session"), 30,
-                             "the relay's DELETE to time out")
-            new = svc.log_path.read_bytes()[mark:].decode(errors="replace")
-            assert "statement timeout" in new, new[-2000:]
-            # Several retries meanwhile, one line.
-            time.sleep(6)
-            new = svc.log_path.read_bytes()[mark:].decode(errors="replace")
-            assert new.count("outbox relay pass failed") == 1, new[-3000:]
-        finally:
-            locker.rollback()
+        stack.wait_until(logged("outbox relay pass failed, retrying on a new session"), 30,
+                         "the relay's DELETE to time out")
+        new = svc.log_path.read_bytes()[mark:].decode(errors="replace")
+        assert "statement timeout" in new, new[-2000:]
+        # Several retries meanwhile, one line.
+        time.sleep(6)
+        new = svc.log_path.read_bytes()[mark:].decode(errors="replace")
+        assert new.count("outbox relay pass failed") == 1, new[-3000:]
     stack.wait_until(lambda: stack.sql_one("payments", "SELECT count(*) FROM outbox WHERE id = %s",
                                            (row,)) == 0, 30, "the relay to remove the row")
     stack.wait_until(logged("outbox relay passes again"), 30, "the relay's recovery line")

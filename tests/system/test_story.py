@@ -19,11 +19,10 @@ import re
 import subprocess
 import uuid
 
-import psycopg
 import requests
 
 from conftest import PORT_OFFSET, SERVICES, build_dir, make_pki
-from helpers import SPRING_CAUSE_POISON, dlt_records, headers, produce_raw
+from helpers import SPRING_CAUSE_POISON, dlt_records, headers, locked_outbox_row, produce_raw
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
@@ -339,36 +338,18 @@ def test_unpublished_outbox_row_is_in_the_story(stack):
     stack.set_stock(sku, 5)
     oid = place(stack, cust, sku, 1, 100)
     stack.orders.wait_settled(oid, need=("payment", "inventory"))
-    hdrs = json.dumps({k: v.decode() for k, v in headers("PaymentCompleted")})
-    payload = json.dumps({"orderId": oid, "approved": True, "reason": "OK"})
-    dsn = stack.dsn("payments")
-    with psycopg.connect(dsn, autocommit=True) as writer, psycopg.connect(dsn) as locker:
-        for _ in range(5):
-            writer.execute("SET session_replication_role = replica")  # no NOTIFY trigger
-            row = writer.execute(
-                "INSERT INTO outbox(topic, msg_key, payload, headers) VALUES"
-                " ('payments.completed', %s, %s, %s::jsonb) RETURNING id",
-                (oid, payload, hdrs)).fetchone()[0]
-            if locker.execute("SELECT id FROM outbox WHERE id = %s FOR UPDATE",
-                              (row,)).fetchall():
-                break
-            locker.rollback()  # the relay was quicker: try again
-        else:
-            raise AssertionError("the relay removed every row before it could be locked")
-        try:
-            r = stack.payments.get(f"/outbox/{oid}")
-            assert r.status_code == 200, r.text
-            rows = r.json()["unpublished"]
-            assert [x["id"] for x in rows] == [row] and rows[0]["eventType"] == "PaymentCompleted"
-            assert rows[0]["topic"] == "payments.completed" and rows[0]["ageSeconds"] >= 0
-            st = story(stack, oid, "--no-dlt")
-            assert [x["id"] for x in st["outbox"]["payment-service"]] == [row]
-            assert st["outbox"]["order-service"] == [] == st["outbox"]["inventory-service"]
-            unpublished = [e for e in st["timeline"] if "not yet published" in e["event"]]
-            assert len(unpublished) == 1 and unpublished[0]["source"] == "payment-service"
-            assert "PaymentCompleted to payments.completed" in unpublished[0]["event"]
-        finally:
-            locker.rollback()
+    with locked_outbox_row(stack, oid) as row:
+        r = stack.payments.get(f"/outbox/{oid}")
+        assert r.status_code == 200, r.text
+        rows = r.json()["unpublished"]
+        assert [x["id"] for x in rows] == [row] and rows[0]["eventType"] == "PaymentCompleted"
+        assert rows[0]["topic"] == "payments.completed" and rows[0]["ageSeconds"] >= 0
+        st = story(stack, oid, "--no-dlt")
+        assert [x["id"] for x in st["outbox"]["payment-service"]] == [row]
+        assert st["outbox"]["order-service"] == [] == st["outbox"]["inventory-service"]
+        unpublished = [e for e in st["timeline"] if "not yet published" in e["event"]]
+        assert len(unpublished) == 1 and unpublished[0]["source"] == "payment-service"
+        assert "PaymentCompleted to payments.completed" in unpublished[0]["event"]
     stack.wait_until(lambda: stack.payments.get(f"/outbox/{oid}").json()["count"] == 0, 30,
                      "the relay to publish and remove the row")
     assert stack.orders.order(oid)["status"] == "CONFIRMED"
