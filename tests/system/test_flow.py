@@ -333,15 +333,24 @@ def test_concurrent_orders_against_limited_funds_and_stock(stack):
     assert counts.get("CONFIRMED", 0) > 0 and counts.get("REJECTED", 0) > 0, counts
     wait_reconciled(stack, initial_balance, initial_stock, order_ids)
 
-    reasons = {"payment": {"OK", "INSUFFICIENT_FUNDS"}, "inventory": {"OK", "OUT_OF_STOCK"}}
+    # Replies arrive in any order: when one side's NO reaches the other side
+    # before the order does, the other side answers ORDER_CANCELLED (and never
+    # charges or reserves), so that reason is allowed only opposite a real NO.
+    reasons = {"payment": {"OK", "INSUFFICIENT_FUNDS", "ORDER_CANCELLED"},
+               "inventory": {"OK", "OUT_OF_STOCK", "ORDER_CANCELLED"}}
     for oid, args in zip(order_ids, plan):
         o = stack.orders.order(oid)
         assert_order_fields(o, oid, *args)
         assert o["status"] in FINAL and o["settledAt"] is not None, o
-        for side, flag in (("payment", "approved"), ("inventory", "reserved")):
+        for side, other, flag in (("payment", "inventory", "approved"),
+                                  ("inventory", "payment", "reserved")):
             if o[side] is not None:
                 assert o[side]["reason"] in reasons[side], o
                 assert o[side][flag] == (o[side]["reason"] == "OK"), o
+                if o[side]["reason"] == "ORDER_CANCELLED":
+                    assert o["status"] == "REJECTED", o
+                    assert o[other] is not None and o[other]["reason"] not in (
+                        "OK", "ORDER_CANCELLED"), o
         if o["status"] == "CONFIRMED":
             assert o["payment"]["approved"] and o["inventory"]["reserved"], o
         else:
