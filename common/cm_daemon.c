@@ -382,6 +382,11 @@ static const cm_metric_def common_metrics[] = {
     {"orders_spans_sent_total", CM_METRIC_COUNTER, "Spans accepted by the tracing collector."},
     {"orders_spans_dropped_total", CM_METRIC_COUNTER,
      "Spans not sent: queue full, collector down or slow, or still queued at stop."},
+    {"orders_kafka_requests_total", CM_METRIC_COUNTER,
+     "Requests sent to the brokers by client and request type (librdkafka statistics, every "
+     "5 s)."},
+    {"orders_db_round_trips_total", CM_METRIC_COUNTER,
+     "Statements, prepares and pipelines sent to PostgreSQL and waited for."},
 };
 
 cm_batch *cm_daemon_batch(cm_daemon *d)
@@ -430,6 +435,7 @@ static void metrics_route(void *ctx, const cm_http_req *req, cm_http_resp *resp)
     cm_health *h = &d->health;
     (void)req;
     refresh_on_scrape(d);
+    cm_metrics_set(h->metrics, "orders_db_round_trips_total", "", (double)cm_db_round_trips());
     cm_metrics_set(h->metrics, "orders_ready", "", cm_health_ready(h) ? 1 : 0);
     cm_metrics_set(h->metrics, "orders_dependency_up", "dependency=\"database\"",
                    atomic_load(&h->db_ok) && atomic_load(&h->relay_db_ok) ? 1 : 0);

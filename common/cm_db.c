@@ -10,6 +10,7 @@
 #include <libpq-events.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,20 @@ static int on_conn_event(PGEventId id, void *info, void *pass)
     return 1;
 }
 
+/* Round trips to the server of every connection of this process: each
+ * statement, prepare and pipeline that waits for its answer counts one. */
+static _Atomic unsigned long long round_trips;
+
+unsigned long long cm_db_round_trips(void)
+{
+    return atomic_load_explicit(&round_trips, memory_order_relaxed);
+}
+
+static void count_round_trip(void)
+{
+    atomic_fetch_add_explicit(&round_trips, 1, memory_order_relaxed);
+}
+
 static void stmt_cache_attach(PGconn *conn)
 {
     stmt_cache *c = calloc(1, sizeof(*c));
@@ -76,6 +91,7 @@ static int stmt_name(PGconn *conn, const char *sql, int nparams, char name[16])
     if (c->n == STMT_CACHE_MAX)
         return 0;
     snprintf(name, 16, "cm%d", c->n);
+    count_round_trip();
     res = PQprepare(conn, name, sql, nparams, NULL);
     r = cm_db_classify(conn, res);
     PQclear(res);
@@ -239,6 +255,7 @@ int cm_db_query(PGconn *conn, PGresult **ret, const char *sql, int nparams,
         log_debug("sql prepare failed code=%d error=\"%s\"", r, cm_db_error(conn));
         return r;
     }
+    count_round_trip();
     res = name[0] ? PQexecPrepared(conn, name, nparams, params, NULL, NULL, 0)
                   : PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
     r = cm_db_classify(conn, res);
@@ -299,6 +316,7 @@ static int pipeline_run(PGconn *conn, const cm_db_stmt *stmts, int n, PGresult *
     }
     if (!PQpipelineSync(conn))
         return -ECONNRESET;
+    count_round_trip();
     r = pipeline_collect(conn, n, res);
     sync = PQgetResult(conn);
     if (!sync || PQresultStatus(sync) != PGRES_PIPELINE_SYNC)
@@ -343,8 +361,12 @@ int cm_db_pipeline(PGconn *conn, const cm_db_stmt *stmts, int n, PGresult **ret)
 int cm_db_exec(PGconn *conn, const char *sql)
 {
     /* PQexec, not PQexecParams: migrations hold several statements. */
-    PGresult *res = PQexec(conn, sql);
-    int r = cm_db_classify(conn, res);
+    PGresult *res;
+    int r;
+
+    count_round_trip();
+    res = PQexec(conn, sql);
+    r = cm_db_classify(conn, res);
 
     if (r < 0)
         log_debug("sql failed code=%d error=\"%s\"", r, cm_db_error(conn));

@@ -45,6 +45,11 @@ int cm_db_classify(PGconn *conn, const PGresult *res);
  * 40001 and 40P01 -> -EAGAIN; anything else -> -EIO. */
 int cm_db_classify_sqlstate(const char *state);
 
+/* Round trips this process has made to PostgreSQL so far (statements,
+ * prepares and pipelines that waited for the server's answer), over every
+ * connection made by cm_db_connect or not. */
+unsigned long long cm_db_round_trips(void);
+
 /* Runs commands without parameters (BEGIN, COMMIT, DDL; several separated by
  * ';' are allowed); returns 0 or a code. */
 int cm_db_exec(PGconn *conn, const char *sql);

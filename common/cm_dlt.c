@@ -88,12 +88,12 @@ static void on_dlt_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *o
 static int producer_new(cm_dlt *d, char *err, size_t errlen)
 {
     rd_kafka_conf_t *conf;
-    int r = cm_kafka_conf(CM_KAFKA_PRODUCER, d->client_id, NULL, d->health, &conf, err, errlen);
+    int r = cm_kafka_conf(CM_KAFKA_DLT_PRODUCER, d->client_id, NULL, d->health, &conf, err, errlen);
 
     if (r < 0)
         return r;
     rd_kafka_conf_set_dr_msg_cb(conf, on_dlt_delivery);
-    r = cm_kafka_new(CM_KAFKA_PRODUCER, conf, &d->producer, err, errlen);
+    r = cm_kafka_new(CM_KAFKA_DLT_PRODUCER, conf, &d->producer, err, errlen);
     if (r == 0 && d->fatal_left > 0) {
         d->fatal_left--;
         d->fatal_armed = true;

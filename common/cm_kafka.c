@@ -223,34 +223,98 @@ void cm_kafka_access_ok(cm_health *h, const rd_kafka_t *rk)
                  rd_kafka_err2name((rd_kafka_resp_err_t)atomic_load(&h->kafka_denied)));
 }
 
+/* Requests sent so far by one client, per request type, summed over the
+ * brokers ("req" of each broker in the statistics: cumulative since the
+ * client was made), become orders_kafka_requests_total{client,request}. A
+ * client made again (after a fatal error) starts from zero, which Prometheus
+ * reads as a counter reset. */
+static void stats_requests(cm_health *h, json_t *root, const char *client)
+{
+    static const char *const kinds[] = {
+        "Produce",      "Fetch",         "ListOffsets",      "Metadata",
+        "OffsetCommit", "OffsetFetch",   "FindCoordinator",  "JoinGroup",
+        "Heartbeat",    "LeaveGroup",    "SyncGroup",        "InitProducerId",
+        "ApiVersion",   "SaslHandshake", "SaslAuthenticate", "ConsumerGroupHeartbeat"};
+    json_int_t sum[sizeof(kinds) / sizeof(kinds[0])] = {0};
+    json_t *brokers = json_object_get(root, "brokers"), *b;
+    const char *bname;
+
+    json_object_foreach(brokers, bname, b)
+    {
+        json_t *req = json_object_get(b, "req");
+        for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+            sum[i] += json_integer_value(json_object_get(req, kinds[i]));
+    }
+    for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+        char labels[96];
+        if (sum[i] == 0)
+            continue;
+        snprintf(labels, sizeof(labels), "client=\"%s\",request=\"%s\"", client, kinds[i]);
+        cm_metrics_set(h->metrics, "orders_kafka_requests_total", labels, (double)sum[i]);
+    }
+}
+
 /* Consumer statistics: the lag of every assigned partition becomes
  * orders_consumer_lag{topic,partition}. */
-static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+static void stats_lag(cm_health *h, json_t *root)
 {
-    cm_health *h = opaque;
-    json_t *root = json_loadb(json, len, 0, NULL);
     json_t *topics = json_object_get(root, "topics"), *t, *p;
     const char *tname, *pid;
-    (void)rk;
 
-    if (h && topics) {
-        cm_metrics_clear(h->metrics, "orders_consumer_lag");
-        json_object_foreach(topics, tname, t)
+    if (!topics)
+        return;
+    cm_metrics_clear(h->metrics, "orders_consumer_lag");
+    json_object_foreach(topics, tname, t)
+    {
+        json_object_foreach(json_object_get(t, "partitions"), pid, p)
         {
-            json_object_foreach(json_object_get(t, "partitions"), pid, p)
-            {
-                json_int_t lag = json_integer_value(json_object_get(p, "consumer_lag"));
-                char labels[192];
-                if (strcmp(pid, "-1") == 0 || !json_is_true(json_object_get(p, "desired")) ||
-                    lag < 0)
-                    continue;
-                snprintf(labels, sizeof(labels), "topic=\"%s\",partition=\"%s\"", tname, pid);
-                cm_metrics_set(h->metrics, "orders_consumer_lag", labels, (double)lag);
-            }
+            json_int_t lag = json_integer_value(json_object_get(p, "consumer_lag"));
+            char labels[192];
+            if (strcmp(pid, "-1") == 0 || !json_is_true(json_object_get(p, "desired")) || lag < 0)
+                continue;
+            snprintf(labels, sizeof(labels), "topic=\"%s\",partition=\"%s\"", tname, pid);
+            cm_metrics_set(h->metrics, "orders_consumer_lag", labels, (double)lag);
         }
+    }
+}
+
+static int on_stats(cm_health *h, char *json, size_t len, cm_kafka_role role)
+{
+    static const char *const clients[] = {
+        [CM_KAFKA_PRODUCER] = "relay",
+        [CM_KAFKA_CONSUMER] = "consumer",
+        [CM_KAFKA_DLT_PRODUCER] = "dlt",
+    };
+    json_t *root;
+
+    if (!h || !h->metrics)
+        return 0;
+    root = json_loadb(json, len, 0, NULL);
+    if (root) {
+        if (role == CM_KAFKA_CONSUMER)
+            stats_lag(h, root);
+        stats_requests(h, root, clients[role]);
     }
     json_decref(root);
     return 0; /* librdkafka frees json */
+}
+
+static int on_consumer_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+    (void)rk;
+    return on_stats(opaque, json, len, CM_KAFKA_CONSUMER);
+}
+
+static int on_relay_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+    (void)rk;
+    return on_stats(opaque, json, len, CM_KAFKA_PRODUCER);
+}
+
+static int on_dlt_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+    (void)rk;
+    return on_stats(opaque, json, len, CM_KAFKA_DLT_PRODUCER);
 }
 
 /* The consumer's rebalances: what librdkafka does without a callback
@@ -294,6 +358,7 @@ int cm_kafka_conf(cm_kafka_role role, const char *client_id, const char *group, 
         /* Java's partitioner: a Spring service producing the same keys puts
          * them on the same partitions as we do. */
         {"partitioner", "murmur2_random"},
+        {"statistics.interval.ms", "5000"},
     };
     static const char *const consumer_defaults[][2] = {
         {"enable.auto.offset.store", "false"}, {"enable.auto.commit", "true"},
@@ -317,7 +382,7 @@ int cm_kafka_conf(cm_kafka_role role, const char *client_id, const char *group, 
 
     SET("bootstrap.servers", "127.0.0.1:9092");
     SET("client.id", client_id);
-    if (role == CM_KAFKA_PRODUCER) {
+    if (role != CM_KAFKA_CONSUMER) {
         for (size_t i = 0; i < sizeof(producer_defaults) / sizeof(producer_defaults[0]); i++)
             SET(producer_defaults[i][0], producer_defaults[i][1]);
     } else {
@@ -334,8 +399,10 @@ int cm_kafka_conf(cm_kafka_role role, const char *client_id, const char *group, 
     rd_kafka_conf_set_log_cb(conf, on_log);
     rd_kafka_conf_set_error_cb(conf, on_error);
     if (role == CM_KAFKA_CONSUMER) {
-        rd_kafka_conf_set_stats_cb(conf, on_stats);
+        rd_kafka_conf_set_stats_cb(conf, on_consumer_stats);
         rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
+    } else {
+        rd_kafka_conf_set_stats_cb(conf, role == CM_KAFKA_PRODUCER ? on_relay_stats : on_dlt_stats);
     }
     rd_kafka_conf_set_opaque(conf, health);
     *ret = conf;
@@ -359,7 +426,7 @@ int cm_kafka_check_env(char *err, size_t errlen)
 int cm_kafka_new(cm_kafka_role role, rd_kafka_conf_t *conf, rd_kafka_t **ret, char *err,
                  size_t errlen)
 {
-    rd_kafka_t *rk = rd_kafka_new(role == CM_KAFKA_PRODUCER ? RD_KAFKA_PRODUCER : RD_KAFKA_CONSUMER,
+    rd_kafka_t *rk = rd_kafka_new(role != CM_KAFKA_CONSUMER ? RD_KAFKA_PRODUCER : RD_KAFKA_CONSUMER,
                                   conf, err, errlen);
     if (!rk) {
         rd_kafka_conf_destroy(conf);

@@ -13,9 +13,12 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+/* What a client is for; its statistics are published in
+ * orders_kafka_requests_total{client="relay"|"dlt"|"consumer",request}. */
 typedef enum {
-    CM_KAFKA_PRODUCER,
-    CM_KAFKA_CONSUMER,
+    CM_KAFKA_PRODUCER,     /* the outbox relay */
+    CM_KAFKA_CONSUMER,     /* the consumer loop */
+    CM_KAFKA_DLT_PRODUCER, /* the dead-letter writer */
 } cm_kafka_role;
 
 /* Builds a configuration for role: bootstrap servers, client.id, and for a

@@ -89,6 +89,12 @@ static const char usage_text2[] =
     "  --json FILE            all results as JSON\n"
     "  --svg FILE             latency by percentile as an SVG picture\n"
     "  --quiet                no progress line on stderr (one a second otherwise)\n"
+    "  --requests             also count, per settled order, the Kafka requests of\n"
+    "                         each daemon's clients (their /metrics, from librdkafka\n"
+    "                         statistics), their PostgreSQL round trips, and the\n"
+    "                         commits and WAL flushes of the cluster (pg_stat_database,\n"
+    "                         pg_stat_wal); adds 27 s of quiet around the run for the\n"
+    "                         counters to be published, and the idle rates before it\n"
     "  --help                 this text\n"
     "  --version              print the version\n"
     "\n"
@@ -239,6 +245,7 @@ enum {
     OPT_VERSION,
     OPT_CACERT,
     OPT_INSECURE,
+    OPT_REQUESTS,
 };
 
 static const struct option longopts[] = {
@@ -266,6 +273,7 @@ static const struct option longopts[] = {
     {"json", required_argument, NULL, OPT_JSON},
     {"svg", required_argument, NULL, OPT_SVG},
     {"quiet", no_argument, NULL, OPT_QUIET},
+    {"requests", no_argument, NULL, OPT_REQUESTS},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
@@ -407,6 +415,9 @@ static int apply(ob_opts *o, int opt, const char *arg)
         return nonempty(&o->svg_path, arg, "--svg");
     case OPT_QUIET:
         o->quiet = true;
+        return -1;
+    case OPT_REQUESTS:
+        o->requests = true;
         return -1;
     case 'h':
         fputs(usage_text, stdout);

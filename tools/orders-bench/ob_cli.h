@@ -54,6 +54,7 @@ typedef struct {
     const char *json_path; /* --json FILE */
     const char *svg_path;  /* --svg FILE */
     bool quiet;            /* no progress lines */
+    bool requests;         /* --requests: Kafka requests, round trips, commits per order */
 } ob_opts;
 
 /* Set by SIGINT/SIGTERM; the only mutable global of the program. */

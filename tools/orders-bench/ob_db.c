@@ -103,6 +103,18 @@ static int idarray_end(idarray *a)
     return 0;
 }
 
+static int64_t statements;
+
+int64_t ob_db_statements(void)
+{
+    return statements;
+}
+
+void ob_db_count_statement(void)
+{
+    statements++;
+}
+
 /* Which of the ids are not settled yet: one primary-key probe per id, and the
  * list shrinks as orders settle, so a poll costs what is left, whatever the
  * size of the table. "settled_at IS NULL" rather than "status = 'PENDING'":
@@ -118,6 +130,7 @@ static int still_pending(PGconn *db, bool prepare, idarray *ids, int64_t *ret)
     int i, n;
 
     if (prepare) {
+        statements++;
         res = PQprepare(db, "ob_pending", sql, 1, NULL);
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
             ob_err("could not prepare the query of pending orders: %s", PQerrorMessage(db));
@@ -126,6 +139,7 @@ static int still_pending(PGconn *db, bool prepare, idarray *ids, int64_t *ret)
         }
         PQclear(res);
     }
+    statements++;
     res = PQexecPrepared(db, "ob_pending", 1, p, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         ob_err("could not query pending orders: %s", PQerrorMessage(db));

@@ -19,6 +19,11 @@
  * is there. Returns the connection, or NULL (reported). */
 PGconn *ob_db_connect(const char *conninfo);
 
+/* Statements this tool has run on the orders database so far (each one a
+ * transaction that pg_stat_database counts); ob_count adds its own. */
+int64_t ob_db_statements(void);
+void ob_db_count_statement(void);
+
 /* Waits until every accepted order of the run is settled, at most --timeout, with a
  * progress line a second; fills run->settle_wait_ns and settle_timed_out.
  * Returns 0 or OB_EXIT_INFRA (reported). */

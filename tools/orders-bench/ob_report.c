@@ -198,6 +198,8 @@ void ob_report_text(const ob_report *r, FILE *out)
             run->o->connections, run->sockets, run->resends, run->max_waiting,
             run->url.tls ? " (https)" : "");
     processes_text(r, out);
+    if (r->requests)
+        ob_requests_text(r->requests, res->settled, out);
     for (i = 0; i < run->nerrors; i++)
         fprintf(out, "error       %s\n", run->errors[i]);
     for (i = 0; i < r->procs->nwarnings; i++)
@@ -327,8 +329,14 @@ static json_t *report_json(const ob_report *r)
 
 int ob_report_json(const ob_report *r, const char *path)
 {
-    json_t *j = report_json(r);
+    json_t *j = report_json(r),
+           *rq = r->requests ? ob_requests_json(r->requests, r->res->settled) : NULL;
     int rc;
+
+    if (j && rq)
+        json_object_set_new(j, "requests", rq);
+    else
+        json_decref(rq);
 
     if (!j) {
         ob_err("could not build the JSON report");

@@ -4,6 +4,7 @@
  */
 #pragma once
 
+#include "ob_count.h"
 #include "ob_proc.h"
 #include "ob_stats.h"
 
@@ -13,6 +14,7 @@ typedef struct {
     const ob_run *run;
     const ob_results *res;
     const ob_procs *procs;
+    const ob_requests *requests; /* --requests: counted, else not taken */
     const char
         *dbname; /* the orders database's name (never the conninfo: it may hold a password) */
     double cpu_window_s; /* wall time between the two process samples */

@@ -4,6 +4,7 @@
  * orders database (ob_db), the processes' CPU and memory (ob_proc), then the
  * report (ob_report, ob_svg). See --help.
  */
+#include "ob_count.h"
 #include "ob_db.h"
 #include "ob_load.h"
 #include "ob_proc.h"
@@ -34,10 +35,11 @@ static int verdict(const ob_run *run)
 }
 
 /* Results to stdout and the files; returns the exit status. */
-static int report(const ob_run *run, const ob_procs *ps, PGconn *db, double window_s)
+static int report(const ob_run *run, const ob_procs *ps, const ob_requests *rq, PGconn *db,
+                  double window_s)
 {
     ob_results res;
-    ob_report r = {.run = run, .res = &res, .procs = ps, .dbname = PQdb(db)};
+    ob_report r = {.run = run, .res = &res, .procs = ps, .requests = rq, .dbname = PQdb(db)};
     int rc = verdict(run), k;
 
     if (ob_results_compute(run, &res) < 0) {
@@ -66,13 +68,20 @@ static void tick(void *ctx)
 static int measure(ob_run *run, PGconn *db)
 {
     ob_load *load = NULL;
+    ob_requests rq = {0};
     ob_procs ps;
     int64_t window0;
     double window_s;
     int rc;
 
-    if ((rc = ob_load_new(run, &load)) != 0)
+    if (run->o->requests && (rc = ob_requests_start(&rq, run, db)) != 0) {
+        ob_requests_free(&rq);
         return rc;
+    }
+    if ((rc = ob_load_new(run, &load)) != 0) {
+        ob_requests_free(&rq);
+        return rc;
+    }
     ob_procs_start(&ps, run, PQdb(db), PQbackendPID(db));
     run->tick = tick;
     run->tick_ctx = &ps;
@@ -88,11 +97,14 @@ static int measure(ob_run *run, PGconn *db)
     run->tick = NULL;
     ob_procs_end(&ps);
     window_s = (double)(ob_mono_ns() - window0) / 1e9;
+    if (rc == 0 && run->o->requests)
+        rc = ob_requests_end(&rq, run, db);
     if (rc == 0)
         rc = ob_db_collect(db, run);
     if (rc == 0)
-        rc = report(run, &ps, db, window_s);
+        rc = report(run, &ps, &rq, db, window_s);
     ob_procs_free(&ps);
+    ob_requests_free(&rq);
     return rc;
 }
 
