@@ -648,7 +648,10 @@ static void teardown(loop *l)
 int cm_consumer_run(const cm_consumer_config *cfg, volatile const sig_atomic_t *stop)
 {
     loop l = {.cfg = cfg, .stop = stop};
-    int r = setup(&l);
+    int r;
+
+    cm_db_thread_path(CM_DB_CONSUMER);
+    r = setup(&l);
 
     if (r == 0 && ensure_db(&l) == 0)
         atomic_store(&cfg->health->db_ok, true);

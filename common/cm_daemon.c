@@ -386,7 +386,8 @@ static const cm_metric_def common_metrics[] = {
      "Requests sent to the brokers by client and request type (librdkafka statistics, every "
      "5 s)."},
     {"orders_db_round_trips_total", CM_METRIC_COUNTER,
-     "Statements, prepares and pipelines sent to PostgreSQL and waited for."},
+     "Statements, prepares and pipelines sent to PostgreSQL and waited for, by path (api: the "
+     "HTTP API and the group commit; consumer; relay)."},
 };
 
 cm_batch *cm_daemon_batch(cm_daemon *d)
@@ -435,7 +436,12 @@ static void metrics_route(void *ctx, const cm_http_req *req, cm_http_resp *resp)
     cm_health *h = &d->health;
     (void)req;
     refresh_on_scrape(d);
-    cm_metrics_set(h->metrics, "orders_db_round_trips_total", "", (double)cm_db_round_trips());
+    cm_metrics_set(h->metrics, "orders_db_round_trips_total", "path=\"api\"",
+                   (double)cm_db_round_trips(CM_DB_API));
+    cm_metrics_set(h->metrics, "orders_db_round_trips_total", "path=\"consumer\"",
+                   (double)cm_db_round_trips(CM_DB_CONSUMER));
+    cm_metrics_set(h->metrics, "orders_db_round_trips_total", "path=\"relay\"",
+                   (double)cm_db_round_trips(CM_DB_RELAY));
     cm_metrics_set(h->metrics, "orders_ready", "", cm_health_ready(h) ? 1 : 0);
     cm_metrics_set(h->metrics, "orders_dependency_up", "dependency=\"database\"",
                    atomic_load(&h->db_ok) && atomic_load(&h->relay_db_ok) ? 1 : 0);

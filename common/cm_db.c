@@ -46,18 +46,25 @@ static int on_conn_event(PGEventId id, void *info, void *pass)
     return 1;
 }
 
-/* Round trips to the server of every connection of this process: each
- * statement, prepare and pipeline that waits for its answer counts one. */
-static _Atomic unsigned long long round_trips;
+/* Round trips to the server of every connection of this process, by the
+ * calling thread's path: each statement, prepare and pipeline that waits for
+ * its answer counts one. */
+static _Atomic unsigned long long round_trips[CM_DB_PATHS];
+static _Thread_local cm_db_path thread_path; /* CM_DB_API unless set */
 
-unsigned long long cm_db_round_trips(void)
+void cm_db_thread_path(cm_db_path path)
 {
-    return atomic_load_explicit(&round_trips, memory_order_relaxed);
+    thread_path = path;
+}
+
+unsigned long long cm_db_round_trips(cm_db_path path)
+{
+    return atomic_load_explicit(&round_trips[path], memory_order_relaxed);
 }
 
 static void count_round_trip(void)
 {
-    atomic_fetch_add_explicit(&round_trips, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&round_trips[thread_path], 1, memory_order_relaxed);
 }
 
 static void stmt_cache_attach(PGconn *conn)

@@ -45,10 +45,22 @@ int cm_db_classify(PGconn *conn, const PGresult *res);
  * 40001 and 40P01 -> -EAGAIN; anything else -> -EIO. */
 int cm_db_classify_sqlstate(const char *state);
 
-/* Round trips this process has made to PostgreSQL so far (statements,
- * prepares and pipelines that waited for the server's answer), over every
- * connection made by cm_db_connect or not. */
-unsigned long long cm_db_round_trips(void);
+/* Which path of a daemon a thread's statements serve, to count round trips
+ * by: the HTTP API with the group commit and everything else (the default),
+ * the consumer loop, the outbox relay. */
+typedef enum {
+    CM_DB_API,
+    CM_DB_CONSUMER,
+    CM_DB_RELAY,
+    CM_DB_PATHS,
+} cm_db_path;
+
+/* Sets the calling thread's path (at its start). */
+void cm_db_thread_path(cm_db_path path);
+
+/* Round trips this process has made to PostgreSQL so far on a path
+ * (statements, prepares and pipelines that waited for the server's answer). */
+unsigned long long cm_db_round_trips(cm_db_path path);
 
 /* Runs commands without parameters (BEGIN, COMMIT, DDL; several separated by
  * ';' are allowed); returns 0 or a code. */

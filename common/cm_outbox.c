@@ -536,6 +536,7 @@ static void *relay_main(void *arg)
     cm_relay *r = arg;
     long backoff = 100;
 
+    cm_db_thread_path(CM_DB_RELAY);
     while (!atomic_load(&r->stop)) {
         int rc = relay_connect(r);
         if (rc == 0)

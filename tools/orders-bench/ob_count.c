@@ -72,7 +72,7 @@ static bool label(const char *labels, const char *name, char *out, size_t outlen
 static int parse_metrics(ob_counts *c, const char *daemon, const char *text)
 {
     static const char kafka[] = "orders_kafka_requests_total{";
-    static const char trips[] = "orders_db_round_trips_total ";
+    static const char trips[] = "orders_db_round_trips_total{";
     char key[96];
 
     for (const char *line = text; line && *line;) {
@@ -92,9 +92,18 @@ static int parse_metrics(ob_counts *c, const char *daemon, const char *text)
                 }
             }
         } else if (strncmp(line, trips, sizeof(trips) - 1) == 0) {
-            snprintf(key, sizeof(key), "%s|pg|round trips", daemon);
-            if (put(c, key, strtod(line + sizeof(trips) - 1, NULL)) < 0)
-                return -ENOMEM;
+            char path[24], labels[96];
+            const char *close = strchr(line, '}');
+            size_t n = close ? (size_t)(close - line) : 0;
+            if (close && n < sizeof(labels)) {
+                memcpy(labels, line, n);
+                labels[n] = '\0';
+                if (label(labels, "path", path, sizeof(path))) {
+                    snprintf(key, sizeof(key), "%s|pg|%s", daemon, path);
+                    if (put(c, key, strtod(close + 1, NULL)) < 0)
+                        return -ENOMEM;
+                }
+            }
         }
         line = nl ? nl + 1 : NULL;
     }
@@ -284,11 +293,19 @@ void ob_requests_text(const ob_requests *rq, int64_t settled, FILE *out)
             fprintf(out, "  %-18s Kafka %-8s %6.2f %s\n", c == 0 ? daemons[d] : "", clients[c],
                     total / n, total > 0 ? line + 1 : "");
         }
-        snprintf(prefix, sizeof(prefix), "%s|pg|round trips", daemons[d]);
-        double trips = delta(a, b, prefix, odb);
+        snprintf(prefix, sizeof(prefix), "%s|pg|", daemons[d]);
+        double trips = sum(a, b, prefix, NULL, odb);
         trips_all += trips;
-        trips_idle += delta(i0, a, prefix, odb);
-        fprintf(out, "  %-18s PostgreSQL round trips %.2f\n", "", trips / n);
+        trips_idle += sum(i0, a, prefix, NULL, odb);
+        fprintf(out, "  %-18s PostgreSQL round trips %.2f (", "", trips / n);
+        for (size_t k = 0, first = 1; k < b->n; k++) {
+            if (strncmp(b->v[k].key, prefix, strlen(prefix)) != 0)
+                continue;
+            fprintf(out, "%s%s %.2f", first ? "" : ", ", b->v[k].key + strlen(prefix),
+                    delta(a, b, b->v[k].key, odb) / n);
+            first = 0;
+        }
+        fprintf(out, ")\n");
     }
     fprintf(out, "  %-18s Kafka requests %.2f, PostgreSQL round trips %.2f\n", "all daemons",
             kafka_all / n, trips_all / n);
