@@ -150,6 +150,10 @@ void cm_outbox_reply_free(cm_outbox_reply *reply)
 
 /* ---- relay ---- */
 
+/* How long delivered rows wait for a notification to be deleted together
+ * with the read of the next rows before they are deleted on their own. */
+#define RELAY_DELETE_WAIT_MS 20
+
 struct cm_relay {
     const char *db_url;
     const char *client_id;
@@ -165,7 +169,11 @@ struct cm_relay {
      * a fatal producer error once N rows were acknowledged. 0 = off. */
     long long fatal_after;
     long long acked;
-    int left;             /* rows of the last pass not delivered (logged at stop) */
+    int left; /* rows of the last pass not delivered (logged at stop) */
+    /* Rows delivered but not deleted yet, as an array literal "{1,2}", or
+     * NULL: the next pass deletes them in the statement that reads the next
+     * rows (one round trip and one commit instead of two). */
+    char *delivered;
     char pass_error[256]; /* the last failed pass's error, logged once */
 };
 
@@ -379,12 +387,14 @@ static int produce_row(cm_relay *r, PGresult *res, int i, relay_slot *slot)
     return 0;
 }
 
-static int delete_acked(cm_relay *r, PGresult *res, relay_slot *slots, int n, int *ret_failed)
+/* Counts the rows the brokers acknowledged and keeps their ids for the next
+ * pass to delete; logs the first that was not delivered. Returns 0 or
+ * -ENOMEM. */
+static int note_delivered(cm_relay *r, PGresult *res, relay_slot *slots, int n, int *ret_failed)
 {
-    static const char sql[] = "DELETE FROM outbox WHERE id = ANY($1::bigint[])";
     size_t cap = (size_t)n * 21 + 3, len = 0;
     char *ids = malloc(cap);
-    int failed = 0, rc;
+    int failed = 0;
 
     if (!ids)
         return -ENOMEM;
@@ -412,10 +422,30 @@ static int delete_acked(cm_relay *r, PGresult *res, relay_slot *slots, int n, in
     }
     ids[len++] = '}';
     ids[len] = '\0';
-    const char *p[1] = {ids};
-    rc = cm_db_query(r->conn, NULL, sql, 1, p);
-    free(ids);
     *ret_failed = failed;
+    free(r->delivered);
+    r->delivered = NULL;
+    if (failed == n)
+        free(ids);
+    else
+        r->delivered = ids;
+    return 0;
+}
+
+/* Deletes the delivered rows on their own (at stop). */
+static int delete_delivered(cm_relay *r)
+{
+    static const char sql[] = "DELETE FROM outbox WHERE id = ANY($1::bigint[])";
+    const char *p[1] = {r->delivered};
+    int rc;
+
+    if (!r->delivered || !r->conn)
+        return 0;
+    rc = cm_db_query(r->conn, NULL, sql, 1, p);
+    if (rc == 0) {
+        free(r->delivered);
+        r->delivered = NULL;
+    }
     return rc;
 }
 
@@ -425,16 +455,26 @@ static int relay_pass(cm_relay *r)
     static const char sql[] = "SELECT id, topic, msg_key, payload, headers::text,"
                               " extract(epoch FROM clock_timestamp() - created_at)"
                               " FROM outbox ORDER BY id LIMIT $1";
+    /* The rows the last pass delivered are deleted by the statement that
+     * reads the next ones; its snapshot still sees them, hence the filter. */
+    static const char delete_and_read[] =
+        "WITH done AS (DELETE FROM outbox WHERE id = ANY($2::bigint[]))"
+        " SELECT id, topic, msg_key, payload, headers::text,"
+        " extract(epoch FROM clock_timestamp() - created_at)"
+        " FROM outbox WHERE id <> ALL($2::bigint[]) ORDER BY id LIMIT $1";
     char lim[16];
-    const char *p[1] = {lim};
+    const char *p[2] = {lim, r->delivered};
     PGresult *res;
     relay_slot *slots;
     int n, rc, pending, failed = 0;
 
     snprintf(lim, sizeof(lim), "%d", r->batch);
-    rc = cm_db_query(r->conn, &res, sql, 1, p);
+    rc = r->delivered ? cm_db_query(r->conn, &res, delete_and_read, 2, p)
+                      : cm_db_query(r->conn, &res, sql, 1, p);
     if (rc < 0)
         return rc;
+    free(r->delivered);
+    r->delivered = NULL;
     n = PQntuples(res);
     atomic_store(&r->health->outbox_backlog, n);
     cm_metrics_set(r->health->metrics, "orders_outbox_backlog", "", n);
@@ -478,7 +518,7 @@ static int relay_pass(cm_relay *r)
             purged = 1;
         }
     }
-    rc = delete_acked(r, res, slots, n, &failed);
+    rc = note_delivered(r, res, slots, n, &failed);
     r->acked += n - failed;
     r->left = failed;
     log_debug("outbox relay published count=%d failed=%d", n - failed, failed);
@@ -524,7 +564,7 @@ static void wait_notify(cm_relay *r, int timeout_ms)
         return;
     /* Short slices so that stop is noticed; the notification ends the wait. */
     for (int waited = 0; waited < timeout_ms && !atomic_load(&r->stop); waited += 100) {
-        if (poll(&pfd, 1, 100) > 0)
+        if (poll(&pfd, 1, timeout_ms - waited < 100 ? timeout_ms - waited : 100) > 0)
             break;
         rd_kafka_poll(r->producer, 0);
     }
@@ -568,9 +608,17 @@ static void *relay_main(void *arg)
         }
         backoff = 100;
         atomic_store(&r->health->relay_db_ok, true);
+        /* Delivered rows wait a little for the next rows' notification to
+         * be deleted with their read; the wait is off the orders' path (the
+         * events are on the brokers already). */
         if (rc < r->batch)
-            wait_notify(r, 1000);
+            wait_notify(r, r->delivered ? RELAY_DELETE_WAIT_MS : 1000);
     }
+    if (delete_delivered(r) < 0)
+        log_warning("outbox relay could not delete delivered rows at stop (they are published "
+                    "again after the next start) error=\"%s\"",
+                    r->conn ? cm_db_error(r->conn) : "no session");
+    free(r->delivered);
     /* Every row sent was waited for (or purged) by its pass: nothing is
      * queued, the bounds are a guard. */
     if (r->producer) {

@@ -76,17 +76,22 @@ def log_size(daemon):
 
 
 def batches_since(daemon, pos):
-    """The batches the daemon logged after byte pos: [[(topic, partition, offset, key)]]."""
+    """The batches the daemon logged after byte pos and finished (committed:
+    "consumer batch done" comes after the commit; the records are logged
+    before it): [[(topic, partition, offset, key)]]."""
     with open(daemon.log_path, "rb") as f:
         f.seek(pos)
         text = f.read().decode(errors="replace")
-    batches = []
+    batches, current = [], None
     for line in text.splitlines():
         if "consumer batch start count=" in line:
-            batches.append([])
+            current = []
+        elif "consumer batch done count=" in line and current is not None:
+            batches.append(current)
+            current = None
         m = RECORD_RE.search(line)
-        if m and batches:
-            batches[-1].append((m.group(3), int(m.group(4)), int(m.group(5)), m.group(2)))
+        if m and current is not None:
+            current.append((m.group(3), int(m.group(4)), int(m.group(5)), m.group(2)))
     return batches
 
 
@@ -671,3 +676,4 @@ def test_set_statements_match_one_by_one_order_replies(stack):
     # The settle seconds depend on the clock: compared as present or not.
     differential(stack, "orders", subs, trial, snapshot, 200,
                  shape=lambda r: (r[0], r[1], r[2] is not None))
+

@@ -107,6 +107,30 @@ def test_open_loop(stack, tmp_path):
     assert pids["order-service"] == 1, pids
 
 
+def test_requests_per_order(stack, tmp_path):
+    """--requests: the daemons' and PostgreSQL's counters over the run, per
+    settled order. Each order is one event published by each daemon's relay,
+    so each relay sent at most one Produce request per order (fewer when one
+    request carried several); every consumer fetched; every path made round
+    trips; the databases committed and WAL was flushed; the idle rates were
+    measured before the run."""
+    report = bench_ok(stack, tmp_path, "--orders", "200", "--rate", "100", "--connections", "4",
+                      "--requests")
+    settled(report, 200)
+    rq = report["requests"]
+    assert rq["orders"] == 200 and rq["missing"] == [], rq
+    per = rq["perOrder"]
+    for d in ("order-service", "payment-service", "inventory-service"):
+        assert 0.05 < per.get(f"{d}|relay|Produce", 0) <= 1.0, (d, per)
+        assert per.get(f"{d}|consumer|Fetch", 0) > 0, (d, per)
+        assert per.get(f"{d}|pg|relay", 0) > 0 and per.get(f"{d}|pg|consumer", 0) > 0, (d, per)
+    assert per.get("order-service|pg|api", 0) > 0.1, per  # the order's insert (group commit)
+    commits = sum(v for k, v in per.items() if k.startswith("db|") and k.endswith("|commits"))
+    assert commits >= 1, per
+    assert per.get("wal|flushes", 0) > 0, per
+    assert "order-service|relay|Produce" in rq["idlePerSecond"], rq
+
+
 def test_closed_loop(stack, tmp_path):
     report = bench_ok(stack, tmp_path, "--orders", "200", "--rate", "0", "--connections", "4")
     settled(report, 200)
