@@ -191,8 +191,6 @@ static int run_steps(PGconn *conn, step *steps, int n, char *reason, size_t reas
         }
         weight += w;
     }
-    if (n == 0 && r == 0 && (r = cm_db_exec(conn, "BEGIN")) < 0)
-        snprintf(reason, reasonlen, "%s", cm_db_error(conn));
     for (int i = 0; i < n && r == 0; i++)
         if (steps[i].set)
             r = step_rows(&steps[i], reason, reasonlen);
@@ -226,6 +224,11 @@ int cm_apply_run(PGconn *conn, cm_apply_rec *recs, int n, cm_apply **ret, char *
         return r;
     }
     return run_steps(conn, a->steps, a->n, reason, reasonlen);
+}
+
+bool cm_apply_began(const cm_apply *a)
+{
+    return a && a->n > 0;
 }
 
 void cm_apply_free(cm_apply *a)

@@ -15,6 +15,7 @@
 #include "cm_consumer.h"
 
 #include <libpq-fe.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 /* A planned record: its plan, the set of its subscription (used if
@@ -27,13 +28,17 @@ typedef struct {
 
 typedef struct cm_apply cm_apply;
 
-/* Runs the statements of recs[0..n-1] in a new transaction, left open. On
- * success returns 0: each record's own results are in its res, and a set
+/* Runs the statements of recs[0..n-1] in a new transaction, left open
+ * (cm_apply_began); when no record has anything to do, nothing is sent and no
+ * transaction begins. On success returns 0: each record's own results are in its res, and a set
  * record's plan points (set_res, set_row) into *ret, which holds the runs'
  * results until cm_apply_free(). On failure returns the code of the first
  * failure (a cm_db code, -ENOMEM, -EINVAL for a record planned in_set whose
  * subscription declares no set, or -EIO for a set statement that returned a
  * row for no record) with reason set; *ret is then still to be freed. */
+/* Whether cm_apply_run began a transaction (some record had statements). */
+bool cm_apply_began(const cm_apply *a);
+
 int cm_apply_run(PGconn *conn, cm_apply_rec *recs, int n, cm_apply **ret, char *reason,
                  size_t reasonlen);
 /* NULL is fine. */

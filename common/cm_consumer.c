@@ -198,9 +198,11 @@ static int done_slot(loop *l, slot *s, char *reason, size_t reasonlen)
 
 /* Applies slots[0..n-1] in a new transaction (BEGIN goes with the first
  * pipeline), leaving it open: every record is planned, the statements run
- * (cm_apply_run), then every record reads its results. Returns 0 or the
- * code of the first failure. */
-static int apply(loop *l, slot *slots, int n, char *reason, size_t reasonlen)
+ * (cm_apply_run), then every record reads its results. Records with nothing
+ * to do (a reply that undoes nothing) cost no round trip: when no record of
+ * the batch has statements, no transaction begins (*ret_began false).
+ * Returns 0 or the code of the first failure. */
+static int apply(loop *l, slot *slots, int n, bool *ret_began, char *reason, size_t reasonlen)
 {
     cm_apply_rec *recs = calloc((size_t)n + 1, sizeof(*recs));
     cm_apply *run = NULL;
@@ -217,6 +219,7 @@ static int apply(loop *l, slot *slots, int n, char *reason, size_t reasonlen)
     }
     if (r == 0)
         r = cm_apply_run(l->conn, recs, n, &run, reason, reasonlen);
+    *ret_began = cm_apply_began(run);
     for (int i = 0; i < n && r == 0; i++)
         r = done_slot(l, &slots[i], reason, reasonlen);
     cm_apply_free(run);
@@ -381,9 +384,10 @@ static void process_single(loop *l, slot *s)
 
     while (!*l->stop) {
         int r = ensure_db(l);
+        bool began = false;
         if (r == 0) {
-            r = apply(l, s, 1, reason, sizeof(reason));
-            if (r == 0 && (r = cm_db_exec(l->conn, "COMMIT")) < 0)
+            r = apply(l, s, 1, &began, reason, sizeof(reason));
+            if (r == 0 && began && (r = cm_db_exec(l->conn, "COMMIT")) < 0)
                 snprintf(reason, sizeof(reason), "%s", cm_db_error(l->conn));
             else if (r < 0 && PQstatus(l->conn) == CONNECTION_OK)
                 cm_db_exec(l->conn, "ROLLBACK");
@@ -436,12 +440,13 @@ static void process_single(loop *l, slot *s)
 static int process_batch_tx(loop *l, char *reason, size_t reasonlen)
 {
     int r = ensure_db(l);
+    bool began = false;
 
     if (r < 0)
         snprintf(reason, reasonlen, "%s", cm_db_error(l->conn));
     if (r == 0)
-        r = apply(l, l->batch, l->n, reason, reasonlen);
-    if (r == 0 && (r = cm_db_exec(l->conn, "COMMIT")) < 0)
+        r = apply(l, l->batch, l->n, &began, reason, reasonlen);
+    if (r == 0 && began && (r = cm_db_exec(l->conn, "COMMIT")) < 0)
         snprintf(reason, reasonlen, "%s", cm_db_error(l->conn));
     else if (r < 0 && l->conn && PQstatus(l->conn) == CONNECTION_OK)
         cm_db_exec(l->conn, "ROLLBACK");

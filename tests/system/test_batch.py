@@ -677,3 +677,38 @@ def test_set_statements_match_one_by_one_order_replies(stack):
     differential(stack, "orders", subs, trial, snapshot, 200,
                  shape=lambda r: (r[0], r[1], r[2] is not None))
 
+
+def test_replies_with_nothing_to_undo_cost_no_round_trip(stack):
+    """A reply that undoes nothing (stock reserved, as payment-service reads
+    it; a charge, as inventory-service reads it) opens no transaction: while
+    a burst of such records is consumed, the consumer's PostgreSQL round
+    trips (orders_db_round_trips_total{path="consumer"}) stay where they
+    were, and nothing is written for those orders."""
+    payment, inventory = stack.daemons["payment-service"], stack.daemons["inventory-service"]
+    keys = [stack.uid("noop") for _ in range(20)]
+    watched = ((payment, "inventory.reserved"), (inventory, "payments.completed"))
+
+    def counters():
+        return {d.name: (metric(d.url, "orders_db_round_trips_total", path="consumer"),
+                         metric(d.url, "orders_records_consumed_total", topic=t))
+                for d, t in watched}
+
+    before = counters()
+    produce_burst(stack, [("inventory.reserved", k, {"orderId": k, "reserved": True,
+                                                     "reason": "OK"}) for k in keys]
+                  + [("payments.completed", k, {"orderId": k, "approved": True, "reason": "OK"})
+                     for k in keys])
+    stack.wait_until(lambda: all(counters()[d.name][1] >= before[d.name][1] + len(keys)
+                                 for d, _ in watched),
+                     30, "both consumers to take the burst")
+    after = counters()
+    for d, _ in watched:
+        assert after[d.name][1] == before[d.name][1] + len(keys), (d.name, before, after)
+        assert after[d.name][0] == before[d.name][0], (
+            f"{d.name}: {after[d.name][0] - before[d.name][0]:.0f} round trips for records "
+            "with nothing to do")
+    for db, table in (("payments", "payments"), ("inventory", "reservations")):
+        with psycopg.connect(stack.dsn(db), autocommit=True) as conn:
+            n = conn.execute(f"SELECT count(*) FROM {table} WHERE order_id = ANY(%s)",
+                             (keys,)).fetchone()[0]
+        assert n == 0, f"{n} {table} rows written for replies with nothing to undo"
