@@ -432,15 +432,18 @@ static int note_delivered(cm_relay *r, PGresult *res, relay_slot *slots, int n, 
     return 0;
 }
 
-/* Deletes the delivered rows on their own (at stop). */
+/* Deletes the delivered rows on their own (at stop). Returns 0 (also when
+ * there are none), or a code when they stay (no session, or it failed). */
 static int delete_delivered(cm_relay *r)
 {
     static const char sql[] = "DELETE FROM outbox WHERE id = ANY($1::bigint[])";
     const char *p[1] = {r->delivered};
     int rc;
 
-    if (!r->delivered || !r->conn)
+    if (!r->delivered)
         return 0;
+    if (!r->conn)
+        return -ECONNRESET;
     rc = cm_db_query(r->conn, NULL, sql, 1, p);
     if (rc == 0) {
         free(r->delivered);
