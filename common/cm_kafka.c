@@ -352,7 +352,12 @@ int cm_kafka_conf(cm_kafka_role role, const char *client_id, const char *group, 
     static const char *const producer_defaults[][2] = {
         {"enable.idempotence", "true"},
         {"acks", "all"},
-        {"linger.ms", "1"},
+        /* 0: a row is sent as soon as the broker thread sees it. The relay
+         * batches by itself (it reads many rows while a produce is in
+         * flight), and a linger only added a second wake-up of the broker
+         * thread and ~5 ms to POST->settled at 200 orders/s (measured with
+         * orders-bench; README "linger.ms=0"). */
+        {"linger.ms", "0"},
         {"message.timeout.ms", "30000"},
         {"compression.type", "lz4"},
         /* Java's partitioner: a Spring service producing the same keys puts
