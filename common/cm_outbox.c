@@ -9,13 +9,16 @@
 #include "cm_trace.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #define RELAY_LOCK_KEY "7260002"
 /* After stop, how long the relay still waits for delivery reports before it
@@ -153,6 +156,12 @@ void cm_outbox_reply_free(cm_outbox_reply *reply)
 /* How long delivered rows wait for a notification to be deleted together
  * with the read of the next rows before they are deleted on their own. */
 #define RELAY_DELETE_WAIT_MS 20
+/* An idle relay waits for a notification, its producer's events or stop,
+ * all on file descriptors: it does not poll. A pass every 30 s is the one
+ * guard left (a session that died without the socket saying so); rows that
+ * could not be delivered are tried again every second. */
+#define RELAY_IDLE_PASS_MS 30000
+#define RELAY_RETRY_MS 1000
 
 struct cm_relay {
     const char *db_url;
@@ -161,10 +170,12 @@ struct cm_relay {
     cm_health *health;
     cm_tracer *tracer;
     atomic_bool stop;
+    int wake_fd; /* eventfd: written at stop, ends every wait at once */
     pthread_t thread;
     PGconn *conn;
     rd_kafka_t *producer;
-    bool leader; /* holds the relay lock */
+    int events_fd[2]; /* pipe librdkafka writes to when the producer has events */
+    bool leader;      /* holds the relay lock */
     /* Fault injection for the tests (CM_FAULT_PRODUCER_FATAL_AFTER=N): raise
      * a fatal producer error once N rows were acknowledged. 0 = off. */
     long long fatal_after;
@@ -229,14 +240,31 @@ static void end_publish(cm_relay *r, PGresult *res, int i, const relay_slot *slo
                  sizeof(tags) / sizeof(tags[0]), slot->end_us);
 }
 
+/* Waits up to ms for stop, or for fd (when >= 0) to become readable. */
+static void wait_fd(cm_relay *r, int fd, long ms)
+{
+    struct pollfd pfd[2] = {{.fd = r->wake_fd, .events = POLLIN}, {.fd = fd, .events = POLLIN}};
+
+    if (!atomic_load(&r->stop))
+        (void)poll(pfd, fd >= 0 ? 2 : 1, (int)ms);
+}
+
 static void sleep_ms(cm_relay *r, long ms)
 {
-    /* Sleeps in short steps so that stop is noticed quickly. */
-    while (ms > 0 && !atomic_load(&r->stop)) {
-        struct timespec ts = {0, (ms > 100 ? 100 : ms) * 1000000L};
-        nanosleep(&ts, NULL);
-        ms -= 100;
-    }
+    wait_fd(r, -1, ms);
+}
+
+/* Empties the pipe librdkafka writes to and serves the producer's events
+ * (statistics, errors; delivery reports are served by the pass). */
+static void serve_producer(cm_relay *r)
+{
+    char buf[64];
+
+    if (r->events_fd[0] >= 0)
+        while (read(r->events_fd[0], buf, sizeof(buf)) > 0)
+            ;
+    if (r->producer)
+        rd_kafka_poll(r->producer, 0);
 }
 
 static int relay_connect(cm_relay *r)
@@ -324,6 +352,13 @@ static int relay_producer(cm_relay *r)
     rc = cm_kafka_new(CM_KAFKA_PRODUCER, conf, &r->producer, err, sizeof(err));
     if (rc < 0)
         return log_error_errno(rc, "could not create producer: %s", err);
+    if (r->events_fd[1] >= 0) {
+        /* The producer's main queue wakes the relay's waits, which then
+         * need no time slices to serve its statistics and errors. */
+        rd_kafka_queue_t *q = rd_kafka_queue_get_main(r->producer);
+        rd_kafka_queue_io_event_enable(q, r->events_fd[1], "1", 1);
+        rd_kafka_queue_destroy(q);
+    }
     warm_metadata(r, r->producer);
     return 0;
 }
@@ -557,20 +592,27 @@ static int drain_notifies(PGconn *conn)
     return count;
 }
 
+/* Waits for a notification (or anything else on the session's socket: its
+ * end), stop, or timeout_ms; the producer's events are served meanwhile. */
 static void wait_notify(cm_relay *r, int timeout_ms)
 {
-    struct pollfd pfd = {.fd = PQsocket(r->conn), .events = POLLIN};
+    struct pollfd pfd[3] = {{.fd = PQsocket(r->conn), .events = POLLIN},
+                            {.fd = r->wake_fd, .events = POLLIN},
+                            {.fd = r->events_fd[0], .events = POLLIN}};
+    long long end = mono_ms() + timeout_ms;
 
     /* A NOTIFY may have arrived with the last query's results: then libpq
      * holds it already and the socket stays quiet. */
     if (drain_notifies(r->conn) > 0)
         return;
-    /* Short slices so that stop is noticed; the notification ends the wait. */
-    for (int waited = 0; waited < timeout_ms && !atomic_load(&r->stop); waited += 100) {
-        if (poll(&pfd, 1, timeout_ms - waited < 100 ? timeout_ms - waited : 100) > 0)
+    for (long long left = timeout_ms; left > 0 && !atomic_load(&r->stop); left = end - mono_ms()) {
+        int n = poll(pfd, r->events_fd[0] >= 0 ? 3 : 2, (int)left);
+        if (n > 0 && (pfd[2].revents & POLLIN))
+            serve_producer(r);
+        if (n > 0 && (pfd[0].revents || pfd[1].revents))
             break;
-        rd_kafka_poll(r->producer, 0);
     }
+    serve_producer(r);
     drain_notifies(r->conn);
 }
 
@@ -586,7 +628,10 @@ static void *relay_main(void *arg)
             rc = relay_producer(r);
         if (rc == 0 && !r->leader) {
             atomic_store(&r->health->relay_db_ok, true);
-            sleep_ms(r, 2000); /* standby: another instance publishes */
+            /* Standby: another instance publishes; try for the lock again
+             * in 2 s (serving the producer's events meanwhile). */
+            wait_fd(r, r->events_fd[0], 2000);
+            serve_producer(r);
             continue;
         }
         if (rc == 0) {
@@ -615,7 +660,9 @@ static void *relay_main(void *arg)
          * be deleted with their read; the wait is off the orders' path (the
          * events are on the brokers already). */
         if (rc < r->batch)
-            wait_notify(r, r->delivered ? RELAY_DELETE_WAIT_MS : 1000);
+            wait_notify(r, r->delivered  ? RELAY_DELETE_WAIT_MS
+                           : r->left > 0 ? RELAY_RETRY_MS
+                                         : RELAY_IDLE_PASS_MS);
     }
     if (delete_delivered(r) < 0)
         log_warning("outbox relay could not delete delivered rows at stop (they are published "
@@ -639,6 +686,15 @@ static void *relay_main(void *arg)
     return NULL;
 }
 
+static void close_fds(cm_relay *r)
+{
+    close(r->wake_fd);
+    if (r->events_fd[0] >= 0) {
+        close(r->events_fd[0]);
+        close(r->events_fd[1]);
+    }
+}
+
 int cm_relay_start(const char *db_url, const char *client_id, int batch, cm_health *health,
                    cm_tracer *tracer, cm_relay **ret)
 {
@@ -654,10 +710,19 @@ int cm_relay_start(const char *db_url, const char *client_id, int batch, cm_heal
     r->tracer = tracer;
     const char *fault = getenv("CM_FAULT_PRODUCER_FATAL_AFTER");
     r->fatal_after = fault ? strtoll(fault, NULL, 10) : 0;
+    r->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (r->wake_fd < 0) {
+        rc = -errno;
+        free(r);
+        return rc;
+    }
+    if (pipe2(r->events_fd, O_CLOEXEC | O_NONBLOCK) < 0)
+        r->events_fd[0] = r->events_fd[1] = -1; /* then the waits serve it on their ends */
     rc = pthread_create(&r->thread, NULL, relay_main, r);
     if (rc == 0)
         pthread_setname_np(r->thread, "outbox-relay");
     if (rc != 0) {
+        close_fds(r);
         free(r);
         return -rc;
     }
@@ -667,9 +732,14 @@ int cm_relay_start(const char *db_url, const char *client_id, int batch, cm_heal
 
 void cm_relay_stop(cm_relay *relay)
 {
+    uint64_t one = 1;
+
     if (!relay)
         return;
     atomic_store(&relay->stop, true);
+    if (write(relay->wake_fd, &one, sizeof(one)) < 0)
+        log_warning("could not wake the outbox relay error=\"%s\"", strerror(errno));
     pthread_join(relay->thread, NULL);
+    close_fds(relay);
     free(relay);
 }

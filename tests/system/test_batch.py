@@ -678,6 +678,36 @@ def test_set_statements_match_one_by_one_order_replies(stack):
                  shape=lambda r: (r[0], r[1], r[2] is not None))
 
 
+def test_idle_relays_wait_without_round_trips(stack):
+    """An idle relay waits on its session's socket for the outbox's
+    notification, on its producer's event pipe and on stop, without polling:
+    over 4 s with no orders, each relay makes at most one round trip (its
+    30-second guard pass may fall in the window; it used to pass every
+    second). The first order after the quiet still settles at once: the
+    notification of its outbox row wakes each relay. (It runs before the
+    test that leaves order-service retrying replies to unknown orders.)"""
+    names = ("order-service", "payment-service", "inventory-service")
+    daemons = [stack.daemons[n] for n in names]
+
+    def trips():
+        return [metric(d.url, "orders_db_round_trips_total", path="relay") for d in daemons]
+
+    time.sleep(1)  # rows of earlier tests: published, and deleted 20 ms later
+    before = trips()
+    time.sleep(4)
+    after = trips()
+    for n, b, a in zip(names, before, after):
+        assert a - b <= 1, f"{n}: the idle relay made {a - b:.0f} round trips in 4 s"
+    cust, sku = stack.uid("idle-c"), stack.uid("idle-s")
+    stack.fund(cust, 10_000)
+    stack.set_stock(sku, 5)
+    t0 = time.monotonic()
+    order_id = stack.orders.create_ok(cust, sku, 1, 100)
+    o = stack.orders.wait_settled(order_id, timeout=20, need=("payment", "inventory"))
+    assert o["status"] == "CONFIRMED", o
+    assert time.monotonic() - t0 < 5, "the order waited for a relay's guard pass"
+
+
 def test_replies_with_nothing_to_undo_cost_no_round_trip(stack):
     """A reply that undoes nothing (stock reserved, as payment-service reads
     it; a charge, as inventory-service reads it) opens no transaction: while
@@ -712,3 +742,4 @@ def test_replies_with_nothing_to_undo_cost_no_round_trip(stack):
             n = conn.execute(f"SELECT count(*) FROM {table} WHERE order_id = ANY(%s)",
                              (keys,)).fetchone()[0]
         assert n == 0, f"{n} {table} rows written for replies with nothing to undo"
+

@@ -112,8 +112,8 @@ def test_requests_per_order(stack, tmp_path):
     settled order. Each order is one event published by each daemon's relay,
     so each relay sent at most one Produce request per order (fewer when one
     request carried several); every consumer fetched; every path made round
-    trips; the databases committed and WAL was flushed; the idle rates were
-    measured before the run."""
+    trips; the databases committed and WAL was flushed; the idle rates and
+    the idle CPU of every process were measured before the run."""
     report = bench_ok(stack, tmp_path, "--orders", "200", "--rate", "100", "--connections", "4",
                       "--requests")
     settled(report, 200)
@@ -129,6 +129,14 @@ def test_requests_per_order(stack, tmp_path):
     assert commits >= 1, per
     assert per.get("wal|flushes", 0) > 0, per
     assert "order-service|relay|Produce" in rq["idlePerSecond"], rq
+    # CPU over the idle window, % of one core: every process found and
+    # measured; no daemon spins while idle.
+    cpu = rq["idleCpuPercent"]
+    assert set(cpu) == {"order-service", "payment-service", "inventory-service", "broker",
+                        "postgres"}, cpu
+    assert all(v >= 0 for v in cpu.values()), cpu
+    for d in ("order-service", "payment-service", "inventory-service"):
+        assert cpu[d] < 50, (d, cpu)
 
 
 def test_closed_loop(stack, tmp_path):

@@ -5,6 +5,7 @@
 
 #include "cm_httpc.h"
 #include "ob_db.h"
+#include "ob_proc.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -183,6 +184,36 @@ static void quiet(const ob_run *run, int64_t ns, const char *why)
         ;
 }
 
+/* Sums the idle window's CPU by daemon, broker and PostgreSQL. */
+static void idle_cpu(ob_idle_cpu *ic, const ob_procs *ps, double seconds)
+{
+    ic->seconds = seconds;
+    ic->broker_us = ic->postgres_us = -1;
+    for (int d = 0; d < 3; d++)
+        ic->daemon_us[d] = -1;
+    for (size_t i = 0; i < ps->n; i++) {
+        const ob_proc *p = &ps->v[i];
+        int64_t us = ob_proc_cpu_us(p), *slot = NULL;
+        if (p->kind == OB_PROC_DAEMON) {
+            for (int d = 0; d < 3; d++)
+                if (strcmp(p->label, daemons[d]) == 0)
+                    slot = &ic->daemon_us[d];
+        } else if (p->kind == OB_PROC_BROKER) {
+            slot = &ic->broker_us;
+        } else if (p->kind == OB_PROC_POSTGRES && p->counted) {
+            slot = &ic->postgres_us;
+        }
+        if (slot)
+            *slot = (*slot < 0 ? 0 : *slot) + us;
+    }
+}
+
+/* Percent of one core, or -1 when not measured. */
+static double idle_pct(const ob_idle_cpu *ic, int64_t us)
+{
+    return us < 0 || ic->seconds <= 0 ? -1 : (double)us / 1e4 / ic->seconds;
+}
+
 int ob_requests_start(ob_requests *rq, const ob_run *run, PGconn *db)
 {
     int r;
@@ -192,7 +223,13 @@ int ob_requests_start(ob_requests *rq, const ob_run *run, PGconn *db)
     quiet(run, QUIET_BEFORE_NS, "for the counters to catch up with the set-up");
     if ((r = snapshot(&rq->idle0, run, db)) != 0)
         return r;
+    ob_procs ps;
+    int64_t t0 = ob_mono_ns();
+    ob_procs_start(&ps, run, PQdb(db), PQbackendPID(db));
     quiet(run, IDLE_WINDOW_NS, "to measure the idle rates");
+    ob_procs_end(&ps);
+    idle_cpu(&rq->idle_cpu, &ps, (double)(ob_mono_ns() - t0) / 1e9);
+    ob_procs_free(&ps);
     if ((r = snapshot(&rq->before, run, db)) != 0)
         return r;
     for (int i = 0; i < 3; i++)
@@ -332,6 +369,18 @@ void ob_requests_text(const ob_requests *rq, int64_t settled, FILE *out)
                 "idle", kafka_idle / idle_s, trips_idle / idle_s,
                 sum(i0, a, "db|", "|commits", odb) / idle_s,
                 delta(i0, a, "wal|flushes", odb) / idle_s, idle_s);
+    const ob_idle_cpu *ic = &rq->idle_cpu;
+    if (ic->seconds > 0) {
+        fprintf(out, "  %-18s CPU, %% of one core:", "idle");
+        for (int d = 0; d < 3; d++)
+            if (ic->daemon_us[d] >= 0)
+                fprintf(out, " %s %.2f,", daemons[d], idle_pct(ic, ic->daemon_us[d]));
+        if (ic->broker_us >= 0)
+            fprintf(out, " broker %.2f,", idle_pct(ic, ic->broker_us));
+        if (ic->postgres_us >= 0)
+            fprintf(out, " PostgreSQL %.2f", idle_pct(ic, ic->postgres_us));
+        fprintf(out, " (over %.1f s)\n", ic->seconds);
+    }
 }
 
 void *ob_requests_json(const ob_requests *rq, int64_t settled)
@@ -358,8 +407,17 @@ void *ob_requests_json(const ob_requests *rq, int64_t settled)
             json_array_append_new(missing,
                                   json_string(rq->after.missing[d][0] ? rq->after.missing[d]
                                                                       : rq->before.missing[d]));
-    j = json_pack("{s:I,s:f,s:o,s:o,s:o}", "orders", (json_int_t)settled, "windowSeconds",
+    json_t *cpu = json_object();
+    const ob_idle_cpu *ic = &rq->idle_cpu;
+    for (int d = 0; d < 3; d++)
+        if (ic->daemon_us[d] >= 0)
+            json_object_set_new(cpu, daemons[d], json_real(idle_pct(ic, ic->daemon_us[d])));
+    if (ic->broker_us >= 0)
+        json_object_set_new(cpu, "broker", json_real(idle_pct(ic, ic->broker_us)));
+    if (ic->postgres_us >= 0)
+        json_object_set_new(cpu, "postgres", json_real(idle_pct(ic, ic->postgres_us)));
+    j = json_pack("{s:I,s:f,s:o,s:o,s:o,s:o}", "orders", (json_int_t)settled, "windowSeconds",
                   (double)(b->t_ns - a->t_ns) / 1e9, "perOrder", per, "idlePerSecond", idle,
-                  "missing", missing);
+                  "idleCpuPercent", cpu, "missing", missing);
     return j;
 }

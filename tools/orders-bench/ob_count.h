@@ -16,7 +16,10 @@
  * backend that goes idle keeps what it counted in its last second for up to
  * 10 s), so the first snapshot is taken after 11 s of quiet following the
  * set-up, the idle rates over the next 5 s, and the last snapshot 11 s after
- * the last order settled. What runs besides
+ * the last order settled. Over the idle window the CPU of every process of
+ * the stack is measured too (ob_procs: the daemons, the broker, the
+ * PostgreSQL processes), so the idle cost is known in CPU as well as in
+ * requests. What runs besides
  * the benchmark in that window (idle consumers' fetches, the relay's passes,
  * another client of the cluster) is counted too: the idle rates say how much.
  */
@@ -42,9 +45,18 @@ typedef struct {
     char missing[3][200]; /* per daemon: why its counters could not be read, "" if read */
 } ob_counts;
 
+/* CPU over the idle window, µs: each daemon, the broker, the PostgreSQL
+ * processes counted by ob_procs (the stack's backends and the cluster's own
+ * processes); -1 where the process was not found. */
+typedef struct {
+    int64_t daemon_us[3], broker_us, postgres_us;
+    double seconds; /* the window */
+} ob_idle_cpu;
+
 typedef struct {
     ob_counts idle0, before, after; /* idle0 -> before: idle rates; before -> after: the run */
-    char dbname[64];                /* the orders database: this tool's polls are subtracted */
+    ob_idle_cpu idle_cpu;
+    char dbname[64]; /* the orders database: this tool's polls are subtracted */
     bool taken;
 } ob_requests;
 
@@ -61,5 +73,7 @@ void ob_requests_free(ob_requests *rq);
 void ob_requests_text(const ob_requests *rq, int64_t settled, FILE *out);
 
 /* The "requests" member of the JSON report: {"perOrder": {key: value},
- * "idlePerSecond": {key: value}, "missing": [...]}; NULL when not taken. */
+ * "idlePerSecond": {key: value}, "idleCpuPercent": {"order-service": %,
+ * ..., "broker": %, "postgres": %} (CPU of one core over the idle window),
+ * "missing": [...]}; NULL when not taken. */
 void *ob_requests_json(const ob_requests *rq, int64_t settled);
