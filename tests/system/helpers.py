@@ -423,8 +423,8 @@ def quiet(stack, orders):
 def locked_outbox_row(stack, oid):
     """A duplicate PaymentCompleted of the settled order `oid`, committed to
     payment-service's outbox with the NOTIFY trigger off (this session only)
-    and row-locked at once, so that the relay may publish it but cannot
-    delete it while the block runs; yields the row id. The consumers ignore
+    and row-locked at once, then announced with a NOTIFY, so that the relay
+    publishes it but cannot delete it while the block runs; yields the row id. The consumers ignore
     the duplicate once it goes out."""
     hdrs = json.dumps({k: v.decode() for k, v in headers("PaymentCompleted")})
     payload = json.dumps({"orderId": oid, "approved": True, "reason": "OK"})
@@ -438,6 +438,9 @@ def locked_outbox_row(stack, oid):
                 (oid, payload, hdrs)).fetchone()[0]
             if locker.execute("SELECT id FROM outbox WHERE id = %s FOR UPDATE",
                               (row,)).fetchall():
+                # Locked: now wake the relay (an idle relay only passes on a
+                # notification, or after 30 s).
+                writer.execute("NOTIFY outbox")
                 break
             locker.rollback()  # the relay was quicker: try again
         else:
