@@ -33,6 +33,9 @@ typedef struct {
     char span_tp[56];
     const char *result;
     char outcome[CM_OUTCOME_MAX];
+    /* Its effect committed, or its DLT copy acknowledged: its offset may be
+     * stored, also when stop came right after. */
+    bool done;
 } slot;
 
 typedef struct {
@@ -88,6 +91,7 @@ static void slot_fill(const loop *l, slot *s, rd_kafka_message_t *m)
         if (ev_traceparent_valid(s->traceparent, len))
             snprintf(s->trace_id, sizeof(s->trace_id), "%.32s", s->traceparent + 3);
     }
+    s->done = false;
     s->traced = l->cfg->tracer && s->has_traceparent &&
                 cm_trace_start(l->cfg->tracer, s->traceparent, false, &s->span);
     if (s->traced) {
@@ -357,6 +361,7 @@ static int dead_letter(loop *l, slot *s, bool poison, const char *reason)
         }
         if (r > 0) {
             s->result = "dead-lettered";
+            s->done = true;
             s->outcome[0] = '\0';
             dlt_episode(l, false);
             atomic_fetch_add(&l->cfg->health->dead_lettered, 1);
@@ -397,6 +402,7 @@ static void process_single(loop *l, slot *s)
         if (r == 0) {
             atomic_store(&l->cfg->health->db_ok, true);
             s->result = "applied";
+            s->done = true;
             return;
         }
         if (r == -ECONNRESET) {
@@ -462,8 +468,10 @@ static void process(loop *l)
         int r = process_batch_tx(l, reason, sizeof(reason));
         if (r == 0) {
             atomic_store(&l->cfg->health->db_ok, true);
-            for (int i = 0; i < l->n; i++)
+            for (int i = 0; i < l->n; i++) {
                 l->batch[i].result = "applied";
+                l->batch[i].done = true;
+            }
             return;
         }
         if (r != -ECONNRESET)
@@ -475,11 +483,15 @@ static void process(loop *l)
         process_single(l, &l->batch[i]);
 }
 
+/* Stores the offsets of the batch's done records. Records are done in batch
+ * order (the batch's transaction does all, the one-by-one path stops at
+ * stop), so on each partition the done records come before the others and
+ * the stored offset never passes a record that is not done. */
 static void store_offsets(loop *l)
 {
     rd_kafka_topic_partition_list_t *offs = rd_kafka_topic_partition_list_new(l->n);
 
-    for (int i = 0; i < l->n; i++) {
+    for (int i = 0; i < l->n && l->batch[i].done; i++) {
         rd_kafka_message_t *m = l->batch[i].msg;
         rd_kafka_topic_partition_t *p =
             rd_kafka_topic_partition_list_find(offs, rd_kafka_topic_name(m->rkt), m->partition);
@@ -490,7 +502,8 @@ static void store_offsets(loop *l)
     }
     /* Fails for partitions revoked meanwhile: their new owner redoes them,
      * and dedupe makes that harmless. */
-    rd_kafka_offsets_store(l->rk, offs);
+    if (offs->cnt > 0)
+        rd_kafka_offsets_store(l->rk, offs);
     rd_kafka_topic_partition_list_destroy(offs);
 }
 
@@ -684,9 +697,11 @@ int cm_consumer_run(const cm_consumer_config *cfg, volatile const sig_atomic_t *
             if (l.batch[i].traced)
                 end_span(&l, &l.batch[i]);
         }
-        /* Offsets of a batch cut short by stop are not stored: redelivered. */
-        if (!*stop)
-            store_offsets(&l);
+        /* A batch cut short by stop stores the offsets of the records done
+         * before it (their effects are committed); the rest is redelivered.
+         * A batch done just as stop came stores them all, so that its
+         * records (and their DLT copies) do not come again. */
+        store_offsets(&l);
         for (int i = 0; i < l.n; i++)
             rd_kafka_message_destroy(l.batch[i].msg);
         l.n = 0;
