@@ -519,6 +519,7 @@ static int relay_pass(cm_relay *r)
     cm_metrics_set(r->health->metrics, "orders_outbox_oldest_age_seconds", "",
                    n > 0 ? strtod(PQgetvalue(res, 0, 5), NULL) : 0);
     if (n <= 0) {
+        r->left = 0; /* the rows that had failed are gone */
         PQclear(res);
         return 0;
     }
