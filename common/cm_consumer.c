@@ -391,11 +391,18 @@ static void process_single(loop *l, slot *s)
         int r = ensure_db(l);
         bool began = false;
         if (r == 0) {
+            cm_log_hold();
             r = apply(l, s, 1, &began, reason, sizeof(reason));
-            if (r == 0 && began && (r = cm_db_exec(l->conn, "COMMIT")) < 0)
-                snprintf(reason, sizeof(reason), "%s", cm_db_error(l->conn));
-            else if (r < 0 && PQstatus(l->conn) == CONNECTION_OK)
-                cm_db_exec(l->conn, "ROLLBACK");
+            if (r == 0 && began) {
+                cm_log_flush(); /* the record's lines, before its COMMIT */
+                if ((r = cm_db_exec(l->conn, "COMMIT")) < 0)
+                    snprintf(reason, sizeof(reason), "%s", cm_db_error(l->conn));
+            } else if (r < 0) {
+                cm_log_drop();
+                if (PQstatus(l->conn) == CONNECTION_OK)
+                    cm_db_exec(l->conn, "ROLLBACK");
+            }
+            cm_log_release();
         } else {
             snprintf(reason, sizeof(reason), "%s", cm_db_error(l->conn));
         }
@@ -448,14 +455,32 @@ static int process_batch_tx(loop *l, char *reason, size_t reasonlen)
     int r = ensure_db(l);
     bool began = false;
 
-    if (r < 0)
+    if (r < 0) {
         snprintf(reason, reasonlen, "%s", cm_db_error(l->conn));
-    if (r == 0)
-        r = apply(l, l->batch, l->n, &began, reason, reasonlen);
-    if (r == 0 && began && (r = cm_db_exec(l->conn, "COMMIT")) < 0)
-        snprintf(reason, reasonlen, "%s", cm_db_error(l->conn));
-    else if (r < 0 && l->conn && PQstatus(l->conn) == CONNECTION_OK)
-        cm_db_exec(l->conn, "ROLLBACK");
+        return r;
+    }
+    /* The batch's info lines are held and written in a few writes before
+     * its COMMIT, so that a crash the batch survives keeps every one of
+     * them; a batch rolled back drops them (its records are done again one
+     * by one, and log then). */
+    cm_log_hold();
+    r = apply(l, l->batch, l->n, &began, reason, reasonlen);
+    if (r == 0 && began) {
+        cm_log_flush();
+        if ((r = cm_db_exec(l->conn, "COMMIT")) < 0) {
+            snprintf(reason, reasonlen, "%s", cm_db_error(l->conn));
+            log_warning("batch commit failed: the lines just written for its records did not "
+                        "take effect; the records are done again records=%d reason=\"%s\"",
+                        l->n, reason);
+        }
+    } else if (r < 0) {
+        int dropped = cm_log_drop();
+        if (l->conn && PQstatus(l->conn) == CONNECTION_OK)
+            cm_db_exec(l->conn, "ROLLBACK");
+        log_debug("batch rolled back records=%d lines_dropped=%d reason=\"%s\"", l->n, dropped,
+                  reason);
+    }
+    cm_log_release();
     return r;
 }
 

@@ -180,6 +180,7 @@ typedef struct {
     char trace_id[33];
     bool traced; /* commit: the order's commit span (child of the request's) */
     cm_span_ctx commit;
+    cm_http_resp resp; /* its answer, given once every line of the batch is written */
 } os_write;
 
 /* Ends the order's commit span: from the start of the transaction that
@@ -268,7 +269,10 @@ static int store_batch(PGconn *conn, os_write **ws, int n)
 
 /* The group commit (cm_batch flush, on the batch thread): all orders in one
  * statement; if that statement fails for a reason other than an outage,
- * each order is tried alone, so that one bad order fails only itself. */
+ * each order is tried alone, so that one bad order fails only itself. The
+ * batch's "order accepted" lines are held and written together before the
+ * first of its answers (cm_log_hold): an order that was answered 202 has
+ * its line. */
 void os_flush_orders(void *ctx, void **items, int n)
 {
     os_write **ws = (os_write **)items;
@@ -277,6 +281,7 @@ void os_flush_orders(void *ctx, void **items, int n)
     PGconn *conn;
     int r;
 
+    cm_log_hold();
     if (!(conn = cm_daemon_db(ctx, &resp))) {
         r = -ECONNRESET;
         json_decref(resp.body); /* each order gets its own 503 below */
@@ -286,21 +291,24 @@ void os_flush_orders(void *ctx, void **items, int n)
             log_debug("batch of %d orders failed code=%d; storing one by one", n, r);
     }
     for (int i = 0; i < n; i++) {
-        resp = (cm_http_resp){0};
+        ws[i]->resp = (cm_http_resp){0};
         if (r == 0)
-            accepted(ctx, ws[i], &resp);
+            accepted(ctx, ws[i], &ws[i]->resp);
         else if (conn && r != -ECONNRESET)
-            store_one(ctx, conn, ws[i], NULL, NULL, &resp);
+            store_one(ctx, conn, ws[i], NULL, NULL, &ws[i]->resp);
         else
-            cm_daemon_db_problem(&resp, -ECONNRESET);
-        end_commit(ctx, ws[i], start_us, n, resp.status);
-        cm_http_complete(ws[i]->pending, &resp);
+            cm_daemon_db_problem(&ws[i]->resp, -ECONNRESET);
+    }
+    if (conn)
+        cm_daemon_db_release(ctx, conn);
+    cm_log_release();
+    for (int i = 0; i < n; i++) {
+        end_commit(ctx, ws[i], start_us, n, ws[i]->resp.status);
+        cm_http_complete(ws[i]->pending, &ws[i]->resp);
         free(ws[i]->json);
         free(ws[i]->headers);
         free(ws[i]);
     }
-    if (conn)
-        cm_daemon_db_release(ctx, conn);
 }
 
 /* POST /orders. An order without Idempotency-Key joins the group commit and

@@ -419,6 +419,57 @@ def quiet(stack, orders):
     return pending == 0 and charged == 0 and reserved == 0, (pending, charged, reserved)
 
 
+# The line each final row must have in its daemon's log: daemon -> (database,
+# table, {status: prefixes})
+# (any of the prefixes, followed by " order_id=<id> ").
+_EFFECT_LINES = {
+    "payment-service": ("payments", "payments", {
+        "CHARGED": ("payment charged",),
+        "DECLINED": ("payment declined", "order cancelled before payment"),
+        "REFUNDED": ("payment refunded",)}),
+    "inventory-service": ("inventory", "reservations", {
+        "RESERVED": ("stock reserved",),
+        "REJECTED": ("stock rejected", "order cancelled before reservation"),
+        "RELEASED": ("stock released",)}),
+}
+_LINE_RE = re.compile(r"\b((?:payment|stock) \w+|order cancelled before \w+|order accepted"
+                      r"|order settled) order_id=(\S+)(?: status=(\w+))?")
+
+
+def logged_effects(stack, ids, answered):
+    """Every committed effect has its line in its daemon's log (written
+    before the COMMIT, or before the 202): for each of the orders `ids`,
+    payment-service's and inventory-service's final rows, the settled order,
+    and for the orders in `answered` (answered 202 on a request's only
+    attempt) the "order accepted" line. The logs span every restart of the
+    test. Returns the problems found."""
+    seen = {}
+    for name, d in stack.daemons.items():
+        lines = set()
+        with open(d.log_path, errors="replace") as f:
+            for line in f:
+                for m in _LINE_RE.finditer(line):
+                    lines.add((m.group(1), m.group(2), m.group(3)))
+        seen[name] = lines
+    problems = []
+    for name, (db, table, need) in _EFFECT_LINES.items():
+        for oid, status in sql(stack, db, f"SELECT order_id, status FROM {table}"
+                               " WHERE order_id = ANY(%s)", (list(ids),)):
+            if status in need and not any((p, oid, None) in seen[name] for p in need[status]):
+                problems.append(f"{name}: {table} row {oid} is {status}, but its log has no "
+                                f"line {' or '.join(need[status])!r} for it")
+    for oid, status in sql(stack, "orders", "SELECT order_id, status FROM orders"
+                           " WHERE order_id = ANY(%s) AND status <> 'PENDING'", (list(ids),)):
+        if ("order settled", oid, status) not in seen["order-service"]:
+            problems.append(f"order-service: order {oid} is {status}, but its log has no "
+                            f"line 'order settled order_id={oid} status={status}'")
+    for oid in answered:
+        if ("order accepted", oid, None) not in seen["order-service"]:
+            problems.append(f"order-service: order {oid} was answered 202, but its log has no "
+                            f"line 'order accepted order_id={oid}'")
+    return problems
+
+
 @contextlib.contextmanager
 def locked_outbox_row(stack, oid):
     """A duplicate PaymentCompleted of the settled order `oid`, committed to

@@ -1,8 +1,9 @@
 """
 The fault schedule: concurrent clients (with and without Idempotency-Key)
 place orders while a randomised schedule of faults hits the stack, then a
-checker goes over the complete history (history.check_history) and the
-strict reconcile (helpers.reconcile) over every order stored.
+checker goes over the complete history (history.check_history), the
+strict reconcile (helpers.reconcile) over every order stored, and the logs
+(helpers.logged_effects: every committed effect and every 202 has its line).
 
 Faults, each once, in an order and with gaps and durations drawn from the
 seed: SIGTERM of each daemon (restarted after a moment), SIGKILL of each
@@ -29,7 +30,7 @@ import psycopg
 import pytest
 
 from conftest import DB_PREFIX, KAFKA_DIR, SERVICES, port_in_use
-from helpers import dlt_offsets, reconcile
+from helpers import dlt_offsets, logged_effects, reconcile
 from history import OrderClients, check_history
 
 FAULTS = ("sigterm", "kill9", "pg_terminate", "read_only", "broker_pause")
@@ -232,6 +233,10 @@ def test_fault_schedule(stack, short_message_timeout):
     except AssertionError as e:
         problems.append(f"reconcile: {e}")
         status = {}
+    # Every committed effect has its log line, though daemons were killed:
+    # lines are held per batch and written before its COMMIT or its 202s.
+    answered = [r.order_id for r in clients.requests if r.order_id and len(r.attempts) == 1]
+    problems += logged_effects(stack, stored, answered)
     counts = {s: list(status.values()).count(s) for s in set(status.values())}
     print(f"{story}\nsettled: {counts}")
     assert not problems, (f"{story}\n{len(problems)} violations:\n  "
