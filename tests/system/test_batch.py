@@ -684,8 +684,7 @@ def test_idle_relays_wait_without_round_trips(stack):
     over 4 s with no orders, each relay makes at most one round trip (its
     30-second guard pass may fall in the window; it used to pass every
     second). The first order after the quiet still settles at once: the
-    notification of its outbox row wakes each relay. (It runs before the
-    test that leaves order-service retrying replies to unknown orders.)"""
+    notification of its outbox row wakes each relay."""
     names = ("order-service", "payment-service", "inventory-service")
     daemons = [stack.daemons[n] for n in names]
 
@@ -713,10 +712,16 @@ def test_replies_with_nothing_to_undo_cost_no_round_trip(stack):
     it; a charge, as inventory-service reads it) opens no transaction: while
     a burst of such records is consumed, the consumer's PostgreSQL round
     trips (orders_db_round_trips_total{path="consumer"}) stay where they
-    were, and nothing is written for those orders."""
+    were, and nothing is written for those orders. The orders exist in
+    order-service's database only (no OrderCreated), so that order-service
+    settles them from the same replies instead of retrying replies to
+    unknown orders, and dead-lettering them, for minutes after the test."""
     payment, inventory = stack.daemons["payment-service"], stack.daemons["inventory-service"]
     keys = [stack.uid("noop") for _ in range(20)]
     watched = ((payment, "inventory.reserved"), (inventory, "payments.completed"))
+    for k in keys:
+        stack.sql("orders", "INSERT INTO orders(order_id, customer_id, sku, quantity,"
+                  " amount_cents, status) VALUES (%s, 'noop', 'noop', 1, 0, 'PENDING')", (k,))
 
     def counters():
         return {d.name: (metric(d.url, "orders_db_round_trips_total", path="consumer"),
@@ -742,4 +747,8 @@ def test_replies_with_nothing_to_undo_cost_no_round_trip(stack):
             n = conn.execute(f"SELECT count(*) FROM {table} WHERE order_id = ANY(%s)",
                              (keys,)).fetchone()[0]
         assert n == 0, f"{n} {table} rows written for replies with nothing to undo"
+    stack.wait_until(lambda: stack.sql_one("orders", "SELECT count(*) FROM orders WHERE"
+                                           " order_id = ANY(%s) AND status = 'CONFIRMED'",
+                                           (keys,)) == len(keys),
+                     30, "order-service to settle the orders from the same replies")
 
