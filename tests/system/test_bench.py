@@ -105,6 +105,15 @@ def test_open_loop(stack, tmp_path):
         assert name in labels, f"{name} not among the measured processes: {sorted(labels)}"
     pids = {g["label"]: g["pids"] for g in report["groups"]}
     assert pids["order-service"] == 1, pids
+    # Wake-ups (voluntary context switches of every thread) per settled
+    # order: every daemon and the broker woke for the orders (a batch may
+    # carry several, so less than one per order is possible), and the
+    # total counts every process.
+    wakes = {g["label"]: g["wakeups_per_order"] for g in report["groups"]}
+    for name in ("order-service", "payment-service", "inventory-service", "kafka broker"):
+        assert wakes[name] is not None and wakes[name] > 0, (name, wakes)
+    assert report["cpu"]["wakeups_per_order"] >= sum(
+        wakes[n] for n in ("order-service", "payment-service", "inventory-service")), report["cpu"]
 
 
 def test_requests_per_order(stack, tmp_path):

@@ -97,6 +97,7 @@ static void sample(ob_proc *p, bool first)
 
     if (p->kind == OB_PROC_SELF) {
         p->cpu_us = self_cpu_us();
+        p->wake = ob_procfs_wakeups(0);
         p->alive = true;
     } else if (ob_procfs_stat(p->pid, &st) < 0 ||
                ((p->at_start || p->alive) && st.starttime != p->starttime)) {
@@ -107,18 +108,31 @@ static void sample(ob_proc *p, bool first)
         p->starttime = st.starttime;
         p->cpu_us = st.cpu_us;
         p->child_us = st.child_us;
+        int64_t w = ob_procfs_wakeups(p->pid);
+        if (w >= 0 && p->wake >= 0)
+            p->wake = w;
+        else
+            p->wake = -1;
         p->alive = true;
     }
     if (first) {
         p->at_start = true;
         p->cpu0_us = p->cpu_us;
         p->child0_us = p->child_us;
+        p->wake0 = p->wake;
     }
 }
 
 int64_t ob_proc_cpu_us(const ob_proc *p)
 {
     return p->cpu_us - p->cpu0_us;
+}
+
+int64_t ob_proc_wakeups(const ob_proc *p)
+{
+    if (p->wake < 0 || p->wake0 < 0)
+        return -1;
+    return p->wake > p->wake0 ? p->wake - p->wake0 : 0;
 }
 
 /* ---- daemons and broker ---- */

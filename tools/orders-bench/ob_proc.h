@@ -52,6 +52,8 @@ typedef struct {
     int64_t child0_us;            /* cutime+cstime (reaped children) at the start */
     int64_t child_us;             /* ... at the last sample */
     long rss_kb, anon_kb;         /* at the end; -1 if unknown */
+    int64_t wake0, wake;          /* wake-ups (ob_procfs_wakeups) at the start and the last
+                                     sample; wake0 is 0 if it appeared later; -1 if unknown */
 } ob_proc;
 
 typedef struct {
@@ -82,5 +84,9 @@ void ob_procs_end(ob_procs *ps);
 
 /* CPU the process used during the run (until its last sample), in µs. */
 int64_t ob_proc_cpu_us(const ob_proc *p);
+
+/* Wake-ups of its threads during the run (until its last sample), or -1 if
+ * they could not be read. */
+int64_t ob_proc_wakeups(const ob_proc *p);
 
 void ob_procs_free(ob_procs *ps);

@@ -261,6 +261,33 @@ int ob_procfs_stat(int pid, ob_pstat *ret)
     return 0;
 }
 
+int64_t ob_procfs_wakeups(int pid)
+{
+    static const char key[] = "\nvoluntary_ctxt_switches:";
+    char path[64], buf[4096], *l;
+    struct dirent *e;
+    int64_t sum = 0;
+    DIR *d;
+
+    if (pid == 0)
+        pid = (int)getpid();
+    snprintf(path, sizeof(path), "/proc/%d/task", pid);
+    if (!(d = opendir(path)))
+        return -1;
+    while ((e = readdir(d))) {
+        char tpath[320];
+        if (!isdigit((unsigned char)e->d_name[0]))
+            continue;
+        snprintf(tpath, sizeof(tpath), "/proc/%d/task/%s/status", pid, e->d_name);
+        if (read_file(tpath, buf, sizeof(buf)) <= 0)
+            continue; /* the thread exited meanwhile */
+        if ((l = strstr(buf, key)))
+            sum += strtoll(l + sizeof(key) - 1, NULL, 10);
+    }
+    closedir(d);
+    return sum;
+}
+
 void ob_procfs_mem(int pid, long *ret_rss_kb, long *ret_anon_kb)
 {
     char path[64], buf[4096], *l;

@@ -61,5 +61,11 @@ int ob_procfs_stat(int pid, ob_pstat *ret);
 int ob_procfs_cmdline(int pid, char *buf, size_t len);
 int ob_procfs_comm(int pid, char *buf, size_t len);
 
+/* Wake-ups of the process: the sum of voluntary_ctxt_switches over its
+ * threads (/proc/<pid>/task/<tid>/status), the times a thread went to sleep
+ * and was woken again; pid 0 is this process. -1 if it cannot be read.
+ * Threads that exited are not in the sum. */
+int64_t ob_procfs_wakeups(int pid);
+
 /* VmRSS and RssAnon in kB, -1 where unknown; pid 0 is this process. */
 void ob_procfs_mem(int pid, long *ret_rss_kb, long *ret_anon_kb);

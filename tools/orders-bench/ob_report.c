@@ -43,6 +43,8 @@ size_t ob_report_groups(const ob_procs *ps, ob_group *out, size_t max)
             ob_group *g;
             if ((int)p->kind != kind || !(g = group_of(out, &n, max, p)))
                 continue;
+            int64_t w = ob_proc_wakeups(p);
+            g->wakeups = w < 0 || g->wakeups < 0 ? -1 : g->wakeups + w;
             g->pids++;
             g->cpu_us += ob_proc_cpu_us(p);
             add_mem(&g->rss_kb, p->rss_kb);
@@ -55,10 +57,23 @@ size_t ob_report_groups(const ob_procs *ps, ob_group *out, size_t max)
             g->kind = OB_PROC_POSTGRES;
             g->counted = false;
             g->cpu_us = ps->unattributed_us;
+            g->wakeups = -1;
             g->rss_kb = g->anon_kb = -1;
         }
     }
     return n;
+}
+
+int64_t ob_report_wakeups_total(const ob_procs *ps)
+{
+    ob_group g[OB_GROUPS_MAX];
+    size_t n = ob_report_groups(ps, g, OB_GROUPS_MAX), i;
+    int64_t sum = 0;
+
+    for (i = 0; i < n; i++)
+        if (g[i].counted)
+            sum = g[i].wakeups < 0 || sum < 0 ? -1 : sum + g[i].wakeups;
+    return sum;
 }
 
 int64_t ob_report_cpu_total_us(const ob_procs *ps)
@@ -102,6 +117,14 @@ static void latency_row(FILE *out, const char *name, const ob_series *s)
     fprintf(out, " %9.2f %8zu\n", ob_series_mean(s) / 1e6, s->n);
 }
 
+static void wake_col(FILE *out, int64_t wakeups, int64_t settled)
+{
+    if (wakeups < 0 || settled <= 0)
+        fprintf(out, " %12s", "-");
+    else
+        fprintf(out, " %12.1f", (double)wakeups / (double)settled);
+}
+
 static void mem_col(FILE *out, long kb)
 {
     if (kb < 0)
@@ -120,6 +143,7 @@ static void group_row(FILE *out, const ob_group *g, int64_t settled)
         fprintf(out, " %10.1f", (double)g->cpu_us / (double)settled);
     else
         fprintf(out, " %10s", "-");
+    wake_col(out, g->wakeups, settled);
     mem_col(out, g->rss_kb);
     mem_col(out, g->anon_kb);
     fputc('\n', out);
@@ -134,26 +158,29 @@ static void processes_text(const ob_report *r, FILE *out)
 
     fprintf(out, "\nCPU over %.2f s (first POST until all settled), memory at the end:\n",
             r->cpu_window_s);
-    fprintf(out, "  %-58s %4s %9s %10s %11s %11s\n", "process", "pids", "CPU s", "us/order",
-            "VmRSS MiB", "RssAnon MiB");
+    fprintf(out, "  %-58s %4s %9s %10s %12s %11s %11s\n", "process", "pids", "CPU s", "us/order",
+            "wakeups/order", "VmRSS MiB", "RssAnon MiB");
     for (i = 0; i < n; i++) {
         if (g[i].counted)
             group_row(out, &g[i], settled);
         others |= !g[i].counted;
     }
     fprintf(out, "  %-58s %4s %9.3f", "total, all processes above", "", (double)total / 1e6);
-    if (settled > 0)
-        fprintf(out, " %10.1f  (%.2f ms per settled order)\n", (double)total / (double)settled,
-                (double)total / (double)settled / 1000.0);
-    else
+    if (settled > 0) {
+        fprintf(out, " %10.1f", (double)total / (double)settled);
+        wake_col(out, ob_report_wakeups_total(r->procs), settled);
+        fprintf(out, "  (%.2f ms per settled order)\n", (double)total / (double)settled / 1000.0);
+    } else {
         fprintf(out, " %10s\n", "-");
+    }
     if (others)
         fprintf(out, "  not counted (not part of this run, or not known to be):\n");
     for (i = 0; i < n; i++)
         if (!g[i].counted)
             group_row(out, &g[i], settled);
     fputs("  (a process that exited counts until its last sample; VmRSS of PostgreSQL processes\n"
-          "  counts the shared buffers they touched in each one)\n",
+          "  counts the shared buffers they touched in each one; wakeups/order: the voluntary\n"
+          "  context switches of its threads, each a sleep and a wake-up)\n",
           out);
 }
 
@@ -225,6 +252,16 @@ static json_t *per_order(int64_t us, int64_t settled)
     return settled > 0 ? json_real((double)us / (double)settled) : json_null();
 }
 
+static json_t *count_json(int64_t n)
+{
+    return n >= 0 ? json_integer((json_int_t)n) : json_null();
+}
+
+static json_t *wake_per_order(int64_t wakeups, int64_t settled)
+{
+    return wakeups >= 0 && settled > 0 ? json_real((double)wakeups / (double)settled) : json_null();
+}
+
 static json_t *mem_json(long kb)
 {
     return kb >= 0 ? json_integer(kb) : json_null();
@@ -238,12 +275,14 @@ static json_t *processes_json(const ob_report *r)
     for (i = 0; i < r->procs->n; i++) {
         const ob_proc *p = &r->procs->v[i];
         json_array_append_new(
-            a,
-            json_pack("{s:i, s:s, s:s, s:b, s:b, s:b, s:f, s:o, s:o, s:o}", "pid", p->pid, "label",
-                      p->label, "kind", kind_names[p->kind], "counted", p->counted, "at_start",
-                      p->at_start, "alive", p->alive, "cpu_s", (double)ob_proc_cpu_us(p) / 1e6,
-                      "us_per_order", per_order(ob_proc_cpu_us(p), r->res->settled), "vmrss_kb",
-                      mem_json(p->rss_kb), "rssanon_kb", mem_json(p->anon_kb)));
+            a, json_pack("{s:i, s:s, s:s, s:b, s:b, s:b, s:f, s:o, s:o, s:o, s:o, s:o}", "pid",
+                         p->pid, "label", p->label, "kind", kind_names[p->kind], "counted",
+                         p->counted, "at_start", p->at_start, "alive", p->alive, "cpu_s",
+                         (double)ob_proc_cpu_us(p) / 1e6, "us_per_order",
+                         per_order(ob_proc_cpu_us(p), r->res->settled), "wakeups",
+                         count_json(ob_proc_wakeups(p)), "wakeups_per_order",
+                         wake_per_order(ob_proc_wakeups(p), r->res->settled), "vmrss_kb",
+                         mem_json(p->rss_kb), "rssanon_kb", mem_json(p->anon_kb)));
     }
     return a;
 }
@@ -256,11 +295,13 @@ static json_t *groups_json(const ob_report *r)
 
     for (i = 0; i < n; i++)
         json_array_append_new(
-            a, json_pack("{s:s, s:s, s:b, s:i, s:f, s:o, s:o, s:o}", "label", g[i].label, "kind",
-                         kind_names[g[i].kind], "counted", g[i].counted, "pids", g[i].pids, "cpu_s",
-                         (double)g[i].cpu_us / 1e6, "us_per_order",
-                         per_order(g[i].cpu_us, r->res->settled), "vmrss_kb", mem_json(g[i].rss_kb),
-                         "rssanon_kb", mem_json(g[i].anon_kb)));
+            a,
+            json_pack("{s:s, s:s, s:b, s:i, s:f, s:o, s:o, s:o, s:o, s:o}", "label", g[i].label,
+                      "kind", kind_names[g[i].kind], "counted", g[i].counted, "pids", g[i].pids,
+                      "cpu_s", (double)g[i].cpu_us / 1e6, "us_per_order",
+                      per_order(g[i].cpu_us, r->res->settled), "wakeups", count_json(g[i].wakeups),
+                      "wakeups_per_order", wake_per_order(g[i].wakeups, r->res->settled),
+                      "vmrss_kb", mem_json(g[i].rss_kb), "rssanon_kb", mem_json(g[i].anon_kb)));
     return a;
 }
 
@@ -309,7 +350,8 @@ static json_t *report_json(const ob_report *r)
 
     return json_pack(
         "{s:s, s:s, s:s, s:s, s:o, s:{s:f, s:f, s:f, s:f}, s:{s:o, s:o, s:o, s:o}, s:o, "
-        "s:{s:i, s:I, s:I, s:b, s:I, s:I}, s:{s:f, s:f, s:o, s:f, s:f}, s:o, s:o, s:o, s:o, s:i}",
+        "s:{s:i, s:I, s:I, s:b, s:I, s:I}, s:{s:f, s:f, s:o, s:o, s:f, s:f}, s:o, s:o, s:o, s:o, "
+        "s:i}",
         "tool", "orders-bench", "version", ORDERS_VERSION, "run_id", run->run_id, "started_at",
         r->started_at, "params", params_json(r), "throughput", "post_per_s", res->post_per_s,
         "settled_per_s", res->settled_per_s, "post_span_s", res->post_span_s, "settle_span_s",
@@ -320,7 +362,8 @@ static json_t *report_json(const ob_report *r)
         (json_int_t)run->resends, "tls", run->url.tls, "tls_handshakes",
         (json_int_t)run->handshakes, "max_waiting", (json_int_t)run->max_waiting, "cpu", "window_s",
         r->cpu_window_s, "total_s", (double)total / 1e6, "us_per_order",
-        per_order(total, res->settled), "postgres_unattributed_s",
+        per_order(total, res->settled), "wakeups_per_order",
+        wake_per_order(ob_report_wakeups_total(r->procs), res->settled), "postgres_unattributed_s",
         (double)r->procs->unattributed_us / 1e6, "settle_wait_s", (double)run->settle_wait_ns / 1e9,
         "groups", groups_json(r), "processes", processes_json(r), "errors",
         strings_json(run->errors, run->nerrors), "warnings",

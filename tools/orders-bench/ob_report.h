@@ -30,6 +30,7 @@ typedef struct {
     bool counted;
     int pids;
     int64_t cpu_us;
+    int64_t wakeups;      /* sum over its processes; -1 if any could not be read */
     long rss_kb, anon_kb; /* sums; -1 if none known */
 } ob_group;
 
@@ -37,6 +38,9 @@ typedef struct {
 
 /* Fills out with the groups (kind order, then first appearance); returns how many. */
 size_t ob_report_groups(const ob_procs *ps, ob_group *out, size_t max);
+
+/* Wake-ups of every counted process together (-1 if one could not be read). */
+int64_t ob_report_wakeups_total(const ob_procs *ps);
 
 /* CPU of every counted process together, µs. */
 int64_t ob_report_cpu_total_us(const ob_procs *ps);
