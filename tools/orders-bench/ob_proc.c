@@ -90,14 +90,25 @@ static ob_proc *add(ob_procs *ps, int pid, ob_proc_kind kind, const char *label)
     return p;
 }
 
-/* Samples p; the first sample of a process running at the start sets its base. */
-static void sample(ob_proc *p, bool first)
+/* Reads p's wake-ups (-1 once one read failed). */
+static void sample_wakeups(ob_proc *p)
+{
+    int64_t w = ob_procfs_wakeups(p->kind == OB_PROC_SELF ? 0 : p->pid);
+
+    p->wake = w >= 0 && p->wake >= 0 ? w : -1;
+}
+
+/* Samples p; the first sample of a process running at the start sets its
+ * base. Wake-ups are read only when wakes is set (the first sample of a
+ * process and the last of the run): reading every thread's status is the
+ * dearest part of a sample (the broker has ~90 threads), and this tool's
+ * own CPU counts in the total. */
+static void sample(ob_proc *p, bool first, bool wakes)
 {
     ob_pstat st;
 
     if (p->kind == OB_PROC_SELF) {
         p->cpu_us = self_cpu_us();
-        p->wake = ob_procfs_wakeups(0);
         p->alive = true;
     } else if (ob_procfs_stat(p->pid, &st) < 0 ||
                ((p->at_start || p->alive) && st.starttime != p->starttime)) {
@@ -108,13 +119,10 @@ static void sample(ob_proc *p, bool first)
         p->starttime = st.starttime;
         p->cpu_us = st.cpu_us;
         p->child_us = st.child_us;
-        int64_t w = ob_procfs_wakeups(p->pid);
-        if (w >= 0 && p->wake >= 0)
-            p->wake = w;
-        else
-            p->wake = -1;
         p->alive = true;
     }
+    if (wakes)
+        sample_wakeups(p);
     if (first) {
         p->at_start = true;
         p->cpu0_us = p->cpu_us;
@@ -439,7 +447,7 @@ static void find_postgres(ob_procs *ps, bool first)
         mark_seen(ps, pids[i]);
         if (ob_procfs_comm(pids[i], comm, sizeof(comm)) == 0 && strncmp(comm, "postgres", 8) == 0 &&
             (p = add(ps, pids[i], OB_PROC_POSTGRES, "postgres")) != NULL)
-            sample(p, first);
+            sample(p, first, true);
     }
     free(pids);
     for (i = 0; i < ps->n; i++)
@@ -490,7 +498,7 @@ void ob_procs_start(ob_procs *ps, const ob_run *run, const char *orders_dbname, 
     ob_socks_free(&socks);
     add(ps, (int)getpid(), OB_PROC_SELF, "orders-bench (this tool)");
     for (i = 0; i < ps->n; i++) {
-        sample(&ps->v[i], true);
+        sample(&ps->v[i], true, true);
         if (!ps->v[i].alive)
             warn(ps, "%s (pid %d) is not running", ps->v[i].label, ps->v[i].pid);
     }
@@ -498,14 +506,19 @@ void ob_procs_start(ob_procs *ps, const ob_run *run, const char *orders_dbname, 
     find_postgres(ps, true);
 }
 
-void ob_procs_sample(ob_procs *ps)
+static void sample_all(ob_procs *ps, bool wakes)
 {
     size_t i;
 
     for (i = 0; i < ps->n; i++)
         if (ps->v[i].alive)
-            sample(&ps->v[i], false);
+            sample(&ps->v[i], false, wakes);
     find_postgres(ps, false);
+}
+
+void ob_procs_sample(ob_procs *ps)
+{
+    sample_all(ps, false);
 }
 
 void ob_procs_end(ob_procs *ps)
@@ -514,7 +527,7 @@ void ob_procs_end(ob_procs *ps)
     int64_t saw = 0;
     size_t i;
 
-    ob_procs_sample(ps);
+    sample_all(ps, true);
     for (i = 0; i < ps->n; i++) {
         ob_proc *p = &ps->v[i];
         if (!p->named)

@@ -52,8 +52,9 @@ typedef struct {
     int64_t child0_us;            /* cutime+cstime (reaped children) at the start */
     int64_t child_us;             /* ... at the last sample */
     long rss_kb, anon_kb;         /* at the end; -1 if unknown */
-    int64_t wake0, wake;          /* wake-ups (ob_procfs_wakeups) at the start and the last
-                                     sample; wake0 is 0 if it appeared later; -1 if unknown */
+    int64_t wake0, wake;          /* wake-ups (ob_procfs_wakeups) at the start and at the
+                                     end (read only then, or when it appeared: wake0 is then 0,
+                                     its whole life); -1 if unknown */
 } ob_proc;
 
 typedef struct {

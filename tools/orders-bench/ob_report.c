@@ -64,28 +64,34 @@ size_t ob_report_groups(const ob_procs *ps, ob_group *out, size_t max)
     return n;
 }
 
-int64_t ob_report_wakeups_total(const ob_procs *ps)
+/* The counted groups' CPU (µs) and wake-ups (-1 if one could not be read). */
+static void totals(const ob_procs *ps, int64_t *cpu_us, int64_t *wakeups)
 {
     ob_group g[OB_GROUPS_MAX];
     size_t n = ob_report_groups(ps, g, OB_GROUPS_MAX), i;
-    int64_t sum = 0;
 
+    *cpu_us = *wakeups = 0;
     for (i = 0; i < n; i++)
-        if (g[i].counted)
-            sum = g[i].wakeups < 0 || sum < 0 ? -1 : sum + g[i].wakeups;
-    return sum;
+        if (g[i].counted) {
+            *cpu_us += g[i].cpu_us;
+            *wakeups = g[i].wakeups < 0 || *wakeups < 0 ? -1 : *wakeups + g[i].wakeups;
+        }
+}
+
+int64_t ob_report_wakeups_total(const ob_procs *ps)
+{
+    int64_t cpu, wakeups;
+
+    totals(ps, &cpu, &wakeups);
+    return wakeups;
 }
 
 int64_t ob_report_cpu_total_us(const ob_procs *ps)
 {
-    ob_group g[OB_GROUPS_MAX];
-    size_t n = ob_report_groups(ps, g, OB_GROUPS_MAX), i;
-    int64_t sum = 0;
+    int64_t cpu, wakeups;
 
-    for (i = 0; i < n; i++)
-        if (g[i].counted)
-            sum += g[i].cpu_us;
-    return sum;
+    totals(ps, &cpu, &wakeups);
+    return cpu;
 }
 
 void ob_report_mode(const ob_run *run, char *buf, size_t len)
@@ -120,9 +126,9 @@ static void latency_row(FILE *out, const char *name, const ob_series *s)
 static void wake_col(FILE *out, int64_t wakeups, int64_t settled)
 {
     if (wakeups < 0 || settled <= 0)
-        fprintf(out, " %12s", "-");
+        fprintf(out, " %13s", "-");
     else
-        fprintf(out, " %12.1f", (double)wakeups / (double)settled);
+        fprintf(out, " %13.1f", (double)wakeups / (double)settled);
 }
 
 static void mem_col(FILE *out, long kb)
@@ -158,7 +164,7 @@ static void processes_text(const ob_report *r, FILE *out)
 
     fprintf(out, "\nCPU over %.2f s (first POST until all settled), memory at the end:\n",
             r->cpu_window_s);
-    fprintf(out, "  %-58s %4s %9s %10s %12s %11s %11s\n", "process", "pids", "CPU s", "us/order",
+    fprintf(out, "  %-58s %4s %9s %10s %13s %11s %11s\n", "process", "pids", "CPU s", "us/order",
             "wakeups/order", "VmRSS MiB", "RssAnon MiB");
     for (i = 0; i < n; i++) {
         if (g[i].counted)
